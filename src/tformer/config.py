@@ -1,0 +1,160 @@
+"""Run configuration: dataclass defaults <- TOML file <- `section.key=value` overrides.
+
+Every value is checked against its field's type and every unknown key is an error naming the key, so a
+typo never silently falls back to a default. The resolved config is saved with each checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tformer.errors import TformerError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class DataConfig:
+    """Where a translation task's text comes from and how it becomes tokens."""
+
+    train_src: str = ""
+    train_tgt: str = ""
+    valid_src: str = ""
+    valid_tgt: str = ""
+    tokenizer: Literal["bpe", "char"] = "bpe"
+    vocab_size: int = 8000
+    joint_vocab: bool = True  # one BPE over source + target text, shared embeddings
+    max_len: int = 256  # training pairs with a side longer than this (in tokens) are skipped
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: steps, batches, schedule, checkpoints. Defaults follow the paper (section 5.3)."""
+
+    max_steps: int = 0  # 0: no limit by steps
+    max_epochs: int = 0  # 0: no limit by epochs
+    max_minutes: float = 0.0  # 0: no limit by wall time
+    max_tokens: int = 4096  # padded tokens per micro-batch and process
+    accum_steps: int = 1  # micro-batches per optimiser step
+    schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
+    lr: float = 1.0  # inverse_sqrt: multiplies d_model^-0.5 * min(...); cosine/constant: the peak rate
+    warmup_steps: int = 4000
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0  # 0: no clipping
+    label_smoothing: float = 0.1
+    seed: int = 1
+    log_every: int = 50
+    eval_every: int = 0  # steps between validations; 0: at the end only
+    save_every: int = 0  # steps between checkpoints; 0: at the end only
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    eval_max_sentences: int = 500  # validation BLEU on at most this many sentences
+    eval_beam_size: int = 1
+
+
+@dataclass
+class RunConfig:
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "transformer-small"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Value (from TOML or a command-line string) -> the field's type, or a TformerError naming `where`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise TformerError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise TformerError(f"{where}: expected true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise TformerError(f"{where}: expected a number, got {value!r}")
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise TformerError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != out:
+            raise TformerError(f"{where}: expected an integer, got {value!r}")
+        return out
+    if tp is str:
+        return str(value)
+    return value
+
+
+def parse_scalar(text: str) -> Any:
+    """A command-line value for an untyped field (model options): TOML's reading of it, else the string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply(section_obj: Any, section: str, key: str, value: Any, source: str) -> None:
+    hints = typing.get_type_hints(type(section_obj))
+    if key not in hints:
+        names = ", ".join(f.name for f in fields(section_obj))
+        raise TformerError(f"{source}: unknown option {section}.{key} (known: {names})")
+    setattr(section_obj, key, _coerce(value, hints[key], f"{source}: {section}.{key}"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults, then the TOML file, then `section.key=value` overrides (later wins)."""
+    cfg = RunConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise TformerError(f"{path}: config file not found")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise TformerError(f"{path}: invalid TOML ({exc})") from None
+        except UnicodeDecodeError:
+            raise TformerError(f"{path}: not valid UTF-8") from None
+        for section, values in data.items():
+            if section not in ("model", "data", "train") or not isinstance(values, dict):
+                raise TformerError(f"{path}: unknown section [{section}] (known: model, data, train)")
+            for key, value in values.items():
+                if section == "model":
+                    cfg.model[key] = value
+                else:
+                    _apply(getattr(cfg, section), section, key, value, str(path))
+    for item in overrides:
+        key, sep, value = item.lstrip("-").partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in ("model", "data", "train"):
+            raise TformerError(f"option {item!r}: expected section.key=value with section model, data or train")
+        if section == "model":
+            cfg.model[name] = parse_scalar(value)
+        else:
+            _apply(getattr(cfg, section), section, name, value, "command line")
+    return cfg
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Rebuild a saved RunConfig (as written by to_dict)."""
+    cfg = RunConfig(model=dict(data.get("model", {})))
+    for section in ("data", "train"):
+        for key, value in data.get(section, {}).items():
+            _apply(getattr(cfg, section), section, key, value, "saved config")
+    return cfg

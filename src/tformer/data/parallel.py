@@ -1,0 +1,59 @@
+"""Reading text and parallel corpora: UTF-8 files, plain or gzip, one sentence per line.
+
+Every problem a user's file can have becomes one TformerError that names the file (and line).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+from tformer.errors import TformerError
+
+
+def read_lines(path: str | Path, allow_empty: bool = False) -> list[str]:
+    """All lines of a UTF-8 text file (.gz read through gzip), without their line endings."""
+    path = Path(path)
+    if not path.exists():
+        raise TformerError(f"{path}: file not found")
+    if path.is_dir():
+        raise TformerError(f"{path}: is a directory, expected a text file")
+    try:
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise TformerError(f"{path}: cannot read ({exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise TformerError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.splitlines()
+    if not lines and not allow_empty:
+        raise TformerError(f"{path}: file is empty")
+    return lines
+
+
+def read_parallel(src_path: str | Path, tgt_path: str | Path) -> list[tuple[str, str]]:
+    """Aligned (source, target) pairs from two files whose line i translate each other."""
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise TformerError(
+            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: a parallel corpus needs aligned files"
+        )
+    return list(zip(src, tgt))
+
+
+def read_text_input(path: str | Path | None, stdin: io.TextIOBase | None = None) -> list[str]:
+    """Lines from a file, or from standard input when path is None or '-'."""
+    if path is None or str(path) == "-":
+        import sys
+
+        stream = stdin or sys.stdin
+        try:
+            return stream.read().splitlines()
+        except UnicodeDecodeError:
+            raise TformerError("<stdin>: not valid UTF-8") from None
+    return read_lines(path)

@@ -1,0 +1,152 @@
+"""Greedy decoding and beam search for encoder-decoder models.
+
+The model offers `encode(src) -> (memory, src_mask)`, `decode(tgt_in, memory, src_mask, cache) -> logits`
+and `new_cache()`; its config names pad_id, bos_id and eos_id. Both searches run the encoder once.
+
+Greedy decoding, as the lectures describe it: feed the decoder <s>, take the most probable next token, feed
+<s> and every token produced so far, repeat until </s>. With use_cache=True the decoder is fed only the
+newest token and reads the keys/values of earlier positions (and the projected encoder output) from a
+cache, which gives the same result with O(1) instead of O(t) new work per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _step_logits(model, tokens: Tensor, memory: Tensor, src_mask: Tensor, cache) -> Tensor:
+    """Log-probabilities (B, V) of the next token after `tokens` (B, t)."""
+    if cache is not None:
+        logits = model.decode(tokens[:, -1:], memory, src_mask, cache)
+    else:
+        logits = model.decode(tokens, memory, src_mask)
+    return torch.log_softmax(logits[:, -1].float(), dim=-1)
+
+
+@torch.inference_mode()
+def greedy_decode(model, src: Tensor, max_len: int | None = None, use_cache: bool = True) -> list[list[int]]:
+    """Token ids (without <s> and </s>) for each source row of src (B, S)."""
+    cfg = model.config
+    max_len = max_len or src.size(1) * 2 + 10
+    memory, src_mask = model.encode(src)
+    b = src.size(0)
+    tokens = torch.full((b, 1), cfg.bos_id, dtype=torch.long, device=src.device)
+    finished = torch.zeros(b, dtype=torch.bool, device=src.device)
+    cache = model.new_cache() if use_cache else None
+    for _ in range(max_len):
+        next_tok = _step_logits(model, tokens, memory, src_mask, cache).argmax(dim=-1)
+        next_tok = next_tok.masked_fill(finished, cfg.pad_id)
+        tokens = torch.cat([tokens, next_tok[:, None]], dim=1)
+        finished |= next_tok == cfg.eos_id
+        if bool(finished.all()):
+            break
+    return [_strip(row, cfg.eos_id, cfg.pad_id) for row in tokens[:, 1:].tolist()]
+
+
+def _strip(ids: list[int], eos_id: int, pad_id: int) -> list[int]:
+    out = []
+    for i in ids:
+        if i == eos_id or i == pad_id:
+            break
+        out.append(i)
+    return out
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]
+    score: float  # length-normalised log-probability
+
+
+@torch.inference_mode()
+def beam_search(model, src: Tensor, beam_size: int = 4, max_len: int | None = None, length_penalty: float = 1.0,
+                n_best: int = 1) -> list[list[Hypothesis]]:
+    """Batched beam search; for each source row, the n_best hypotheses, best first.
+
+    Each step extends each of the K live hypotheses of a sentence by every token, keeps the 2K best
+    extensions by total log-probability, moves those that end in </s> (among the top K) to the finished
+    list and continues with the K best that did not end. A sentence is done when it has K finished
+    hypotheses; done sentences leave the batch, so the work shrinks as decoding goes on. Finished
+    hypotheses are ranked by sum(log p) / length^length_penalty (length counts </s>).
+    With beam_size=1 this is exactly greedy decoding.
+    """
+    cfg = model.config
+    k = beam_size
+    max_len = max_len or src.size(1) * 2 + 10
+    b, device = src.size(0), src.device
+    memory, src_mask = model.encode(src)
+    # Every sentence starts with K copies of its encoder output; only the first copy is live at step 0.
+    expand = torch.arange(b, device=device).repeat_interleave(k)
+    memory, src_mask = memory.index_select(0, expand), src_mask.index_select(0, expand)
+    tokens = torch.full((b * k, 1), cfg.bos_id, dtype=torch.long, device=device)
+    scores = torch.full((b, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    cache = model.new_cache()
+    finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+    alive = torch.arange(b, device=device)  # original sentence index of each row block still decoding
+
+    for step in range(max_len + 1):
+        n = alive.numel()
+        lprobs = _step_logits(model, tokens, memory, src_mask, cache)  # (n*K, V)
+        v = lprobs.size(-1)
+        if step == max_len:  # out of room: only </s> may follow
+            forced = torch.full_like(lprobs, float("-inf"))
+            forced[:, cfg.eos_id] = lprobs[:, cfg.eos_id]
+            lprobs = forced
+        cand = (scores.view(n * k, 1) + lprobs).view(n, k * v)
+        top_scores, top_ids = cand.topk(2 * k, dim=-1)  # (n, 2K), best first
+        top_beams, top_tokens = top_ids // v, top_ids % v
+        is_eos = top_tokens == cfg.eos_id
+
+        # Finish: </s> candidates ranked within the top K of their sentence.
+        done_rows = []
+        eos_hits = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist()
+        if eos_hits:
+            prefix = tokens.view(n, k, -1)[:, :, 1:]
+            length = tokens.size(1)  # tokens so far (without <s>) + </s>
+            for row, col in eos_hits:
+                sent = int(alive[row])
+                if len(finished[sent]) < k:
+                    beam = int(top_beams[row, col])
+                    finished[sent].append(Hypothesis(prefix[row, beam].tolist(),
+                                                     float(top_scores[row, col]) / length**length_penalty))
+            done_rows = [r for r in range(n) if len(finished[int(alive[r])]) >= k]
+        if step == max_len:
+            break
+
+        # Continue: the K best candidates that did not end.
+        live_scores = top_scores.masked_fill(is_eos, float("-inf"))
+        keep_scores, keep_pos = live_scores.topk(k, dim=-1)  # (n, K)
+        keep_beams = top_beams.gather(1, keep_pos)
+        keep_tokens = top_tokens.gather(1, keep_pos)
+        rows = (torch.arange(n, device=device)[:, None] * k + keep_beams).view(-1)  # flat source row per new beam
+        tokens = torch.cat([tokens.index_select(0, rows), keep_tokens.view(-1, 1)], dim=1)
+        scores = keep_scores
+        cache.select(rows)
+
+        if done_rows:
+            keep_sent = torch.tensor([r for r in range(n) if r not in set(done_rows)], dtype=torch.long,
+                                     device=device)
+            if keep_sent.numel() == 0:
+                break
+            flat = (keep_sent[:, None] * k + torch.arange(k, device=device)).view(-1)
+            tokens, scores, alive = tokens.index_select(0, flat), scores.index_select(0, keep_sent), alive[keep_sent]
+            memory, src_mask = memory.index_select(0, flat), src_mask.index_select(0, flat)
+            cache.select(flat)
+
+    results = []
+    for hyps in finished:
+        hyps = sorted(hyps, key=lambda h: h.score, reverse=True)
+        results.append(hyps[:n_best])
+    return results
+
+
+def translate_ids(model, src: Tensor, beam_size: int = 1, max_len: int | None = None,
+                  length_penalty: float = 1.0, use_cache: bool = True) -> list[list[int]]:
+    """Best token ids per source row: greedy for beam_size 1, beam search otherwise."""
+    if beam_size <= 1:
+        return greedy_decode(model, src, max_len, use_cache)
+    return [h[0].tokens if h else [] for h in beam_search(model, src, beam_size, max_len, length_penalty)]

@@ -1,0 +1,168 @@
+"""Attention, from the lectures' score functions to multi-head scaled dot-product attention.
+
+Shapes: B batch, H heads, T query length, S key/value length, D model width (d_model),
+Dh = d_k = d_v = D / H, the width of one head.
+
+Score functions of a decoder state s against encoder states h (Luong et al. 2015, Bahdanau et al. 2015):
+    dot            score(s, h) = s . h
+    multiplicative score(s, h) = s^T W h
+    additive       score(s, h) = v^T tanh(W1 h + W2 s)
+Scaled dot-product attention (Vaswani et al. 2017, eq. 1): softmax(Q K^T / sqrt(d_k) + mask) V.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tformer.nn.cache import AttentionCache
+
+# ---------------------------------------------------------------------------------------------------
+# Score functions over one decoder state s (..., Ds) and n encoder states h (..., n, Dh) -> (..., n)
+
+
+def dot_scores(s: Tensor, h: Tensor) -> Tensor:
+    """score(s, h_i) = s . h_i for every encoder state h_i."""
+    return (h @ s.unsqueeze(-1)).squeeze(-1)
+
+
+class MultiplicativeScore(nn.Module):
+    """score(s, h_i) = s^T W h_i (Luong's "general" score); W maps encoder width to decoder width."""
+
+    def __init__(self, d_decoder: int, d_encoder: int):
+        super().__init__()
+        self.W = nn.Parameter(torch.empty(d_decoder, d_encoder))
+        nn.init.xavier_uniform_(self.W)
+
+    def forward(self, s: Tensor, h: Tensor) -> Tensor:
+        return dot_scores(s @ self.W, h)
+
+
+class AdditiveScore(nn.Module):
+    """score(s, h_i) = v^T tanh(W1 h_i + W2 s) (Bahdanau's "concat" score)."""
+
+    def __init__(self, d_decoder: int, d_encoder: int, d_attn: int):
+        super().__init__()
+        self.W1 = nn.Linear(d_encoder, d_attn, bias=False)
+        self.W2 = nn.Linear(d_decoder, d_attn, bias=True)
+        self.v = nn.Linear(d_attn, 1, bias=False)
+
+    def forward(self, s: Tensor, h: Tensor) -> Tensor:
+        return self.v(torch.tanh(self.W1(h) + self.W2(s).unsqueeze(-2))).squeeze(-1)
+
+
+def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
+    """Softmax over the last axis with masked scores at -inf; a row with every key masked gives zeros."""
+    if mask is None:
+        return torch.softmax(scores, dim=-1)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    # softmax of an all -inf row is 0/0 = NaN; such a query attends to nothing, so its weights are 0.
+    return weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+
+
+def attend(scores: Tensor, values: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Attention distribution alpha = softmax(scores) and context sum_i alpha_i v_i.
+
+    scores (..., n), values (..., n, Dv), mask (..., n) True = may attend -> context (..., Dv), alpha (..., n)
+    """
+    alpha = masked_softmax(scores, mask)
+    return (alpha.unsqueeze(-2) @ values).squeeze(-2), alpha
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scaled dot-product attention: the explicit path (returns weights) and the fused path.
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    training: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """softmax(Q K^T / sqrt(d_k) + mask) V.
+
+    q (B, H, T, Dh), k and v (B, H, S, Dh), mask broadcastable to (B, H, T, S), True = may attend.
+    need_weights=True takes the explicit path, which reads like the equation and returns the
+    weights (B, H, T, S); otherwise PyTorch's fused kernel computes the same numbers faster.
+    """
+    if need_weights:
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, S)
+        weights = masked_softmax(scores, mask)
+        dropped = F.dropout(weights, dropout_p, training) if dropout_p > 0 and training else weights
+        return dropped @ v, weights
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p if training else 0.0)
+    if mask is not None:
+        # Fully masked rows: some kernels give NaN, the explicit path gives 0; make both give 0.
+        out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    return out, None
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
+
+    The h per-head projections W_i^Q (D x Dh each) are stored stacked as one D x D matrix per role, and
+    the three roles side by side in `in_proj` (3D x D), so self-attention does one matmul for Q, K and V.
+    Cross-attention (`context` given) projects queries with the first D rows and keys/values with the rest.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
+        self.dropout = dropout
+        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V]
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # (B, T, D) -> (B, H, T, Dh)
+
+    def _project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        d = self.d_model
+        bias = self.in_proj.bias[d:] if self.in_proj.bias is not None else None
+        k, v = F.linear(context, self.in_proj.weight[d:], bias).chunk(2, dim=-1)
+        return self._split_heads(k), self._split_heads(v)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        cache: AttentionCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, D) queries; context (B, S, D) keys/values for cross-attention (None: self-attention).
+
+        mask broadcasts to (B, H, T, S) with True = may attend. With a cache, self-attention appends this
+        step's keys/values to those of earlier steps, and cross-attention projects `context` only once.
+        Returns (B, T, D) and, when need_weights, the attention weights (B, H, T, S).
+        """
+        d = self.d_model
+        if context is None:
+            q, k, v = self.in_proj(x).chunk(3, dim=-1)
+            q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+            if cache is not None:
+                k, v = cache.append(k, v)
+        else:
+            bias = self.in_proj.bias[:d] if self.in_proj.bias is not None else None
+            q = self._split_heads(F.linear(x, self.in_proj.weight[:d], bias))
+            if cache is not None:
+                if not cache.filled:
+                    cache.set(*self._project_kv(context))
+                k, v = cache.get()
+            else:
+                k, v = self._project_kv(context)
+        out, weights = scaled_dot_product_attention(
+            q, k, v, mask, self.dropout, need_weights=need_weights, training=self.training
+        )
+        b, _, t, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, t, d)  # (B, H, T, Dh) -> (B, T, D): concatenate the heads
+        return self.out_proj(out), weights

@@ -1,0 +1,24 @@
+"""Position-wise feed-forward network (Vaswani et al. 2017, eq. 2): FFN(x) = max(0, x W1 + b1) W2 + b2."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+class PositionwiseFeedForward(nn.Module):
+    """Two linear maps with an activation between, applied to every position alike: D -> d_ff -> D."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "relu", activation_dropout: float = 0.0):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r} (expected one of {sorted(ACTIVATIONS)})")
+        self.w1 = nn.Linear(d_model, d_ff)
+        self.w2 = nn.Linear(d_ff, d_model)
+        self.activation = ACTIVATIONS[activation]
+        self.activation_dropout = nn.Dropout(activation_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(self.activation_dropout(self.activation(self.w1(x))))

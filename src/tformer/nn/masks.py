@@ -1,0 +1,40 @@
+"""Attention masks. One convention for the whole package: boolean, True = may attend.
+
+Masks are shaped to broadcast against attention scores of shape (B, H, T, S):
+a padding mask is (B, 1, 1, S), a causal mask is (T, S) and their combination (B, 1, T, S).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
+    """(B, S) token ids -> (B, 1, 1, S) mask that hides padding keys from every query."""
+    return (ids != pad_id)[:, None, None, :]
+
+
+def lengths_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """(B,) lengths -> (B, 1, 1, S) mask that keeps the first `length` keys of each row."""
+    positions = torch.arange(max_len, device=lengths.device)
+    return (positions[None, :] < lengths[:, None])[:, None, None, :]
+
+
+def causal_mask(t: int, s: int | None = None, device: torch.device | str | None = None) -> Tensor:
+    """(T, S) mask where query i may attend to keys j <= i + (S - T).
+
+    With S > T the queries are the last T positions of a longer sequence (decoding with a cache),
+    so every query still sees all of the past and nothing of the future.
+    """
+    s = t if s is None else s
+    return torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=s - t)
+
+
+def combine(*masks: Tensor | None) -> Tensor | None:
+    """Logical AND of the masks that are given; None when none is."""
+    out = None
+    for m in masks:
+        if m is not None:
+            out = m if out is None else out & m
+    return out

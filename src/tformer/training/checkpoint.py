@@ -1,0 +1,126 @@
+"""Model directories: config.json + model.safetensors + tokenizer.json (+ trainer state).
+
+A directory is written next to its destination under a temporary name and then swapped in by renames, so a
+crash mid-write never leaves a half-written checkpoint where a good one was. Weights load with safetensors,
+trainer state with torch.load(weights_only=True): nothing executes code from a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tformer.errors import TformerError
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer.json"
+TARGET_TOKENIZER = "tokenizer.target.json"
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.pt"
+
+
+def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with tied weights stored once (safetensors refuses shared storage)."""
+    seen: dict[int, str] = {}
+    out = {}
+    for name, tensor in model.state_dict().items():
+        key = tensor.data_ptr()
+        if key in seen and tensor.numel() > 0:
+            continue
+        seen[key] = name
+        out[name] = tensor.detach().contiguous().cpu()
+    return out
+
+
+def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Run write(tmp_dir) and put tmp_dir at `path` atomically enough: the old copy survives until the new is whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():  # flush file contents before the rename makes them visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_model_files(directory: Path, model: nn.Module, config: dict, tokenizer=None, target_tokenizer=None) -> None:
+    (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    save_file(_unique_state_dict(model), str(directory / WEIGHTS), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(directory / TOKENIZER)
+    if target_tokenizer is not None:
+        target_tokenizer.save(directory / TARGET_TOKENIZER)
+
+
+def save_model(path: str | Path, model: nn.Module, config: dict, tokenizer=None, target_tokenizer=None,
+               trainer_state: dict[str, Any] | None = None, optimizer_state: dict[str, Any] | None = None) -> None:
+    """Write a complete model directory at `path` (replacing any earlier one only once the new one is whole)."""
+
+    def write(tmp: Path) -> None:
+        write_model_files(tmp, model, config, tokenizer, target_tokenizer)
+        if trainer_state is not None:
+            (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / OPTIMIZER)
+
+    save_dir(path, write)
+
+
+def read_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_dir():
+        raise TformerError(f"{path}: model directory not found")
+    cfg = path / CONFIG
+    if not cfg.is_file():
+        raise TformerError(f"{path}: not a model directory (no {CONFIG})")
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as exc:
+        raise TformerError(f"{cfg}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+
+
+def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> None:
+    """Load model.safetensors into `model`; tied weights stored once are restored through the tie."""
+    weights = Path(path) / WEIGHTS
+    if not weights.is_file():
+        raise TformerError(f"{path}: no {WEIGHTS}")
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:
+        raise TformerError(f"{weights}: cannot read weights ({str(exc).splitlines()[0]})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Keys dropped by _unique_state_dict are aliases of a saved tensor and are filled through the tie.
+    current = model.state_dict()
+    saved = {current[k].data_ptr() for k in state if k in current}
+    missing = [k for k in missing if current[k].data_ptr() not in saved]
+    if strict and (missing or unexpected):
+        raise TformerError(f"{weights}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_trainer_state(path: str | Path) -> tuple[dict | None, dict | None]:
+    """(trainer_state.json contents, optimizer.pt contents) when present."""
+    path = Path(path)
+    meta = json.loads((path / TRAINER_STATE).read_text()) if (path / TRAINER_STATE).is_file() else None
+    opt = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True) if (path / OPTIMIZER).is_file() else None
+    return meta, opt

@@ -1,0 +1,218 @@
+"""The training loop. It knows nothing of any task: a task supplies batches, a loss and a validation.
+
+One optimiser step: set the learning rate from the schedule, run `accum_steps` micro-batches forward and
+backward under autocast (DDP synchronises gradients on the last one only), clip, step. Around it: logging,
+periodic validation, atomic checkpoints, and exact resume (weights, optimiser, step, data position, RNG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from tformer.config import TrainConfig
+from tformer.data.batching import shard
+from tformer.training import checkpoint, distributed, schedules
+from tformer.training.optim import make_adam
+
+
+class Task(Protocol):
+    """What the trainer needs from a task."""
+
+    model: nn.Module
+
+    def train_batches(self, epoch: int, seed: int) -> list[Any]:
+        """The epoch's batches (for example lists of example indices), in order."""
+
+    def collate(self, batch: Any, device: torch.device) -> dict[str, Tensor]:
+        ...
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """(summed loss, stats); stats holds at least 'tokens', the count the loss is a sum over."""
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        ...
+
+    def save(self, path: Path, model: nn.Module, trainer_state: dict | None, optimizer_state: dict | None) -> None:
+        ...
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    epoch: int = 0
+    batch_index: int = 0  # micro-batches of this epoch (this rank's share) already consumed
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    best: dict | None = None
+    last_valid: dict | None = None
+
+
+def learning_rate(cfg: TrainConfig, step: int, d_model: int) -> float:
+    if cfg.schedule == "inverse_sqrt":
+        return schedules.inverse_sqrt_lr(step, d_model, cfg.warmup_steps, cfg.lr)
+    if cfg.schedule == "cosine":
+        return schedules.warmup_cosine_lr(step, cfg.lr, cfg.warmup_steps, max(cfg.max_steps, 1))
+    return cfg.lr * min(1.0, step / max(cfg.warmup_steps, 1))
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(int(x) for x in state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ProgressLog:
+    """A tqdm bar on a terminal, plain lines otherwise (CI logs, files); only rank 0 shows anything."""
+
+    def __init__(self, total: int | None, enabled: bool, initial: int = 0):
+        self.enabled = enabled
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total or None, initial=initial, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, fields: dict[str, str], line: bool) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix(fields, refresh=True)
+        elif line:
+            print(f"step {step} " + " ".join(f"{k} {v}" for k, v in fields.items()), file=sys.stderr, flush=True)
+
+    def write(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
+          info: distributed.DistInfo | None = None, quiet: bool = False) -> TrainerState:
+    """Train task.model until max_steps / max_epochs / max_minutes; write the model directory to out_dir."""
+    info = info or distributed.setup(cfg.device)
+    out_dir = Path(out_dir)
+    model = task.model.to(info.device)
+    d_model = getattr(model.config, "d_model", 512)
+    optimizer = make_adam(model, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.weight_decay)
+    state = TrainerState()
+    if resume and (out_dir / checkpoint.TRAINER_STATE).is_file():
+        checkpoint.load_weights(out_dir, model)
+        meta, opt_state = checkpoint.load_trainer_state(out_dir)
+        state = TrainerState(**meta["trainer"])
+        optimizer.load_state_dict(opt_state["optimizer"])
+        _set_rng_state(opt_state["rng"])
+    elif not resume:
+        torch.manual_seed(cfg.seed + info.rank)
+    ddp = DistributedDataParallel(model) if info.enabled else model
+    use_amp = cfg.amp and info.device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    log = ProgressLog(cfg.max_steps, info.is_main and not quiet, state.step)
+    if info.is_main and not quiet:
+        n_params = sum(p.numel() for p in model.parameters())
+        log.write(f"model: {n_params:,} parameters on {info.device} x {info.world_size} process(es)")
+
+    def save() -> None:
+        if info.is_main:
+            trainer_meta = {"trainer": asdict(state), "train_config": asdict(cfg)}
+            task.save(out_dir, model, trainer_meta, {"optimizer": optimizer.state_dict(), "rng": _rng_state()})
+        distributed.barrier(info)
+
+    def validate() -> None:
+        if info.is_main:
+            model.eval()
+            metrics = task.validate(model)
+            model.train()
+            state.last_valid = metrics
+            log.write(f"valid step {state.step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        distributed.barrier(info)
+
+    model.train()
+    window_tokens, window_loss, window_count, window_start = 0.0, 0.0, 0.0, time.perf_counter()
+    run_start = time.perf_counter() - state.elapsed_s
+    stop = False
+    while not stop:
+        if cfg.max_epochs and state.epoch >= cfg.max_epochs:
+            break
+        batches = shard(task.train_batches(state.epoch, cfg.seed), info.rank, info.world_size)
+        while state.batch_index + cfg.accum_steps <= len(batches):
+            group = batches[state.batch_index : state.batch_index + cfg.accum_steps]
+            lr = learning_rate(cfg, state.step + 1, d_model)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+            micro = [task.collate(b, info.device) for b in group]
+            step_tokens = sum(task.count_tokens(m) for m in micro)
+            step_loss = 0.0
+            for i, m in enumerate(micro):
+                last = i == len(micro) - 1
+                sync = ddp.no_sync() if info.enabled and not last else contextlib.nullcontext()
+                with sync, autocast():
+                    loss_sum, stats = task.loss(ddp, m)
+                    (loss_sum / step_tokens).backward()
+                step_loss += float(loss_sum.detach())
+            if cfg.clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.batch_index += cfg.accum_steps
+            state.tokens += step_tokens
+            window_tokens += step_tokens
+            window_loss += step_loss
+            window_count += step_tokens
+            now = time.perf_counter()
+            state.elapsed_s = now - run_start
+            if not math.isfinite(step_loss):
+                log.write(f"step {state.step}: loss is {step_loss}; stopping (lower the learning rate?)")
+                stop = True
+                break
+            is_log = state.step % max(cfg.log_every, 1) == 0
+            if is_log or log.bar is not None:
+                dt = max(now - window_start, 1e-9)
+                log.update(state.step, {"loss": f"{window_loss / max(window_count, 1):.3f}", "lr": f"{lr:.2e}",
+                                        "tok/s": f"{window_tokens * info.world_size / dt:,.0f}"}, is_log)
+                if is_log:
+                    window_tokens, window_loss, window_count, window_start = 0.0, 0.0, 0.0, now
+            done = (cfg.max_steps and state.step >= cfg.max_steps) or (
+                cfg.max_minutes and state.elapsed_s >= cfg.max_minutes * 60)
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and not done:
+                validate()
+            if cfg.save_every and state.step % cfg.save_every == 0 and not done:
+                save()
+            if done:
+                stop = True
+                break
+        else:
+            state.epoch += 1
+            state.batch_index = 0
+    log.close()
+    validate()
+    save()
+    return state

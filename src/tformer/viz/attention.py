@@ -1,0 +1,61 @@
+"""Attention maps as pictures a person can read: one heatmap per (layer, head) or averaged over heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_attention(weights, source_tokens: Sequence[str], target_tokens: Sequence[str], path: str | Path,
+                   title: str = "") -> Path:
+    """Heatmap of weights (T, S): row t shows where output token t looked in the source."""
+    w = np.asarray(weights, dtype=np.float32)
+    t, s = w.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * s + 1.5), max(3.0, 0.35 * t + 1.2)))
+    im = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-6), aspect="auto")
+    ax.set_xticks(range(s))
+    ax.set_xticklabels(source_tokens, rotation=90, fontsize=9)
+    ax.set_yticks(range(t))
+    ax.set_yticklabels(target_tokens, fontsize=9)
+    ax.set_xlabel("source (encoder) tokens")
+    ax.set_ylabel("output (decoder) tokens")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_attention_grid(weights, source_tokens: Sequence[str], target_tokens: Sequence[str], path: str | Path,
+                        title: str = "") -> Path:
+    """All heads of all layers: weights (L, H, T, S) -> one grid of small heatmaps."""
+    w = np.asarray(weights, dtype=np.float32)
+    n_layers, n_heads = w.shape[:2]
+    fig, axes = plt.subplots(n_layers, n_heads, figsize=(2.6 * n_heads, 2.4 * n_layers), squeeze=False)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            ax = axes[layer][head]
+            ax.imshow(w[layer, head], cmap="viridis", vmin=0.0, aspect="auto")
+            ax.set_title(f"layer {layer + 1} head {head + 1}", fontsize=8)
+            ax.set_xticks(range(len(source_tokens)))
+            ax.set_xticklabels(source_tokens, rotation=90, fontsize=5)
+            ax.set_yticks(range(len(target_tokens)))
+            ax.set_yticklabels(target_tokens, fontsize=5)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
