@@ -41,7 +41,7 @@ def demo_config(minutes: float, seed: int) -> RunConfig:
     run.data.tokenizer = "char"
     run.data.max_len = 64
     t = run.train
-    t.max_minutes, t.max_tokens, t.warmup_steps, t.lr = minutes, 2048, 300, 2.0
+    t.max_minutes, t.max_tokens, t.warmup_steps, t.lr = minutes, 2048, 400, 1.0
     t.seed, t.log_every, t.eval_max_sentences = seed, 100, 200
     return run
 

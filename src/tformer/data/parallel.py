@@ -12,6 +12,15 @@ from pathlib import Path
 from tformer.errors import TformerError
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines end at \n, \r\n or \r only: str.splitlines() also breaks at U+2028, U+0085, form feeds and
+    other characters that occur inside corpus lines, which would misalign a parallel corpus."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def read_lines(path: str | Path, allow_empty: bool = False) -> list[str]:
     """All lines of a UTF-8 text file (.gz read through gzip), without their line endings."""
     path = Path(path)
@@ -30,7 +39,7 @@ def read_lines(path: str | Path, allow_empty: bool = False) -> list[str]:
         raise TformerError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    lines = text.splitlines()
+    lines = split_lines(text)
     if not lines and not allow_empty:
         raise TformerError(f"{path}: file is empty")
     return lines
@@ -53,7 +62,7 @@ def read_text_input(path: str | Path | None, stdin: io.TextIOBase | None = None)
 
         stream = stdin or sys.stdin
         try:
-            return stream.read().splitlines()
+            return split_lines(stream.read())
         except UnicodeDecodeError:
             raise TformerError("<stdin>: not valid UTF-8") from None
     return read_lines(path)

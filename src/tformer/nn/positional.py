@@ -34,7 +34,7 @@ class SinusoidalPositionalEncoding(nn.Module):
     def forward(self, length: int, offset: int = 0) -> Tensor:
         end = offset + length
         if end > self.table.size(0):
-            self.table = sinusoidal_table(max(end, 2 * self.table.size(0)), self.d_model).to(self.table.device)
+            self.table = sinusoidal_table(max(end, 2 * self.table.size(0)), self.d_model).to(self.table)
         return self.table[offset:end]
 
 

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny parallel corpora made in the test, and a tiny translation task."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tformer.config import RunConfig
+
+
+def copy_pairs(n: int, seed: int = 0, vocab: str = "abcdefgh", max_words: int = 5) -> list[tuple[str, str]]:
+    """A toy 'translation': the target is a copy of the source (learnable in seconds by a tiny model)."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        words = ["".join(rng.choice(vocab) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, max_words))]
+        pairs.append((" ".join(words), " ".join(words)))
+    return pairs
+
+
+def tiny_run(**train) -> RunConfig:
+    run = RunConfig(model={"preset": "transformer-micro", "dropout": 0.1})
+    run.data.tokenizer = "char"
+    run.data.max_len = 64
+    run.train.max_tokens = 256
+    run.train.warmup_steps = 20
+    run.train.log_every = 1000
+    run.train.eval_max_sentences = 16
+    for k, v in train.items():
+        setattr(run.train, k, v)
+    return run
+
+
+# Tiny models run fastest on one thread; several threads on a busy 2-core machine mostly wait on each other.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+    yield

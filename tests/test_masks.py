@@ -1,0 +1,169 @@
+"""Masks: their values, and their effect through the whole model (causality, padding invariance)."""
+
+import pytest
+import torch
+
+from tformer.models.transformer import Transformer, TransformerConfig
+from tformer.nn.masks import causal_mask, combine, lengths_mask, padding_mask
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: extra threads only add start-up cost, and on a busy 2-core machine a great deal of it.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+# --------------------------------------------------------------------------------------------------
+# Values
+
+
+def test_padding_mask_values_and_shape():
+    ids = torch.tensor([[5, 6, 0, 0], [7, 0, 8, 0]])
+    m = padding_mask(ids, 0)
+    assert m.dtype == torch.bool
+    assert m.shape == (2, 1, 1, 4)
+    assert m[:, 0, 0].tolist() == [[True, True, False, False], [True, False, True, False]]
+
+
+def test_padding_mask_other_pad_id():
+    ids = torch.tensor([[0, 3, 3]])
+    assert padding_mask(ids, 3)[0, 0, 0].tolist() == [True, False, False]
+
+
+def test_causal_mask_square():
+    m = causal_mask(4)
+    assert m.dtype == torch.bool and m.shape == (4, 4)
+    expected = [[True, False, False, False],
+                [True, True, False, False],
+                [True, True, True, False],
+                [True, True, True, True]]
+    assert m.tolist() == expected
+    for i in range(4):
+        for j in range(4):
+            assert bool(m[i, j]) == (j <= i)
+
+
+def test_causal_mask_rectangular_sees_all_past():
+    # Two new queries at the end of a sequence of 5 keys: query i sees keys j <= i + 3.
+    m = causal_mask(2, 5)
+    assert m.shape == (2, 5)
+    assert m.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
+    # A single query step with a cache sees everything.
+    assert causal_mask(1, 7).all()
+
+
+def test_lengths_mask_values():
+    m = lengths_mask(torch.tensor([2, 0, 4]), 4)
+    assert m.shape == (3, 1, 1, 4)
+    assert m[:, 0, 0].tolist() == [[True, True, False, False], [False] * 4, [True] * 4]
+
+
+def test_lengths_mask_equals_padding_mask():
+    ids = torch.tensor([[4, 5, 6, 0, 0], [4, 0, 0, 0, 0], [4, 5, 6, 7, 8]])
+    lengths = (ids != 0).sum(1)
+    assert torch.equal(lengths_mask(lengths, 5), padding_mask(ids, 0))
+
+
+def test_combine():
+    assert combine() is None
+    assert combine(None, None) is None
+    pad = padding_mask(torch.tensor([[4, 5, 0], [4, 0, 0]]), 0)  # (2, 1, 1, 3)
+    causal = causal_mask(3)  # (3, 3)
+    assert combine(pad) is pad
+    assert combine(None, causal, None) is causal
+    both = combine(pad, None, causal)
+    assert both.shape == (2, 1, 3, 3)
+    assert both[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, False]]
+    assert both[1, 0].tolist() == [[True, False, False]] * 3
+    assert torch.equal(both, pad & causal)
+
+
+# --------------------------------------------------------------------------------------------------
+# Through the model
+
+
+def _model(**kw) -> Transformer:
+    torch.manual_seed(0)
+    cfg = dict(src_vocab_size=20, tgt_vocab_size=20, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=2,
+               n_decoder_layers=2, dropout=0.0)
+    cfg.update(kw)
+    return Transformer(TransformerConfig(**cfg)).eval()
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_decoder_is_causal(norm_position):
+    model = _model(norm_position=norm_position)
+    src = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    tgt = torch.tensor([[1, 4, 5, 6, 7, 8], [1, 11, 12, 13, 14, 15]])
+    with torch.no_grad():
+        base = model(src, tgt).logits
+        for t in range(tgt.size(1) - 1):
+            changed = tgt.clone()
+            changed[:, t + 1] = torch.where(changed[:, t + 1] == 17, 18, 17)
+            out = model(src, changed).logits
+            assert torch.allclose(out[:, : t + 1], base[:, : t + 1], atol=1e-5), t
+            assert not torch.allclose(out[:, t + 1], base[:, t + 1], atol=1e-4), t
+
+
+def test_decoder_causal_with_attention_weights():
+    model = _model()
+    src = torch.tensor([[5, 6, 7]])
+    tgt = torch.tensor([[1, 4, 5, 6]])
+    with torch.no_grad():
+        out = model(src, tgt, need_weights=True)
+    for w in out.decoder_attentions:
+        assert w.shape == (1, 2, 4, 4)
+        assert torch.all(w.triu(diagonal=1) == 0)
+    for w in out.cross_attentions:
+        assert w.shape == (1, 2, 4, 3)
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_extra_source_padding_changes_nothing(norm_position):
+    model = _model(norm_position=norm_position)
+    src = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])
+    padded = torch.cat([src, torch.zeros(2, 3, dtype=torch.long)], dim=1)
+    tgt = torch.tensor([[1, 4, 5], [1, 6, 7]])
+    with torch.no_grad():
+        a = model(src, tgt).logits
+        b = model(padded, tgt).logits
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_encoder_real_positions_unaffected_by_padding(norm_position):
+    model = _model(norm_position=norm_position)
+    src = torch.tensor([[5, 6, 7]])
+    padded = torch.tensor([[5, 6, 7, 0, 0, 0, 0]])
+    with torch.no_grad():
+        mem, mask = model.encode(src)
+        mem_p, mask_p = model.encode(padded)
+    assert mask_p[0, 0, 0].tolist() == [True] * 3 + [False] * 4
+    assert torch.allclose(mem, mem_p[:, :3], atol=1e-5)
+
+
+def test_batched_with_padding_equals_unbatched():
+    model = _model()
+    short_src, long_src = [5, 6], [7, 8, 9, 10]
+    short_tgt, long_tgt = [1, 11, 12], [1, 13]
+    src = torch.tensor([short_src + [0, 0], long_src])
+    tgt = torch.tensor([short_tgt, long_tgt + [0]])
+    with torch.no_grad():
+        batched = model(src, tgt).logits
+        alone_short = model(torch.tensor([short_src]), torch.tensor([short_tgt])).logits
+        alone_long = model(torch.tensor([long_src]), torch.tensor([long_tgt])).logits
+    assert torch.allclose(batched[0], alone_short[0], atol=1e-5)
+    # Target padding: real positions of the shorter target are unchanged.
+    assert torch.allclose(batched[1, :2], alone_long[0], atol=1e-5)
+
+
+def test_source_tokens_do_matter():
+    # Sanity check for the invariance tests above: a real token change does change the output.
+    model = _model()
+    tgt = torch.tensor([[1, 4, 5]])
+    with torch.no_grad():
+        a = model(torch.tensor([[5, 6, 7]]), tgt).logits
+        b = model(torch.tensor([[5, 6, 8]]), tgt).logits
+    assert not torch.allclose(a, b, atol=1e-4)

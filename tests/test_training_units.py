@@ -1,0 +1,283 @@
+"""Units of training: the label-smoothed loss, the learning-rate schedules, the run configuration."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tformer.config import RunConfig, config_from_dict, load_config
+from tformer.errors import TformerError
+from tformer.training.losses import cross_entropy, label_smoothed_cross_entropy
+from tformer.training.schedules import inverse_sqrt_lr, warmup_cosine_lr
+
+# --------------------------------------------------------------------------------------------------
+# Label-smoothed cross-entropy
+
+
+def _data(n=6, v=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, v, generator=g), torch.randint(1, v, (n,), generator=g)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_label_smoothing_by_hand(eps):
+    logits, target = _data()
+    loss, nll, count = label_smoothed_cross_entropy(logits, target, epsilon=eps)
+    expected_loss, expected_nll = 0.0, 0.0
+    for i in range(logits.size(0)):
+        p = torch.softmax(logits[i].double(), -1)
+        nll_i = -math.log(p[target[i]].item())
+        uniform_i = (-torch.log(p)).mean().item()
+        expected_loss += (1 - eps) * nll_i + eps * uniform_i
+        expected_nll += nll_i
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-5)
+    assert nll.item() == pytest.approx(expected_nll, rel=1e-5)
+    assert int(count) == logits.size(0)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.25])
+def test_label_smoothing_equals_torch(eps):
+    logits, target = _data(n=10, v=11, seed=1)
+    loss, _, _ = label_smoothed_cross_entropy(logits, target, epsilon=eps)
+    ref = F.cross_entropy(logits, target, label_smoothing=eps, reduction="sum")
+    assert torch.allclose(loss, ref, atol=1e-5)
+
+
+def test_epsilon_zero_is_plain_nll():
+    logits, target = _data(seed=2)
+    loss, nll, _ = label_smoothed_cross_entropy(logits, target, epsilon=0.0)
+    assert torch.allclose(loss, nll, atol=1e-6)
+    assert torch.allclose(loss, F.nll_loss(torch.log_softmax(logits, -1), target, reduction="sum"), atol=1e-5)
+
+
+def test_smoothing_penalises_overconfidence():
+    # A confident correct prediction costs more with smoothing than without.
+    logits = torch.tensor([[20.0, 0.0, 0.0, 0.0]])
+    target = torch.tensor([0])
+    plain, _, _ = label_smoothed_cross_entropy(logits, target, epsilon=0.0)
+    smooth, _, _ = label_smoothed_cross_entropy(logits, target, epsilon=0.1)
+    assert smooth > plain + 1.0
+
+
+def test_padding_is_ignored():
+    logits, target = _data(n=8, seed=3)
+    target[[1, 4, 7]] = 0
+    loss, nll, count = label_smoothed_cross_entropy(logits, target, epsilon=0.1, ignore_index=0)
+    keep = target != 0
+    loss_ref, nll_ref, _ = label_smoothed_cross_entropy(logits[keep], target[keep], epsilon=0.1)
+    assert int(count) == 5
+    assert torch.allclose(loss, loss_ref, atol=1e-6)
+    assert torch.allclose(nll, nll_ref, atol=1e-6)
+    torch_ref = F.cross_entropy(logits, target, ignore_index=0, label_smoothing=0.1, reduction="sum")
+    assert torch.allclose(loss, torch_ref, atol=1e-5)
+    # Changing logits at padded positions changes nothing.
+    logits2 = logits.clone()
+    logits2[~keep] = torch.randn(3, 7) * 100
+    assert torch.allclose(label_smoothed_cross_entropy(logits2, target, 0.1, ignore_index=0)[0], loss)
+
+
+def test_no_padding_present_with_ignore_index():
+    logits, target = _data(seed=4)
+    a = label_smoothed_cross_entropy(logits, target, 0.1, ignore_index=0)
+    b = label_smoothed_cross_entropy(logits, target, 0.1)
+    assert torch.allclose(a[0], b[0]) and int(a[2]) == int(b[2]) == 6
+
+
+def test_loss_accepts_3d_and_gradients_flow():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 3, 5, generator=g, requires_grad=True)
+    target = torch.tensor([[1, 2, 0], [3, 4, 4]])
+    loss, nll, count = label_smoothed_cross_entropy(logits, target, 0.1, ignore_index=0)
+    assert int(count) == 5
+    assert not nll.requires_grad
+    loss.backward()
+    assert torch.equal(logits.grad[0, 2], torch.zeros(5))
+    assert logits.grad[0, 0].abs().sum() > 0
+    # The gradient of each counted row sums to zero (softmax minus a distribution).
+    assert torch.allclose(logits.grad.sum(-1), torch.zeros(2, 3), atol=1e-6)
+
+
+def test_cross_entropy_mean():
+    logits, target = _data(seed=6)
+    target[0] = -100
+    assert torch.allclose(cross_entropy(logits, target), F.cross_entropy(logits, target), atol=1e-6)
+    target[0] = 0
+    ce = cross_entropy(logits.view(2, 3, 7), target.view(2, 3), ignore_index=0)
+    assert torch.allclose(ce, F.cross_entropy(logits[1:], target[1:]), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Learning-rate schedules
+
+
+@pytest.mark.parametrize("d_model,warmup", [(512, 4000), (256, 100), (32, 10)])
+def test_inverse_sqrt_values(d_model, warmup):
+    def formula(step):
+        return d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+
+    assert inverse_sqrt_lr(1, d_model, warmup) == pytest.approx(d_model**-0.5 * warmup**-1.5, rel=1e-12)
+    assert inverse_sqrt_lr(warmup, d_model, warmup) == pytest.approx(d_model**-0.5 * warmup**-0.5, rel=1e-12)
+    assert inverse_sqrt_lr(4 * warmup, d_model, warmup) == pytest.approx(d_model**-0.5 * (4 * warmup) ** -0.5,
+                                                                        rel=1e-12)
+    # After warmup the rate halves when the step quadruples.
+    assert inverse_sqrt_lr(4 * warmup, d_model, warmup) == pytest.approx(
+        inverse_sqrt_lr(warmup, d_model, warmup) / 2, rel=1e-12)
+    for step in (1, 2, warmup // 2, warmup - 1, warmup, warmup + 1, 3 * warmup, 100 * warmup):
+        assert inverse_sqrt_lr(step, d_model, warmup) == pytest.approx(formula(step), rel=1e-12)
+    assert inverse_sqrt_lr(10, d_model, warmup, factor=2.0) == pytest.approx(2 * formula(10), rel=1e-12)
+
+
+def test_inverse_sqrt_paper_numbers():
+    # d_model 512, 4000 warmup steps: peak about 7.0e-4.
+    assert inverse_sqrt_lr(4000, 512, 4000) == pytest.approx(6.9877e-4, rel=1e-4)
+
+
+def test_inverse_sqrt_peaks_at_warmup():
+    warmup = 50
+    rates = [inverse_sqrt_lr(s, 64, warmup) for s in range(1, 400)]
+    assert max(range(len(rates)), key=rates.__getitem__) + 1 == warmup
+    assert all(a < b for a, b in zip(rates[: warmup - 1], rates[1:warmup]))  # rising linearly
+    assert all(a > b for a, b in zip(rates[warmup - 1:], rates[warmup:]))  # then falling
+
+
+def test_inverse_sqrt_step_zero_is_safe():
+    assert inverse_sqrt_lr(0, 512, 4000) == inverse_sqrt_lr(1, 512, 4000)
+
+
+def test_warmup_cosine():
+    assert warmup_cosine_lr(0, 1.0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine_lr(9, 1.0, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine_lr(10, 1.0, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine_lr(55, 1.0, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine_lr(100, 1.0, 10, 100, floor=0.1) == pytest.approx(0.1)
+    assert warmup_cosine_lr(500, 1.0, 10, 100) == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Run configuration
+
+
+def _write(tmp_path, text, name="run.toml"):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_defaults():
+    cfg = load_config()
+    assert isinstance(cfg, RunConfig)
+    assert cfg.train.warmup_steps == 4000 and cfg.train.adam_beta2 == 0.98
+    assert cfg.model == {"preset": "transformer-small"}
+
+
+def test_load_config_from_toml(tmp_path):
+    p = _write(tmp_path, """
+[model]
+preset = "transformer-micro"
+d_model = 64
+
+[data]
+tokenizer = "char"
+vocab_size = 500
+joint_vocab = false
+
+[train]
+lr = 2
+warmup_steps = 100
+schedule = "cosine"
+""")
+    cfg = load_config(p)
+    assert cfg.model == {"preset": "transformer-micro", "d_model": 64}
+    assert cfg.data.tokenizer == "char" and cfg.data.vocab_size == 500 and cfg.data.joint_vocab is False
+    assert cfg.train.lr == 2.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.warmup_steps == 100 and cfg.train.schedule == "cosine"
+    assert cfg.train.max_tokens == 4096  # untouched default
+
+
+def test_overrides_are_coerced_and_later_wins(tmp_path):
+    p = _write(tmp_path, "[train]\nwarmup_steps = 100\nlr = 0.5\n")
+    cfg = load_config(p, ["train.warmup_steps=50", "train.lr=3e-4", "data.joint_vocab=false",
+                          "train.amp=True", "model.d_model=64", "model.preset=transformer-tiny",
+                          "train.seed=7", "train.seed=9", "--data.vocab_size=123"])
+    assert cfg.train.warmup_steps == 50 and isinstance(cfg.train.warmup_steps, int)
+    assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.data.joint_vocab is False
+    assert cfg.train.amp is True
+    assert cfg.model["d_model"] == 64 and isinstance(cfg.model["d_model"], int)
+    assert cfg.model["preset"] == "transformer-tiny"
+    assert cfg.train.seed == 9
+    assert cfg.data.vocab_size == 123
+
+
+def test_unknown_section(tmp_path):
+    p = _write(tmp_path, "[optim]\nlr = 1\n")
+    with pytest.raises(TformerError, match=r"optim") as e:
+        load_config(p)
+    assert "run.toml" in str(e.value)
+
+
+def test_unknown_key_in_file(tmp_path):
+    p = _write(tmp_path, "[train]\nwarmup = 100\n")
+    with pytest.raises(TformerError, match=r"train\.warmup\b"):
+        load_config(p)
+
+
+def test_unknown_key_on_command_line():
+    with pytest.raises(TformerError, match=r"data\.vocab\b"):
+        load_config(None, ["data.vocab=100"])
+
+
+def test_wrong_type_for_int():
+    with pytest.raises(TformerError, match=r"train\.max_steps") as e:
+        load_config(None, ["train.max_steps=abc"])
+    assert "abc" in str(e.value)
+
+
+def test_wrong_type_in_file(tmp_path):
+    p = _write(tmp_path, '[train]\nwarmup_steps = "abc"\n')
+    with pytest.raises(TformerError, match=r"train\.warmup_steps"):
+        load_config(p)
+    p = _write(tmp_path, "[train]\nwarmup_steps = 1.5\n")
+    with pytest.raises(TformerError, match=r"train\.warmup_steps"):
+        load_config(p)
+    p = _write(tmp_path, "[train]\nlr = true\n")
+    with pytest.raises(TformerError, match=r"train\.lr"):
+        load_config(p)
+
+
+def test_bad_bool():
+    with pytest.raises(TformerError, match=r"train\.amp"):
+        load_config(None, ["train.amp=maybe"])
+
+
+def test_bad_literal():
+    with pytest.raises(TformerError, match=r"train\.schedule") as e:
+        load_config(None, ["train.schedule=linear"])
+    assert "inverse_sqrt" in str(e.value)
+
+
+def test_bad_literal_in_file(tmp_path):
+    p = _write(tmp_path, '[data]\ntokenizer = "wordpiece"\n')
+    with pytest.raises(TformerError, match=r"data\.tokenizer"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("item", ["train.lr", "lr=1", "optim.lr=1"])
+def test_malformed_override(item):
+    with pytest.raises(TformerError, match="section.key=value"):
+        load_config(None, [item])
+
+
+def test_missing_and_invalid_file(tmp_path):
+    with pytest.raises(TformerError, match="absent.toml"):
+        load_config(tmp_path / "absent.toml")
+    p = _write(tmp_path, "[train\nlr = \n", name="broken.toml")
+    with pytest.raises(TformerError, match="broken.toml"):
+        load_config(p)
+
+
+def test_config_round_trip(tmp_path):
+    cfg = load_config(None, ["train.lr=0.25", "data.tokenizer=char", "model.d_model=32"])
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
