@@ -1,0 +1,168 @@
+"""The command line: a working round trip, and bad input that ends in one line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_pairs
+from tformer.cli import main
+
+TINY = ["--preset", "transformer-micro", "--max-steps", "3", "--max-tokens", "128", "data.tokenizer=char",
+        "train.log_every=1000"]
+
+
+def write_corpus(folder: Path, n: int = 30, gz: bool = False) -> tuple[Path, Path]:
+    pairs = copy_pairs(n, seed=7)
+    suffix = ".gz" if gz else ""
+    src, tgt = folder / f"train.src{suffix}", folder / f"train.tgt{suffix}"
+    for path, side in ((src, 0), (tgt, 1)):
+        data = "".join(p[side] + "\n" for p in pairs).encode()
+        path.write_bytes(gzip.compress(data) if gz else data)
+    return src, tgt
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    src, tgt = write_corpus(folder, gz=True)
+    code = main(["train", "--out", str(folder / "model"), "--train-src", str(src), "--train-tgt", str(tgt),
+                 "--valid-src", str(src), "--valid-tgt", str(tgt), *TINY])
+    assert code == 0
+    return folder, src, tgt
+
+
+def test_train_translate_evaluate_round_trip(trained, capsys, tmp_path):
+    folder, src, tgt = trained
+    model = folder / "model"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "trainer_state.json"} <= {p.name for p in model.iterdir()}
+    inp = tmp_path / "in.txt"
+    inp.write_text("ab cd\nba\n")
+    code, out, err = run_cli(capsys, "translate", "--model", model, "--input", inp, "--beam", 2)
+    assert code == 0 and len(out.splitlines()) == 2
+    code, out, err = run_cli(capsys, "evaluate", "--model", model, "--src", src, "--ref", tgt, "--beam", 1)
+    assert code == 0 and "BLEU" in out and "chrF" in out and "sentences/s" in out
+
+
+def test_resume_continues_the_saved_run(trained, capsys):
+    folder, src, tgt = trained
+    code, out, err = run_cli(capsys, "train", "--out", folder / "model", "--resume", "--train-src", src,
+                             "--train-tgt", tgt, *TINY[:2], "--max-steps", 5, *TINY[4:])
+    assert code == 0
+    assert '"steps": 5' in out
+
+
+def test_list_models(capsys):
+    code, out, _ = run_cli(capsys, "list-models")
+    assert code == 0 and "transformer-base" in out and "transformer-big" in out
+
+
+def test_missing_training_file(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "m", "--train-src", tmp_path / "nope.en",
+                           "--train-tgt", tmp_path / "nope.de")
+    assert_one_line_error(code, err, "nope.en", "not found")
+
+
+def test_different_line_counts(capsys, tmp_path):
+    (tmp_path / "a.txt").write_text("one\ntwo\nthree\n")
+    (tmp_path / "b.txt").write_text("eins\nzwei\n")
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "m", "--train-src", tmp_path / "a.txt",
+                           "--train-tgt", tmp_path / "b.txt")
+    assert_one_line_error(code, err, "a.txt", "b.txt", "3", "2")
+
+
+def test_empty_file(capsys, tmp_path):
+    (tmp_path / "a.txt").write_text("")
+    (tmp_path / "b.txt").write_text("x\n")
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "m", "--train-src", tmp_path / "a.txt",
+                           "--train-tgt", tmp_path / "b.txt")
+    assert_one_line_error(code, err, "a.txt", "empty")
+
+
+def test_undecodable_bytes_name_the_line(capsys, tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"fine\nalso fine\nbad \xff byte\n")
+    (tmp_path / "b.txt").write_text("x\ny\nz\n")
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "m", "--train-src", tmp_path / "a.txt",
+                           "--train-tgt", tmp_path / "b.txt")
+    assert_one_line_error(code, err, "a.txt:3", "UTF-8")
+
+
+def test_bad_option_values(capsys, tmp_path):
+    src, tgt = write_corpus(tmp_path)
+    base = ["train", "--out", tmp_path / "m", "--train-src", src, "--train-tgt", tgt]
+    code, _, err = run_cli(capsys, *base, "train.max_steps=abc")
+    assert_one_line_error(code, err, "train.max_steps", "abc")
+    code, _, err = run_cli(capsys, *base, "train.no_such_option=1")
+    assert_one_line_error(code, err, "train.no_such_option")
+    code, _, err = run_cli(capsys, *base, "--preset", "transformer-huge")
+    assert_one_line_error(code, err, "transformer-huge")
+    code, _, err = run_cli(capsys, *base, "model.d_model=30", "model.n_heads=4")
+    assert_one_line_error(code, err, "d_model=30")
+    code, _, err = run_cli(capsys, *base, "--resume")
+    assert_one_line_error(code, err, "--resume")
+
+
+def test_bad_config_file(capsys, tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("[train]\nmax_steps = \n")
+    code, _, err = run_cli(capsys, "train", "--config", cfg, "--out", tmp_path / "m")
+    assert_one_line_error(code, err, "run.toml", "TOML")
+    cfg.write_text("[optimizer]\nlr = 1\n")
+    code, _, err = run_cli(capsys, "train", "--config", cfg, "--out", tmp_path / "m")
+    assert_one_line_error(code, err, "[optimizer]")
+
+
+def test_translate_and_evaluate_errors(trained, capsys, tmp_path):
+    folder, src, tgt = trained
+    code, _, err = run_cli(capsys, "translate", "--model", tmp_path / "missing", "--input", src)
+    assert_one_line_error(code, err, "missing")
+    code, _, err = run_cli(capsys, "translate", "--model", folder / "model", "--input", src, "--beam", 0)
+    assert_one_line_error(code, err, "--beam")
+    code, _, err = run_cli(capsys, "translate", "--model", folder / "model", "--input", tmp_path / "none.txt")
+    assert_one_line_error(code, err, "none.txt")
+    short = tmp_path / "ref.txt"
+    short.write_text("only one line\n")
+    code, _, err = run_cli(capsys, "evaluate", "--model", folder / "model", "--src", src, "--ref", short)
+    assert_one_line_error(code, err, "ref.txt")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    code, _, err = run_cli(capsys, "translate", "--model", broken, "--input", src)
+    assert_one_line_error(code, err, "config.json")
+
+
+def test_failed_run_leaves_saved_model_untouched(trained, capsys, tmp_path):
+    folder, src, tgt = trained
+    weights = (folder / "model" / "model.safetensors").read_bytes()
+    (tmp_path / "b.txt").write_text("x\n")
+    code, _, err = run_cli(capsys, "train", "--out", folder / "model", "--train-src", src,
+                           "--train-tgt", tmp_path / "b.txt")
+    assert code == 2
+    assert (folder / "model" / "model.safetensors").read_bytes() == weights
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tformer.cli", "translate", "--model", str(tmp_path / "absent")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "absent" in proc.stderr
