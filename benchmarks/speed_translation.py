@@ -350,7 +350,7 @@ def train_benchmark(args, vocab: int, batches: list[dict[str, Tensor]]) -> dict:
     for name, (m, loss_fn) in models.items():
         m.train()
         state[name] = dict(opt=torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-4),
-                           times=[], tokens=0, losses=[])
+                           times=[], tokens=0, step_tokens=[], losses=[])
 
     def step(name: str, b: dict[str, Tensor]) -> tuple[float, int, float]:
         m, loss_fn = models[name]
@@ -375,6 +375,7 @@ def train_benchmark(args, vocab: int, batches: list[dict[str, Tensor]]) -> dict:
                 s = state[name]
                 s["times"].append(dt)
                 s["tokens"] += n
+                s["step_tokens"].append(n)
                 s["losses"].append(loss)
         log(f"  trained steps {warm + start}..{warm + min(start + chunk, len(timed)) - 1} of every model")
 
@@ -388,12 +389,17 @@ def train_benchmark(args, vocab: int, batches: list[dict[str, Tensor]]) -> dict:
             "steps": len(s["times"]),
             "target_tokens": s["tokens"],
             "median_step_ms": 1000 * statistics.median(s["times"]),
+            # robust to a busy machine: the median over steps of that step's tokens / seconds
+            "median_step_tokens_per_s": statistics.median(n / t for n, t in zip(s["step_tokens"], s["times"])),
             "parameters": trainable_parameters(m),
             "mean_loss": statistics.fmean(s["losses"]),
         }
     ratios = {f"tformer/{k}": results["tformer"]["tokens_per_s"] / v["tokens_per_s"]
               for k, v in results.items() if k != "tformer"}
-    return {"models": results, "ratios": ratios, "parity_max_abs_diff": parity, "marian_attn_implementation": attn_impl,
+    median_ratios = {f"tformer/{k}": results["tformer"]["median_step_tokens_per_s"] / v["median_step_tokens_per_s"]
+                     for k, v in results.items() if k != "tformer"}
+    return {"models": results, "ratios": ratios, "median_step_ratios": median_ratios,
+            "parity_max_abs_diff": parity, "marian_attn_implementation": attn_impl,
             "batches": len(timed), "warmup_steps": warm,
             "padded_src_tokens": sum(b["src"].numel() for b in timed),
             "padded_tgt_tokens": sum(b["tgt_in"].numel() for b in timed)}
@@ -435,7 +441,7 @@ def generate_benchmark(args, tok, data: Path | None) -> dict:
         from tformer.tasks.translation import load_translator
 
         model, src_tok, _ = load_translator(args.model)
-        model_desc = f"trained model {args.model}"
+        model_desc = f"model directory {args.model}"
     else:
         src_tok = tok
         vocab = tok.vocab_size if tok is not None else args.vocab
@@ -614,11 +620,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"torch {env['torch']}, transformers {hf_version}, {env['threads']} threads, {env['cpu_count']} CPUs")
 
     n_batches = args.warmup + args.steps
-    tok, vocab, batches, data_desc = load_training_data(data, args.vocab, n_batches, args.max_tokens)
-    if len(batches) < n_batches:
-        log(f"only {len(batches)} batches available; timing {len(batches) - args.warmup} steps")
-        args.steps = len(batches) - args.warmup
-    log(f"data: {data_desc}; {len(batches)} batches of <= {args.max_tokens} padded tokens")
+    if args.skip_train and (args.skip_generate or args.model is not None):
+        tok, vocab, batches, data_desc = None, args.vocab, [], "not needed"
+    else:
+        tok, vocab, batches, data_desc = load_training_data(data, args.vocab, n_batches, args.max_tokens)
+        if len(batches) < n_batches:
+            log(f"only {len(batches)} batches available; timing {len(batches) - args.warmup} steps")
+            args.steps = len(batches) - args.warmup
+        log(f"data: {data_desc}; {len(batches)} batches of <= {args.max_tokens} padded tokens")
 
     out: dict = {"env": env, "data": data_desc, "shape": {**SHAPE, "vocab": vocab}}
     if not args.skip_train:
@@ -626,12 +635,13 @@ def main(argv: list[str] | None = None) -> int:
             f"round-robin in chunks of {args.chunk}")
         out["train"] = tr = train_benchmark(args, vocab, batches)
         log("")
-        log(f"{'model':<16}{'params':>12}{'tgt tok/s':>12}{'median ms':>12}{'mean loss':>11}")
+        log(f"{'model':<16}{'params':>12}{'tgt tok/s':>12}{'median-step tok/s':>19}{'median ms':>11}"
+            f"{'mean loss':>11}")
         for name, r in tr["models"].items():
-            log(f"{name:<16}{r['parameters']:>12,}{r['tokens_per_s']:>12,.0f}{r['median_step_ms']:>12.1f}"
-                f"{r['mean_loss']:>11.3f}")
+            log(f"{name:<16}{r['parameters']:>12,}{r['tokens_per_s']:>12,.0f}{r['median_step_tokens_per_s']:>19,.0f}"
+                f"{r['median_step_ms']:>11.1f}{r['mean_loss']:>11.3f}")
         for k, v in tr["ratios"].items():
-            log(f"  {k}: {v:.2f}x")
+            log(f"  {k}: {v:.2f}x (total tokens / total time), {tr['median_step_ratios'][k]:.2f}x (median step)")
         log(f"  Marian attention implementation: {tr['marian_attn_implementation']}")
         if args.profile:
             profile_training(vocab, batches)

@@ -166,3 +166,17 @@ def test_real_process_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "absent" in proc.stderr
+
+
+def test_train_command_runs_unchanged_under_torchrun(tmp_path):
+    """The same `tformer train` command, launched by torchrun on 2 CPU processes (gloo)."""
+    src, tgt = write_corpus(tmp_path, n=40)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tformer.cli", "train", "--out", str(tmp_path / "m"), "--train-src", str(src), "--train-tgt", str(tgt),
+           "--device", "cpu", "train.accum_steps=2", *TINY]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count('"steps": 3') == 1  # rank 0 alone reports
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    assert "x 2 process(es)" in proc.stderr

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     for name in _SHORTCUTS:
         t.add_argument("--" + name.replace("_", "-"), dest=name)
-    t.add_argument("overrides", nargs="*", help="section.key=value")
+    t.set_defaults(overrides=[])  # section.key=value items, collected wherever they appear (see main)
 
     tr = sub.add_parser("translate", help="translate sentences from a file or stdin")
     tr.add_argument("--model", required=True, help="model directory")
@@ -95,9 +95,6 @@ def cmd_train(args) -> None:
     from tformer.training.loop import train
 
     overrides = [f"{_SHORTCUTS[k]}={v}" for k in _SHORTCUTS if (v := getattr(args, k)) is not None]
-    for item in args.overrides:
-        if "=" not in item:
-            raise TformerError(f"unexpected argument {item!r}: options are section.key=value")
     run = load_config(args.config, overrides + list(args.overrides))
     out = Path(args.out)
     if args.resume and not (out / "trainer_state.json").is_file():
@@ -149,7 +146,14 @@ def cmd_list_models(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `section.key=value` (or --section.key=value) may stand anywhere on a train command line.
+        bad = [e for e in extra if args.command != "train" or "=" not in e or "." not in e.split("=")[0]]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = extra
     handler = {"demo": cmd_demo, "train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate,
                "list-models": cmd_list_models}[args.command]
     try:

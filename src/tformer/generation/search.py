@@ -125,7 +125,7 @@ def beam_search(model, src: Tensor, beam_size: int = 4, max_len: int | None = No
         rows = (torch.arange(n, device=device)[:, None] * k + keep_beams).view(-1)  # flat source row per new beam
         tokens = torch.cat([tokens.index_select(0, rows), keep_tokens.view(-1, 1)], dim=1)
         scores = keep_scores
-        cache.select(rows)
+        cache.select(rows, cross=False)  # rows stay within each sentence's K beams
 
         if done_rows:
             keep_sent = torch.tensor([r for r in range(n) if r not in set(done_rows)], dtype=torch.long,

@@ -49,9 +49,15 @@ class AttentionCache:
 
     def select(self, index: Tensor) -> None:
         """Keep the batch rows in `index` (beam search reorders and prunes hypotheses)."""
-        if self.k is not None:
-            self.k = self.k.index_select(0, index)
-            self.v = self.v.index_select(0, index)
+        if self.k is None:
+            return
+        n, filled = index.numel(), self.length
+        k = self.k.new_empty(n, *self.k.shape[1:])
+        v = self.v.new_empty(n, *self.v.shape[1:])
+        # Copy only the filled positions, not the room reserved for later steps.
+        torch.index_select(self.k[:, :, :filled], 0, index, out=k[:, :, :filled])
+        torch.index_select(self.v[:, :, :filled], 0, index, out=v[:, :, :filled])
+        self.k, self.v = k, v
 
 
 class DecoderCache:
@@ -66,6 +72,8 @@ class DecoderCache:
         """How many target positions are cached (the next token's position)."""
         return self.self_attn[0].length if self.self_attn else 0
 
-    def select(self, index: Tensor) -> None:
-        for c in self.self_attn + self.cross_attn:
+    def select(self, index: Tensor, cross: bool = True) -> None:
+        """Keep batch rows `index`. cross=False leaves the encoder-side caches alone: beam search reorders
+        hypotheses only among the K copies of one sentence, whose encoder keys/values are identical."""
+        for c in self.self_attn + (self.cross_attn if cross else []):
             c.select(index)

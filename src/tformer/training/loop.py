@@ -151,7 +151,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             metrics = task.validate(model)
             model.train()
             state.last_valid = metrics
-            log.write(f"valid step {state.step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+            if metrics:
+                log.write(f"valid step {state.step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         distributed.barrier(info)
 
     model.train()

@@ -7,6 +7,36 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+class _SmoothedCrossEntropy(torch.autograd.Function):
+    """Summed label-smoothed cross-entropy with a hand-written backward.
+
+    d loss / d logits = softmax(logits) - (1 - epsilon) * onehot(target) - epsilon / V, so the backward
+    needs one (N, V) buffer instead of the several that autograd keeps for log_softmax, gather and mean;
+    over an 8k-word vocabulary that is a fifth of a training step on a CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, epsilon: float):
+        lse = torch.logsumexp(logits, dim=-1)  # log sum_k exp(z_k): -log p_y = lse - z_y
+        nll = lse - logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        smooth = lse - logits.mean(dim=-1)  # mean_k(-log p_k)
+        loss = (1.0 - epsilon) * nll + epsilon * smooth
+        ctx.save_for_backward(logits, lse, target)
+        ctx.epsilon = epsilon
+        nll_sum = nll.sum()
+        ctx.mark_non_differentiable(nll_sum)
+        return loss.sum(), nll_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor):
+        logits, lse, target = ctx.saved_tensors
+        eps = ctx.epsilon
+        grad = torch.sub(logits, lse.unsqueeze(-1)).exp_()  # softmax, computed in place
+        grad.sub_(eps / logits.size(-1))
+        grad.scatter_add_(-1, target.unsqueeze(-1), lse.new_full((lse.numel(), 1), -(1.0 - eps)))
+        return grad.mul_(grad_loss), None, None
+
+
 def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float = 0.1,
                                  ignore_index: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Cross-entropy against a smoothed target (Szegedy et al. 2016; Vaswani et al. 2017, section 5.4).
@@ -23,11 +53,8 @@ def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float 
         keep = target != ignore_index
         if not bool(keep.all()):
             logits, target = logits[keep], target[keep]
-    lprobs = torch.log_softmax(logits.float(), dim=-1)
-    nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    smooth = -lprobs.mean(dim=-1)
-    loss = (1.0 - epsilon) * nll + epsilon * smooth
-    return loss.sum(), nll.sum().detach(), torch.tensor(target.numel(), device=target.device)
+    loss, nll = _SmoothedCrossEntropy.apply(logits.float(), target, float(epsilon))
+    return loss, nll.detach(), torch.tensor(target.numel(), device=target.device)
 
 
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100) -> Tensor:
