@@ -8,7 +8,7 @@ from tformer.demo import run_demo
 
 
 def test_short_demo_writes_model_and_heatmaps(tmp_path):
-    result = run_demo(tmp_path, minutes=5, max_steps=20, n_train=400, n_test=20, quiet=True)
+    result = run_demo(tmp_path, steps=20, n_train=400, n_test=20, quiet=True)
     assert result.steps == 20
     assert (result.model_dir / "model.safetensors").is_file()
     assert result.heatmap.is_file() and result.heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -72,33 +72,39 @@ def beam_search(model, src: Tensor, beam_size: int = 4, max_len: int | None = No
     hypotheses; done sentences leave the batch, so the work shrinks as decoding goes on. Finished
     hypotheses are ranked by sum(log p) / length^length_penalty (length counts </s>).
     With beam_size=1 this is exactly greedy decoding.
+
+    The encoder output is not copied K times: the K hypotheses of a sentence attend to one copy of it.
     """
     cfg = model.config
     k = beam_size
     max_len = max_len or src.size(1) * 2 + 10
     b, device = src.size(0), src.device
-    memory, src_mask = model.encode(src)
-    # Every sentence starts with K copies of its encoder output; only the first copy is live at step 0.
-    expand = torch.arange(b, device=device).repeat_interleave(k)
-    memory, src_mask = memory.index_select(0, expand), src_mask.index_select(0, expand)
+    memory, src_mask = model.encode(src)  # (B, S, D), (B, 1, 1, S): shared by the K beams of each sentence
     tokens = torch.full((b * k, 1), cfg.bos_id, dtype=torch.long, device=device)
     scores = torch.full((b, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0
+    scores[:, 0] = 0.0  # the K beams start identical: only the first is live at step 0
     cache = model.new_cache()
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
-    alive = torch.arange(b, device=device)  # original sentence index of each row block still decoding
+    alive = torch.arange(b, device=device)  # original sentence index of each sentence still decoding
+    width = 2 * k  # candidates kept per beam and per sentence
 
     for step in range(max_len + 1):
         n = alive.numel()
-        lprobs = _step_logits(model, tokens, memory, src_mask, cache)  # (n*K, V)
-        v = lprobs.size(-1)
+        logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1].float()  # (n*K, V)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
         if step == max_len:  # out of room: only </s> may follow
-            forced = torch.full_like(lprobs, float("-inf"))
-            forced[:, cfg.eos_id] = lprobs[:, cfg.eos_id]
-            lprobs = forced
-        cand = (scores.view(n * k, 1) + lprobs).view(n, k * v)
-        top_scores, top_ids = cand.topk(2 * k, dim=-1)  # (n, 2K), best first
-        top_beams, top_tokens = top_ids // v, top_ids % v
+            beam_lp = torch.full((n * k, width), float("-inf"), device=device)
+            beam_lp[:, 0] = logits[:, cfg.eos_id] - lse[:, 0]
+            beam_tok = torch.full((n * k, width), cfg.eos_id, dtype=torch.long, device=device)
+        else:
+            # The sentence's 2K best extensions are among each beam's 2K best tokens: rank those only,
+            # instead of materialising all K*V candidate scores.
+            beam_lp, beam_tok = logits.topk(width, dim=-1)
+            beam_lp = beam_lp - lse  # log-probabilities (n*K, 2K)
+        cand = (scores.view(n * k, 1) + beam_lp).view(n, k * width)
+        top_scores, top_pos = cand.topk(width, dim=-1)  # (n, 2K), best first
+        top_beams = top_pos // width
+        top_tokens = beam_tok.view(n, k * width).gather(1, top_pos)
         is_eos = top_tokens == cfg.eos_id
 
         # Finish: </s> candidates ranked within the top K of their sentence.
@@ -125,17 +131,17 @@ def beam_search(model, src: Tensor, beam_size: int = 4, max_len: int | None = No
         rows = (torch.arange(n, device=device)[:, None] * k + keep_beams).view(-1)  # flat source row per new beam
         tokens = torch.cat([tokens.index_select(0, rows), keep_tokens.view(-1, 1)], dim=1)
         scores = keep_scores
-        cache.select(rows, cross=False)  # rows stay within each sentence's K beams
+        cache.select(rows)  # beams move only within their sentence: the encoder-side caches stay
 
         if done_rows:
-            keep_sent = torch.tensor([r for r in range(n) if r not in set(done_rows)], dtype=torch.long,
-                                     device=device)
+            done = set(done_rows)
+            keep_sent = torch.tensor([r for r in range(n) if r not in done], dtype=torch.long, device=device)
             if keep_sent.numel() == 0:
                 break
             flat = (keep_sent[:, None] * k + torch.arange(k, device=device)).view(-1)
             tokens, scores, alive = tokens.index_select(0, flat), scores.index_select(0, keep_sent), alive[keep_sent]
-            memory, src_mask = memory.index_select(0, flat), src_mask.index_select(0, flat)
-            cache.select(flat)
+            memory, src_mask = memory.index_select(0, keep_sent), src_mask.index_select(0, keep_sent)
+            cache.select(flat, keep_sent)
 
     results = []
     for hyps in finished:

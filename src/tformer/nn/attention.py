@@ -144,11 +144,17 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """x (B, T, D) queries; context (B, S, D) keys/values for cross-attention (None: self-attention).
 
-        mask broadcasts to (B, H, T, S) with True = may attend. With a cache, self-attention appends this
+        mask broadcasts to (B, H, T, S) with True = may attend. For cross-attention x may hold K rows per
+        context row (beam search's hypotheses of one source), consecutive in the batch. With a cache, self-attention appends this
         step's keys/values to those of earlier steps, and cross-attention projects `context` only once.
         Returns (B, T, D) and, when need_weights, the attention weights (B, H, T, S).
         """
         d = self.d_model
+        n_rows = x.size(0)
+        if context is not None and n_rows != context.size(0):
+            # Beam search: the K hypotheses of one source share its encoder output, so their queries are
+            # attended together, as one K*T-long query, against a single copy of its keys and values.
+            x = x.reshape(context.size(0), -1, d)  # (B*K, T, D) -> (B, K*T, D)
         if context is None:
             q, k, v = self.in_proj(x).chunk(3, dim=-1)
             q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
@@ -168,4 +174,7 @@ class MultiHeadAttention(nn.Module):
         )
         b, _, t, _ = out.shape
         out = out.transpose(1, 2).reshape(b, t, d)  # (B, H, T, Dh) -> (B, T, D): concatenate the heads
-        return self.out_proj(out), weights
+        out = self.out_proj(out)
+        if out.size(0) != n_rows:
+            out = out.reshape(n_rows, -1, d)  # (B, K*T, D) -> (B*K, T, D)
+        return out, weights

@@ -72,8 +72,12 @@ class DecoderCache:
         """How many target positions are cached (the next token's position)."""
         return self.self_attn[0].length if self.self_attn else 0
 
-    def select(self, index: Tensor, cross: bool = True) -> None:
-        """Keep batch rows `index`. cross=False leaves the encoder-side caches alone: beam search reorders
-        hypotheses only among the K copies of one sentence, whose encoder keys/values are identical."""
-        for c in self.self_attn + (self.cross_attn if cross else []):
+    def select(self, index: Tensor, cross_index: Tensor | None = None) -> None:
+        """Keep decoder rows `index` in the self-attention caches, and source rows `cross_index` in the
+        encoder-side caches (None: leave them; beam search reorders hypotheses only among the K beams of
+        one sentence, which all read the same encoder keys/values)."""
+        for c in self.self_attn:
             c.select(index)
+        if cross_index is not None:
+            for c in self.cross_attn:
+                c.select(cross_index)

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tformer.config import TrainConfig
 from tformer.data.batching import shard
+from tformer.runtime import keep_freed_memory_for_reuse
 from tformer.training import checkpoint, distributed, schedules
 from tformer.training.optim import make_adam
 
@@ -118,6 +119,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
           info: distributed.DistInfo | None = None, quiet: bool = False) -> TrainerState:
     """Train task.model until max_steps / max_epochs / max_minutes; write the model directory to out_dir."""
     info = info or distributed.setup(cfg.device)
+    if info.device.type == "cpu":
+        keep_freed_memory_for_reuse()
     out_dir = Path(out_dir)
     model = task.model.to(info.device)
     d_model = getattr(model.config, "d_model", 512)
