@@ -19,14 +19,6 @@ from tformer.nn.attention import (
 from tformer.nn.masks import causal_mask, padding_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: extra threads only add start-up cost, and on a busy 2-core machine a great deal of it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 S = torch.tensor([10.0, 5.0, 10.0])
 H = torch.tensor([[0.0, 1.0, 1.0], [5.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 5.0, 1.0]])
 

@@ -7,14 +7,6 @@ from tformer.models.transformer import Transformer, TransformerConfig
 from tformer.nn.masks import causal_mask, combine, lengths_mask, padding_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: extra threads only add start-up cost, and on a busy 2-core machine a great deal of it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # --------------------------------------------------------------------------------------------------
 # Values
 

@@ -15,15 +15,6 @@ from tformer.registry import create_model, get_config, list_models
 SMALL_PRESETS = [n for n in list_models("transformer-*") if n not in ("transformer-base", "transformer-big")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: extra threads only add start-up cost, and on a busy 2-core machine a great deal of it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny(**kw) -> Transformer:
     torch.manual_seed(0)
     cfg = dict(src_vocab_size=23, tgt_vocab_size=19, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=2,

@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "and any section.key=value (for example train.warmup_steps=4000 model.d_model=256).")
     t.add_argument("--config", help="TOML run configuration")
     t.add_argument("--out", required=True, help="model directory to write (and to resume from)")
-    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out, with its saved options unless given again")
     for name in _SHORTCUTS:
         t.add_argument("--" + name.replace("_", "-"), dest=name)
     t.set_defaults(overrides=[])  # section.key=value items, collected wherever they appear (see main)
@@ -91,16 +92,21 @@ def cmd_demo(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from tformer.config import load_config
+    from tformer.config import config_from_dict, load_config
     from tformer.tasks.translation import build_task
+    from tformer.training.checkpoint import read_config
     from tformer.training import distributed
     from tformer.training.loop import train
 
     overrides = [f"{_SHORTCUTS[k]}={v}" for k in _SHORTCUTS if (v := getattr(args, k)) is not None]
-    run = load_config(args.config, overrides + list(args.overrides))
     out = Path(args.out)
-    if args.resume and not (out / "trainer_state.json").is_file():
-        raise TformerError(f"--resume: {out} holds no saved run (no trainer_state.json)")
+    base = None
+    if args.resume:
+        if not (out / "trainer_state.json").is_file():
+            raise TformerError(f"--resume: {out} holds no saved run (no trainer_state.json)")
+        # Continue with the saved run's options; anything given on this command line still wins.
+        base = config_from_dict(read_config(out).get("tformer_run", {}))
+    run = load_config(args.config, overrides + list(args.overrides), base=base)
     info = distributed.setup(run.train.device)
     try:
         task = build_task(run, out if args.resume else None)

@@ -7,9 +7,8 @@ typo never silently falls back to a default. The resolved config is saved with e
 from __future__ import annotations
 
 import sys
-import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,9 +117,10 @@ def _apply(section_obj: Any, section: str, key: str, value: Any, source: str) ->
     setattr(section_obj, key, _coerce(value, hints[key], f"{source}: {section}.{key}"))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults, then the TOML file, then `section.key=value` overrides (later wins)."""
-    cfg = RunConfig()
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: RunConfig | None = None) -> RunConfig:
+    """Defaults (or `base`, a saved run's config), then the TOML file, then `section.key=value` overrides."""
+    cfg = base or RunConfig()
     if path is not None:
         path = Path(path)
         if not path.is_file():

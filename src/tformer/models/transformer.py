@@ -16,7 +16,6 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from tformer.nn.cache import DecoderCache

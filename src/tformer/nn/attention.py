@@ -145,8 +145,9 @@ class MultiHeadAttention(nn.Module):
         """x (B, T, D) queries; context (B, S, D) keys/values for cross-attention (None: self-attention).
 
         mask broadcasts to (B, H, T, S) with True = may attend. For cross-attention x may hold K rows per
-        context row (beam search's hypotheses of one source), consecutive in the batch. With a cache, self-attention appends this
-        step's keys/values to those of earlier steps, and cross-attention projects `context` only once.
+        context row (beam search's hypotheses of one source), consecutive in the batch. With a cache,
+        self-attention appends this step's keys/values to those of earlier steps, and cross-attention
+        projects `context` only once.
         Returns (B, T, D) and, when need_weights, the attention weights (B, H, T, S).
         """
         d = self.d_model

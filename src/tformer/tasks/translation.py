@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from tformer.config import RunConfig, config_from_dict
+from tformer.config import RunConfig
 from tformer.data.batching import collate_translation, pad, token_batches
 from tformer.data.parallel import read_lines, read_parallel
 from tformer.errors import TformerError

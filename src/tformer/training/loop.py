@@ -8,7 +8,6 @@ periodic validation, atomic checkpoints, and exact resume (weights, optimiser, s
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import sys
