@@ -281,3 +281,44 @@ def test_config_round_trip(tmp_path):
     cfg = load_config(None, ["train.lr=0.25", "data.tokenizer=char", "model.d_model=32"])
     again = config_from_dict(cfg.to_dict())
     assert again == cfg
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_hand_written_backward_matches_autograd(eps):
+    """The loss has its own backward; it must equal autograd through F.cross_entropy(label_smoothing)."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(11, 7, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 7, (11,), generator=g)
+    target[3] = 0  # a padding position
+    a = logits.clone().requires_grad_(True)
+    loss, _, _ = label_smoothed_cross_entropy(a, target, eps, ignore_index=0)
+    (2.5 * loss).backward()
+    b = logits.clone().requires_grad_(True)
+    ref = F.cross_entropy(b, target, label_smoothing=eps, ignore_index=0, reduction="sum")
+    (2.5 * ref).backward()
+    torch.testing.assert_close(a.grad.float(), b.grad.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_learning_rate_schedules_through_the_trainer():
+    from tformer.config import TrainConfig
+    from tformer.training.loop import learning_rate
+
+    cfg = TrainConfig(schedule="constant", lr=0.01, warmup_steps=10)
+    assert learning_rate(cfg, 5, 512) == pytest.approx(0.005)
+    assert learning_rate(cfg, 50, 512) == pytest.approx(0.01)
+    cfg = TrainConfig(schedule="cosine", lr=0.01, warmup_steps=10, max_steps=110)
+    assert learning_rate(cfg, 110, 512) == pytest.approx(0.0, abs=1e-9)
+    assert learning_rate(cfg, 60, 512) == pytest.approx(0.005)
+    cfg = TrainConfig(schedule="inverse_sqrt", lr=1.0, warmup_steps=4000)
+    assert learning_rate(cfg, 4000, 512) == pytest.approx(512**-0.5 * 4000**-0.5)
+
+
+def test_allocator_tuning_is_idempotent():
+    import sys
+
+    from tformer.runtime import keep_freed_memory_for_reuse
+
+    first = keep_freed_memory_for_reuse()
+    assert keep_freed_memory_for_reuse() == first
+    if sys.platform.startswith("linux"):
+        assert first is True
