@@ -133,9 +133,9 @@ class Transformer(nn.Module):
         """
         offset = cache.length if cache is not None else 0
         t = tgt_in.size(1)
-        self_mask = causal_mask(t, offset + t, device=tgt_in.device) if t > 1 or offset == 0 else None
-        if cache is None and (tgt_in == self.config.pad_id).any():
-            self_mask = self_mask & padding_mask(tgt_in, self.config.pad_id)
+        # Targets are padded on the right, so the causal mask alone already hides every padding key from
+        # every real query; what padding queries compute is never scored.
+        self_mask = causal_mask(t, offset + t, device=tgt_in.device) if t > 1 else None
         x = self.tgt_embed(tgt_in, offset)
         return self.decoder(x, memory, self_mask, src_mask, cache, need_weights)
 
