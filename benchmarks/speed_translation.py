@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tformer.data.batching import collate_translation, pad, token_batches
+from tformer.generation.search import strip_after_eos as strip
 from tformer.generation.search import translate_ids
 from tformer.models.transformer import Transformer, TransformerConfig
 from tformer.nn.positional import sinusoidal_table
@@ -351,15 +352,6 @@ class CapEosProcessor:
             scores = torch.full_like(scores, float("-inf"))
             scores[:, self.eos_id] = eos
         return scores
-
-
-def strip(ids: list[int], eos: int, pad_id: int) -> list[int]:
-    out = []
-    for i in ids:
-        if i == eos or i == pad_id:
-            break
-        out.append(i)
-    return out
 
 
 def generate_benchmark(args, tok, data: Path | None) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tformer.generation.search import greedy_decode
+from tformer.generation.search import greedy_decode, strip_after_eos
 from tformer.models.transformer import Transformer, TransformerConfig
 
 transformers = pytest.importorskip("transformers")
@@ -50,12 +50,6 @@ def test_greedy_generation_matches_marian_generate(pair):
     with torch.no_grad():
         out = ref.generate(input_ids=src, attention_mask=(src != CONFIG.pad_id).long(), num_beams=1, do_sample=False,
                            max_new_tokens=12, min_new_tokens=0, bad_words_ids=None)
-    theirs = []
-    for row in out[:, 1:].tolist():  # drop the decoder start token
-        ids = []
-        for i in row:
-            if i in (CONFIG.eos_id, CONFIG.pad_id):
-                break
-            ids.append(i)
-        theirs.append(ids)
+    # Drop the decoder start token, then everything from </s> on.
+    theirs = [strip_after_eos(row, CONFIG.eos_id, CONFIG.pad_id) for row in out[:, 1:].tolist()]
     assert mine == theirs

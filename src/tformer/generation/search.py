@@ -43,10 +43,11 @@ def greedy_decode(model, src: Tensor, max_len: int | None = None, use_cache: boo
         finished |= next_tok == cfg.eos_id
         if bool(finished.all()):
             break
-    return [_strip(row, cfg.eos_id, cfg.pad_id) for row in tokens[:, 1:].tolist()]
+    return [strip_after_eos(row, cfg.eos_id, cfg.pad_id) for row in tokens[:, 1:].tolist()]
 
 
-def _strip(ids: list[int], eos_id: int, pad_id: int) -> list[int]:
+def strip_after_eos(ids: list[int], eos_id: int, pad_id: int) -> list[int]:
+    """The tokens before the first </s> or <pad>."""
     out = []
     for i in ids:
         if i == eos_id or i == pad_id:
