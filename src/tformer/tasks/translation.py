@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from tformer.config import RunConfig
 from tformer.data.batching import collate_translation, pad, token_batches
-from tformer.data.parallel import read_lines, read_parallel
+from tformer.data.parallel import read_parallel
 from tformer.errors import TformerError
 from tformer.generation.search import translate_ids
 from tformer.metrics import bleu, chrf
@@ -180,7 +180,3 @@ def evaluate_files(model_dir: str | Path, src_path: str | Path, ref_path: str | 
     refs = [r for _, r in pairs]
     return {"bleu": bleu(hyps, refs), "chrf": chrf(hyps, refs), "sentences": len(pairs),
             "seconds": seconds, "sentences_per_s": len(pairs) / max(seconds, 1e-9), "hypotheses": hyps}
-
-
-def read_source_lines(path: str | Path) -> list[str]:
-    return read_lines(path)

@@ -38,6 +38,9 @@ class Task(Protocol):
     def collate(self, batch: Any, device: torch.device) -> dict[str, Tensor]:
         ...
 
+    def count_tokens(self, batch: dict[str, Tensor]) -> int:
+        """How many target tokens the batch's loss sums over (the step's loss is divided by the total)."""
+
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """(summed loss, stats); stats holds at least 'tokens', the count the loss is a sum over."""
 
@@ -55,7 +58,6 @@ class TrainerState:
     batch_index: int = 0  # micro-batches of this epoch (this rank's share) already consumed
     tokens: int = 0
     elapsed_s: float = 0.0
-    best: dict | None = None
     last_valid: dict | None = None
 
 
@@ -128,7 +130,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     if resume and (out_dir / checkpoint.TRAINER_STATE).is_file():
         checkpoint.load_weights(out_dir, model)
         meta, opt_state = checkpoint.load_trainer_state(out_dir)
-        state = TrainerState(**meta["trainer"])
+        known = TrainerState.__dataclass_fields__
+        state = TrainerState(**{k: v for k, v in meta["trainer"].items() if k in known})
         optimizer.load_state_dict(opt_state["optimizer"])
         _set_rng_state(opt_state["rng"])
     elif not resume:
