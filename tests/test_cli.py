@@ -119,6 +119,11 @@ def test_bad_option_values(capsys, tmp_path):
     assert_one_line_error(code, err, "d_model=30")
     code, _, err = run_cli(capsys, *base, "--resume")
     assert_one_line_error(code, err, "--resume")
+    code, _, err = run_cli(capsys, *base, "--device", "tpu9")
+    assert_one_line_error(code, err, "tpu9")
+    if not __import__("torch").cuda.is_available():
+        code, _, err = run_cli(capsys, *base, "--device", "cuda")
+        assert_one_line_error(code, err, "cuda")
 
 
 def test_bad_config_file(capsys, tmp_path):

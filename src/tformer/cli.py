@@ -75,10 +75,7 @@ def _positive(name: str, value: int) -> int:
 def _device(name: str):
     from tformer.training.distributed import pick_device
 
-    try:
-        return pick_device(name)
-    except RuntimeError:
-        raise TformerError(f"--device {name!r} is not a device (use auto, cpu or cuda)") from None
+    return pick_device(name)
 
 
 def cmd_demo(args) -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from tformer.errors import TformerError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -30,9 +32,18 @@ class DistInfo:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
+    """'auto' -> CUDA when present, else CPU; otherwise the named device, checked to exist."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise TformerError(f"device {requested!r} is not a device (use auto, cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TformerError(f"device {requested!r}: no CUDA device is available here (use auto or cpu)")
+    if device.type not in ("cpu", "cuda"):
+        raise TformerError(f"device {requested!r} is not supported (use auto, cpu or cuda)")
+    return device
 
 
 def setup(requested_device: str = "auto") -> DistInfo:
