@@ -181,3 +181,37 @@ def test_two_process_ddp_training_keeps_ranks_identical(tmp_path):
     fresh = TranslationTask(tiny_run(), pairs).model.state_dict()
     assert any(not torch.equal(r0[k], fresh[k]) for k in r0)
     assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tmp_path):
+    from tformer.errors import TformerError
+
+    pairs = copy_pairs(40, seed=6)
+    run = tiny_run(max_steps=2)
+    task = TranslationTask(run, pairs)
+    train(task, run.train, tmp_path / "m", quiet=True)
+    saved = (tmp_path / "m" / "model.safetensors").read_bytes()
+
+    real_loss = task.loss
+
+    def nan_loss(model, batch):
+        loss, stats = real_loss(model, batch)
+        return loss * float("nan"), stats
+
+    task.loss = nan_loss
+    run.train.max_steps = 4
+    with pytest.raises(TformerError, match="nan at step 3"):
+        train(task, run.train, tmp_path / "m", resume=True, quiet=True)
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == saved
+
+
+def test_resume_at_the_step_limit_trains_no_further(tmp_path):
+    pairs = copy_pairs(40, seed=6)
+    run = tiny_run(max_steps=3)
+    task = TranslationTask(run, pairs)
+    train(task, run.train, tmp_path / "m", quiet=True)
+    before = _params(task.model)
+    state = train(task, run.train, tmp_path / "m", resume=True, quiet=True)
+    assert state.step == 3
+    after = _params(task.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)

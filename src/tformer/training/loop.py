@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tformer.config import TrainConfig
 from tformer.data.batching import shard
+from tformer.errors import TformerError
 from tformer.runtime import keep_freed_memory_for_reuse
 from tformer.training import checkpoint, distributed, schedules
 from tformer.training.optim import make_adam
@@ -161,14 +162,17 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         distributed.barrier(info)
 
     model.train()
-    window_tokens, window_loss, window_count, window_start = 0.0, 0.0, 0.0, time.perf_counter()
+    window_tokens, window_loss, window_start = 0, 0.0, time.perf_counter()
     run_start = time.perf_counter() - state.elapsed_s
-    stop = False
-    while not stop:
-        if cfg.max_epochs and state.epoch >= cfg.max_epochs:
-            break
+
+    def finished() -> bool:
+        return bool((cfg.max_steps and state.step >= cfg.max_steps)
+                    or (cfg.max_minutes and state.elapsed_s >= cfg.max_minutes * 60)
+                    or (cfg.max_epochs and state.epoch >= cfg.max_epochs))
+
+    while not finished():
         batches = shard(task.train_batches(state.epoch, cfg.seed), info.rank, info.world_size)
-        while state.batch_index + cfg.accum_steps <= len(batches):
+        while state.batch_index + cfg.accum_steps <= len(batches) and not finished():
             group = batches[state.batch_index : state.batch_index + cfg.accum_steps]
             lr = learning_rate(cfg, state.step + 1, d_model)
             for g in optimizer.param_groups:
@@ -180,9 +184,14 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
                 last = i == len(micro) - 1
                 sync = ddp.no_sync() if info.enabled and not last else contextlib.nullcontext()
                 with sync, autocast():
-                    loss_sum, stats = task.loss(ddp, m)
+                    loss_sum, _ = task.loss(ddp, m)
                     (loss_sum / step_tokens).backward()
                 step_loss += float(loss_sum.detach())
+            if not math.isfinite(step_loss):
+                # Stop before the update, and without saving: the last checkpoint on disk stays good.
+                log.close()
+                raise TformerError(f"training loss became {step_loss} at step {state.step + 1}; the last checkpoint "
+                                   f"in {out_dir} is kept (try a lower train.lr or more train.warmup_steps)")
             if cfg.clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             optimizer.step()
@@ -192,29 +201,21 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             state.tokens += step_tokens
             window_tokens += step_tokens
             window_loss += step_loss
-            window_count += step_tokens
             now = time.perf_counter()
             state.elapsed_s = now - run_start
-            if not math.isfinite(step_loss):
-                log.write(f"step {state.step}: loss is {step_loss}; stopping (lower the learning rate?)")
-                stop = True
-                break
             is_log = state.step % max(cfg.log_every, 1) == 0
             if is_log or log.bar is not None:
                 dt = max(now - window_start, 1e-9)
-                log.update(state.step, {"loss": f"{window_loss / max(window_count, 1):.3f}", "lr": f"{lr:.2e}",
+                log.update(state.step, {"loss": f"{window_loss / max(window_tokens, 1):.3f}", "lr": f"{lr:.2e}",
                                         "tok/s": f"{window_tokens * info.world_size / dt:,.0f}"}, is_log)
                 if is_log:
-                    window_tokens, window_loss, window_count, window_start = 0.0, 0.0, 0.0, now
-            done = (cfg.max_steps and state.step >= cfg.max_steps) or (
-                cfg.max_minutes and state.elapsed_s >= cfg.max_minutes * 60)
-            if cfg.eval_every and state.step % cfg.eval_every == 0 and not done:
-                validate()
-            if cfg.save_every and state.step % cfg.save_every == 0 and not done:
-                save()
-            if done:
-                stop = True
+                    window_tokens, window_loss, window_start = 0, 0.0, now
+            if finished():
                 break
+            if cfg.eval_every and state.step % cfg.eval_every == 0:
+                validate()
+            if cfg.save_every and state.step % cfg.save_every == 0:
+                save()
         else:
             state.epoch += 1
             state.batch_index = 0
