@@ -19,6 +19,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from tformer.nn.cache import DecoderCache
+from tformer.nn.dropout import Dropout
 from tformer.nn.init import init_transformer_
 from tformer.nn.layers import Decoder, Encoder
 from tformer.nn.masks import causal_mask, padding_mask
@@ -80,7 +81,7 @@ class TokenEmbedding(nn.Module):
         self.embedding = embedding
         self.positional = positional
         self.scale = math.sqrt(embedding.embedding_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
         x = self.embedding(ids) * self.scale  # (B, T, D)

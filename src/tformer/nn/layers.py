@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from tformer.nn.attention import MultiHeadAttention
 from tformer.nn.cache import DecoderCache
+from tformer.nn.dropout import Dropout
 from tformer.nn.feedforward import PositionwiseFeedForward
 
 NormPosition = Literal["post", "pre"]
@@ -27,7 +28,7 @@ class Residual(nn.Module):
         if norm_position not in ("post", "pre"):
             raise ValueError(f"norm_position must be 'post' or 'pre', not {norm_position!r}")
         self.norm = nn.LayerNorm(d_model, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre = norm_position == "pre"
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
