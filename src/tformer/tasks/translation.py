@@ -77,7 +77,7 @@ class TranslationTask:
         keep = batch["tgt_out"] != self.model.config.pad_id
         logits = model(batch["src"], batch["tgt_in"], keep=keep).logits  # (N, V) at non-padding positions
         loss, nll, n = label_smoothed_cross_entropy(logits, batch["tgt_out"][keep], self.run.train.label_smoothing)
-        return loss, {"nll": float(nll), "tokens": int(n)}
+        return loss, {"nll": nll, "tokens": n}  # tensors: no device sync on the hot path
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:

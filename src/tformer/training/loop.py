@@ -43,7 +43,7 @@ class Task(Protocol):
         """How many target tokens the batch's loss sums over (the step's loss is divided by the total)."""
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """(summed loss, stats); stats holds at least 'tokens', the count the loss is a sum over."""
+        """(summed loss, stats as tensors, for example the NLL and the token count)."""
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         ...
