@@ -13,6 +13,7 @@ from typing import Any, Callable
 from torch import nn
 
 from tformer.errors import TformerError
+from tformer.models.gpt import GPT, GPTConfig
 from tformer.models.transformer import Transformer, TransformerConfig
 
 # name -> (config, builder)
@@ -62,3 +63,22 @@ register("transformer-tiny", TransformerConfig(d_model=128, n_heads=4, d_ff=512,
 register("transformer-micro", TransformerConfig(d_model=32, n_heads=2, d_ff=64, n_encoder_layers=1,
                                                 n_decoder_layers=1, dropout=0.0), Transformer,
          "test-sized: N=1, d_model=32, h=2, d_ff=64")
+
+# -- decoder-only language models (GPT) --------------------------------------------------------------
+register("gpt2", GPTConfig(), GPT, "Radford et al. 2019 GPT-2 small: 12 layers, 12 heads, d_model 768, 1024 positions (124M)")
+register("gpt2-medium", GPTConfig(d_model=1024, n_heads=16, n_layers=24), GPT,
+         "GPT-2 medium: 24 layers, 16 heads, d_model 1024 (355M)")
+register("gpt1", GPTConfig(vocab_size=40478, max_len=512, norm_position="post", activation="gelu"), GPT,
+         "Radford et al. 2018 GPT: 12 post-LN layers, 12 heads, d_model 768, 512 positions (117M)")
+register("gpt-mini", GPTConfig(d_model=384, n_heads=6, n_layers=6, max_len=256, dropout=0.2, attention_dropout=0.2),
+         GPT, "GPU-sized: 6 layers, 6 heads, d_model 384, 256 positions, dropout 0.2 (Shakespeare on a GPU)")
+register("gpt-char", GPTConfig(d_model=128, n_heads=4, n_layers=4, max_len=64, dropout=0.0, attention_dropout=0.0),
+         GPT, "CPU-sized: 4 layers, 4 heads, d_model 128, 64 positions (character-level Shakespeare on a laptop)")
+register("gpt-micro", GPTConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=1, max_len=32, dropout=0.0,
+                                attention_dropout=0.0), GPT, "test-sized: 1 layer, 2 heads, d_model 32")
+
+
+def family(name: str) -> str:
+    """The model family of a preset: "transformer" or "gpt" (it decides which task trains it)."""
+    config = get_config(name)
+    return config.to_dict()["model_type"]

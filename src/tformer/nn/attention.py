@@ -85,19 +85,27 @@ def scaled_dot_product_attention(
     dropout_p: float = 0.0,
     need_weights: bool = False,
     training: bool = False,
+    is_causal: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """softmax(Q K^T / sqrt(d_k) + mask) V.
 
     q (B, H, T, Dh), k and v (B, H, S, Dh), mask broadcastable to (B, H, T, S), True = may attend.
+    is_causal (with T == S and no mask): query i attends to keys 0..i, without building a mask; on CUDA
+    this is what lets the flash kernel run.
     need_weights=True takes the explicit path, which reads like the equation and returns the
     weights (B, H, T, S); otherwise PyTorch's fused kernel computes the same numbers faster.
     """
+    if is_causal and (mask is not None or q.size(-2) != k.size(-2)):
+        raise ValueError("is_causal needs no mask and as many queries as keys; pass a causal mask instead")
     if need_weights:
+        if is_causal:
+            mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, S)
         weights = masked_softmax(scores, mask)
         dropped = F.dropout(weights, dropout_p, training) if dropout_p > 0 and training else weights
         return dropped @ v, weights
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p if training else 0.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p if training else 0.0,
+                                         is_causal=is_causal)
     if mask is not None:
         # Fully masked rows: some kernels give NaN, the explicit path gives 0; make both give 0.
         # Training batches never have one, so the check is cheap and the fill rarely runs.
@@ -141,10 +149,12 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         cache: AttentionCache | None = None,
         need_weights: bool = False,
+        is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """x (B, T, D) queries; context (B, S, D) keys/values for cross-attention (None: self-attention).
 
-        mask broadcasts to (B, H, T, S) with True = may attend. For cross-attention x may hold K rows per
+        mask broadcasts to (B, H, T, S) with True = may attend; is_causal instead of a mask: each query
+        attends to itself and earlier positions (self-attention over a whole sequence, no cache). For cross-attention x may hold K rows per
         context row (beam search's hypotheses of one source), consecutive in the batch. With a cache,
         self-attention appends this step's keys/values to those of earlier steps, and cross-attention
         projects `context` only once.
@@ -171,7 +181,7 @@ class MultiHeadAttention(nn.Module):
             else:
                 k, v = self._project_kv(context)
         out, weights = scaled_dot_product_attention(
-            q, k, v, mask, self.dropout, need_weights=need_weights, training=self.training
+            q, k, v, mask, self.dropout, need_weights=need_weights, training=self.training, is_causal=is_causal
         )
         b, _, t, _ = out.shape
         out = out.transpose(1, 2).reshape(b, t, d)  # (B, H, T, Dh) -> (B, T, D): concatenate the heads

@@ -21,3 +21,20 @@ def init_transformer_(model: nn.Module, d_model: int, pad_id: int | None = None)
             nn.init.normal_(module.weight, mean=0.0, std=d_model**-0.5)
             if pad_id is not None:
                 nn.init.zeros_(module.weight[pad_id])
+
+
+def init_gpt_(model: nn.Module, n_layers: int, std: float = 0.02) -> None:
+    """GPT-2's scheme (Radford et al. 2019, section 2.3): N(0, 0.02) for weights and embeddings, zero biases,
+    unit LayerNorms, and the projections that write into the residual stream (attention W^O, the FFN's
+    second matrix) scaled down by 1/sqrt(2N), since N layers each add two of them to the same sum."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    for name, p in model.named_parameters():
+        if name.endswith("out_proj.weight") or name.endswith("ff.w2.weight"):
+            nn.init.normal_(p, mean=0.0, std=std / (2 * n_layers) ** 0.5)

@@ -80,14 +80,16 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: Tensor, memory: Tensor | None = None, self_mask: Tensor | None = None,
                 memory_mask: Tensor | None = None, cache: DecoderCache | None = None, layer_index: int = 0,
-                need_weights: bool = False):
-        """Returns (x, self-attention weights, cross-attention weights); weights only when asked for."""
+                need_weights: bool = False, is_causal: bool = False):
+        """Returns (x, self-attention weights, cross-attention weights); weights only when asked for.
+
+        is_causal replaces self_mask when the whole sequence is given at once (no cache, no padding)."""
         self_w = cross_w = None
 
         def self_attention(h: Tensor) -> Tensor:
             nonlocal self_w
             c = cache.self_attn[layer_index] if cache is not None else None
-            out, self_w = self.self_attn(h, mask=self_mask, cache=c, need_weights=need_weights)
+            out, self_w = self.self_attn(h, mask=self_mask, cache=c, need_weights=need_weights, is_causal=is_causal)
             return out
 
         def cross_attention(h: Tensor) -> Tensor:
@@ -140,11 +142,12 @@ class Decoder(nn.Module):
         self.final_norm = nn.LayerNorm(d_model, eps=eps) if norm_position == "pre" else nn.Identity()
 
     def forward(self, x: Tensor, memory: Tensor | None = None, self_mask: Tensor | None = None,
-                memory_mask: Tensor | None = None, cache: DecoderCache | None = None, need_weights: bool = False):
+                memory_mask: Tensor | None = None, cache: DecoderCache | None = None, need_weights: bool = False,
+                is_causal: bool = False):
         """Returns (x, per-layer self-attention weights, per-layer cross-attention weights)."""
         self_ws, cross_ws = [], []
         for i, layer in enumerate(self.layers):
-            x, sw, cw = layer(x, memory, self_mask, memory_mask, cache, i, need_weights)
+            x, sw, cw = layer(x, memory, self_mask, memory_mask, cache, i, need_weights, is_causal)
             if need_weights:
                 self_ws.append(sw)
                 cross_ws.append(cw)
