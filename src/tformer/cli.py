@@ -20,6 +20,8 @@ _SHORTCUTS = {
     "valid_tgt": "data.valid_tgt", "preset": "model.preset", "vocab_size": "data.vocab_size",
     "max_steps": "train.max_steps", "max_epochs": "train.max_epochs", "max_minutes": "train.max_minutes",
     "max_tokens": "train.max_tokens", "seed": "train.seed", "device": "train.device",
+    "train_text": "data.train_text", "valid_text": "data.valid_text", "block_size": "data.block_size",
+    "batch_size": "train.batch_size", "tokenizer": "data.tokenizer",
 }
 
 
@@ -33,9 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--minutes", type=float, default=0.0, help="also stop after this many minutes (0: no limit)")
     d.add_argument("--seed", type=int, default=1)
 
-    t = sub.add_parser("train", help="train a translation Transformer on a parallel corpus",
+    t = sub.add_parser("train", help="train a translation Transformer or a GPT language model",
                        description="Options: --config FILE (TOML with [model] [data] [train]), shortcut flags, "
-                                   "and any section.key=value (for example train.warmup_steps=4000 model.d_model=256).")
+                                   "and any section.key=value (for example train.warmup_steps=4000 model.d_model=256). "
+                                   "The preset's family picks the task: transformer-* trains translation on "
+                                   "--train-src/--train-tgt, gpt* trains a language model on --train-text.")
     t.add_argument("--config", help="TOML run configuration")
     t.add_argument("--out", required=True, help="model directory to write (and to resume from)")
     t.add_argument("--resume", action="store_true",
@@ -90,12 +94,15 @@ def cmd_demo(args) -> None:
 
 def cmd_train(args) -> None:
     from tformer.config import config_from_dict, load_config
+    from tformer.registry import family
+    from tformer.tasks.language_modeling import build_lm_task, lm_run_defaults
     from tformer.tasks.translation import build_task
     from tformer.training.checkpoint import read_config
     from tformer.training import distributed
     from tformer.training.loop import train
 
     overrides = [f"{_SHORTCUTS[k]}={v}" for k in _SHORTCUTS if (v := getattr(args, k)) is not None]
+    overrides += list(args.overrides)
     out = Path(args.out)
     base = None
     if args.resume:
@@ -103,10 +110,16 @@ def cmd_train(args) -> None:
             raise TformerError(f"--resume: {out} holds no saved run (no trainer_state.json)")
         # Continue with the saved run's options; anything given on this command line still wins.
         base = config_from_dict(read_config(out).get("tformer_run", {}))
-    run = load_config(args.config, overrides + list(args.overrides), base=base)
+    run = load_config(args.config, overrides, base=base)
+    is_lm = family(run.model.get("preset", "transformer-small")) == "gpt"
+    if is_lm and base is None:
+        # A language model starts from language-model defaults (cosine schedule, AdamW, ...), then the
+        # file and the command line; read them again over that base.
+        run = load_config(args.config, overrides, base=lm_run_defaults())
     info = distributed.setup(run.train.device)
     try:
-        task = build_task(run, out if args.resume else None)
+        builder = build_lm_task if is_lm else build_task
+        task = builder(run, out if args.resume else None)
         state = train(task, run.train, out, resume=args.resume, info=info)
         if info.is_main:
             print(json.dumps({"steps": state.step, "epochs": state.epoch, "seconds": round(state.elapsed_s, 1),

@@ -22,16 +22,26 @@ else:  # pragma: no cover
 
 @dataclass
 class DataConfig:
-    """Where a translation task's text comes from and how it becomes tokens."""
+    """Where a task's text comes from and how it becomes tokens.
+
+    Translation reads train_src/train_tgt (+ valid_*); language modelling reads train_text (+ valid_text).
+    """
 
     train_src: str = ""
     train_tgt: str = ""
     valid_src: str = ""
     valid_tgt: str = ""
-    tokenizer: Literal["bpe", "char"] = "bpe"
+    # bpe (translation: whitespace-aware BPE; language models: byte-level BPE), char, byte_bpe
+    tokenizer: Literal["bpe", "char", "byte_bpe"] = "bpe"
     vocab_size: int = 8000
     joint_vocab: bool = True  # one BPE over source + target text, shared embeddings
     max_len: int = 256  # training pairs with a side longer than this (in tokens) are skipped
+    # Language modelling
+    train_text: str = ""  # one or more text files (.gz too), separated by commas
+    valid_text: str = ""  # held-out text; empty: the last valid_fraction of train_text
+    valid_fraction: float = 0.1
+    block_size: int = 64  # tokens of context per training example (the model's window unless set)
+    tokenizer_file: str = ""  # a GPT-2 tokenizer.json, or a folder with it or vocab.json + merges.txt
 
 
 @dataclass
@@ -41,11 +51,13 @@ class TrainConfig:
     max_steps: int = 0  # 0: no limit by steps
     max_epochs: int = 0  # 0: no limit by epochs
     max_minutes: float = 0.0  # 0: no limit by wall time
-    max_tokens: int = 4096  # padded tokens per micro-batch and process
+    max_tokens: int = 4096  # padded tokens per micro-batch and process (translation)
+    batch_size: int = 12  # sequences of block_size tokens per micro-batch and process (language modelling)
     accum_steps: int = 1  # micro-batches per optimiser step
     schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
     lr: float = 1.0  # inverse_sqrt: multiplies d_model^-0.5 * min(...); cosine/constant: the peak rate
     warmup_steps: int = 4000
+    min_lr: float = 0.0  # cosine: the rate it decays to
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     adam_eps: float = 1e-9
@@ -59,6 +71,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     eval_max_sentences: int = 500  # validation BLEU on at most this many sentences
+    eval_batches: int = 0  # language modelling: validation batches (0: the whole validation text)
     eval_beam_size: int = 1
 
 

@@ -21,8 +21,8 @@ def split_lines(text: str) -> list[str]:
     return lines
 
 
-def read_lines(path: str | Path, allow_empty: bool = False) -> list[str]:
-    """All lines of a UTF-8 text file (.gz read through gzip), without their line endings."""
+def read_text(path: str | Path, allow_empty: bool = False) -> str:
+    """The whole of a UTF-8 text file (.gz read through gzip), without a byte-order mark."""
     path = Path(path)
     if not path.exists():
         raise TformerError(f"{path}: file not found")
@@ -39,7 +39,14 @@ def read_lines(path: str | Path, allow_empty: bool = False) -> list[str]:
         raise TformerError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    lines = split_lines(text)
+    if not text and not allow_empty:
+        raise TformerError(f"{path}: file is empty")
+    return text
+
+
+def read_lines(path: str | Path, allow_empty: bool = False) -> list[str]:
+    """All lines of a UTF-8 text file (.gz read through gzip), without their line endings."""
+    lines = split_lines(read_text(path, allow_empty=True))
     if not lines and not allow_empty:
         raise TformerError(f"{path}: file is empty")
     return lines

@@ -24,7 +24,7 @@ from tformer.config import TrainConfig
 from tformer.data.batching import shard
 from tformer.errors import TformerError
 from tformer.runtime import keep_freed_memory_for_reuse
-from tformer.training import checkpoint, distributed, schedules
+from tformer.training import checkpoint, distributed, schedules, throughput
 from tformer.training.optim import make_adam
 
 
@@ -51,6 +51,9 @@ class Task(Protocol):
     def save(self, path: Path, model: nn.Module, trainer_state: dict | None, optimizer_state: dict | None) -> None:
         ...
 
+    # Optional: training FLOPs per token, for model FLOPs utilisation (MFU) in the progress line.
+    # def flops_per_token(self) -> float: ...
+
 
 @dataclass
 class TrainerState:
@@ -66,7 +69,7 @@ def learning_rate(cfg: TrainConfig, step: int, d_model: int) -> float:
     if cfg.schedule == "inverse_sqrt":
         return schedules.inverse_sqrt_lr(step, d_model, cfg.warmup_steps, cfg.lr)
     if cfg.schedule == "cosine":
-        return schedules.warmup_cosine_lr(step, cfg.lr, cfg.warmup_steps, max(cfg.max_steps, 1))
+        return schedules.warmup_cosine_lr(step, cfg.lr, cfg.warmup_steps, max(cfg.max_steps, 1), cfg.min_lr)
     return cfg.lr * min(1.0, step / max(cfg.warmup_steps, 1))
 
 
@@ -141,9 +144,16 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     use_amp = cfg.amp and info.device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     log = ProgressLog(cfg.max_steps, info.is_main and not quiet, state.step)
+    flops_per_token = peak_flops = None
     if info.is_main and not quiet:
         n_params = sum(p.numel() for p in model.parameters())
         log.write(f"model: {n_params:,} parameters on {info.device} x {info.world_size} process(es)")
+        if hasattr(task, "flops_per_token"):
+            # MFU: achieved model FLOP/s over what this device's matmuls reach when measured just now.
+            flops_per_token = task.flops_per_token()
+            peak_flops = throughput.measure_matmul_peak(info.device, seconds=0.3)
+            log.write(f"device matmul peak {peak_flops / 1e9:,.0f} GFLOP/s; "
+                      f"{flops_per_token / 1e6:,.2f} MFLOP per training token")
 
     def save() -> None:
         if info.is_main:
@@ -206,8 +216,13 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             is_log = state.step % max(cfg.log_every, 1) == 0
             if is_log or log.bar is not None:
                 dt = max(now - window_start, 1e-9)
-                log.update(state.step, {"loss": f"{window_loss / max(window_tokens, 1):.3f}", "lr": f"{lr:.2e}",
-                                        "tok/s": f"{window_tokens * info.world_size / dt:,.0f}"}, is_log)
+                rate = window_tokens * info.world_size / dt
+                fields = {"loss": f"{window_loss / max(window_tokens, 1):.3f}", "lr": f"{lr:.2e}",
+                          "tok/s": f"{rate:,.0f}"}
+                if flops_per_token and peak_flops:
+                    # Per process: each rank's tokens against its own device's peak.
+                    fields["mfu"] = throughput.format_mfu(flops_per_token * rate / info.world_size / peak_flops)
+                log.update(state.step, fields, is_log)
                 if is_log:
                     window_tokens, window_loss, window_start = 0, 0.0, now
             if finished():

@@ -8,8 +8,11 @@ from torch import nn
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only: not on biases, norms or embeddings (1-D tensors and embedding tables)."""
+    from tformer.nn.positional import LearnedPositionalEmbedding
+
     decay, no_decay, seen = [], [], set()
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    tables = (nn.Embedding, LearnedPositionalEmbedding)  # token and position tables are looked up, not multiplied
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, tables)}
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue

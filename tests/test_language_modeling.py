@@ -1,0 +1,139 @@
+"""Language-modelling data and training: text files, blocks, validation, exact resume, learning."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from tformer.data.text import BlockSampler, encode_corpus, read_corpus, sequential_blocks, split_train_valid
+from tformer.errors import TformerError
+from tformer.tasks.language_modeling import LanguageModelingTask, build_lm_task, lm_run_defaults, load_lm
+from tformer.tokenization import train_lm_tokenizer
+from tformer.training.loop import train
+
+TEXT = "to be or not to be, that is the question.\n" * 40
+
+
+def lm_run(**train_options):
+    run = lm_run_defaults()
+    run.model = {"preset": "gpt-micro", "d_model": 32, "n_heads": 2, "n_layers": 1}
+    run.data.block_size = 16
+    run.train.batch_size = 8
+    run.train.max_steps = 40
+    run.train.eval_every = 0
+    run.train.save_every = 0
+    run.train.warmup_steps = 5
+    for k, v in train_options.items():
+        setattr(run.train, k, v)
+    return run
+
+
+def test_read_corpus_errors_name_the_file(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\nstill fine\n\xff\xfe broken\n")
+    with pytest.raises(TformerError, match="empty.txt: file is empty"):
+        read_corpus([empty])
+    with pytest.raises(TformerError, match=r"bad.txt:3: not valid UTF-8"):
+        read_corpus([bad])
+    with pytest.raises(TformerError, match="missing.txt: file not found"):
+        read_corpus([tmp_path / "missing.txt"])
+    with pytest.raises(TformerError, match="train_text"):
+        read_corpus([])
+
+
+def test_gzip_and_several_files_join_with_end_of_text(tmp_path):
+    a = tmp_path / "a.txt.gz"
+    with gzip.open(a, "wt", encoding="utf-8") as f:
+        f.write("hello")
+    b = tmp_path / "b.txt"
+    b.write_text("world")
+    texts = read_corpus([a, b])
+    assert texts == ["hello", "world"]
+    bpe = train_lm_tokenizer(texts * 10, "byte_bpe", 300)
+    ids = encode_corpus(texts, bpe).tolist()
+    assert bpe.eos_id in ids and bpe.decode(ids[: ids.index(bpe.eos_id)]) == "hello"
+    chars = train_lm_tokenizer(texts, "char")
+    assert len(encode_corpus(texts, chars)) == 10  # no separator in a character vocabulary
+
+
+def test_char_tokenizer_round_trips_and_rejects_unseen_characters():
+    tok = train_lm_tokenizer([TEXT], "char")
+    ids = tok.encode_corpus(TEXT)
+    assert tok.vocab_size == len(set(TEXT)) and tok.decode(ids.tolist()) == TEXT
+    assert ids.tolist() == tok.encode(TEXT)
+    with pytest.raises(TformerError, match="'Z'"):
+        tok.encode("Zebra")
+
+
+def test_blocks_are_contiguous_and_targets_shift_by_one():
+    ids = np.arange(100)
+    sampler = BlockSampler(ids, block_size=8, batch_size=4)
+    batches = sampler.epoch(0, seed=1)
+    assert len(batches) == 100 // 32
+    x, y = sampler.gather(batches[0])
+    assert x.shape == y.shape == (4, 8)
+    assert torch.equal(y, x + 1) and torch.equal(x[:, 1:], x[:, :-1] + 1)
+    assert int(x.max()) < 100 and int(y.max()) <= 99
+    assert torch.equal(sampler.epoch(0, 1)[0], batches[0]) and not torch.equal(sampler.epoch(1, 1)[0], batches[0])
+    with pytest.raises(TformerError, match="block_size"):
+        BlockSampler(np.arange(5), block_size=8, batch_size=1)
+
+
+def test_validation_blocks_cover_every_token_once():
+    x, y = sequential_blocks(np.arange(50), 8)
+    assert x.shape == (6, 8) and torch.equal(x.flatten(), torch.arange(48)) and torch.equal(y, x + 1)
+    train_ids, valid_ids = split_train_valid(np.arange(100), 0.1)
+    assert len(train_ids) == 90 and valid_ids[0] == 90
+
+
+def test_a_small_text_is_learned(tmp_path):
+    run = lm_run(max_steps=250, lr=3e-3)
+    task = LanguageModelingTask(run, [TEXT])
+    before = task.validate(task.model.eval())["loss"]
+    task.model.train()
+    state = train(task, run.train, tmp_path / "lm", quiet=True)
+    assert before > 2.5 and state.last_valid["loss"] < 0.6, (before, state.last_valid)
+    model, tok = load_lm(tmp_path / "lm")
+    ids = torch.tensor([tok.encode("to be or not to")])
+    assert tok.decode([int(model(ids).logits[0, -1].argmax())]) == " "
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
+    whole = LanguageModelingTask(lm_run(max_steps=12), [TEXT])
+    train(whole, whole.run.train, tmp_path / "whole", quiet=True)
+
+    first = LanguageModelingTask(lm_run(max_steps=5), [TEXT])
+    train(first, first.run.train, tmp_path / "split", quiet=True)
+    run = lm_run(max_steps=12)
+    text_file = tmp_path / "t.txt"
+    text_file.write_text(TEXT)
+    run.data.train_text = str(text_file)
+    resumed = build_lm_task(run, tmp_path / "split")
+    train(resumed, run.train, tmp_path / "split", resume=True, quiet=True)
+    a, b = _params(whole.model), _params(resumed.model)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_bad_options_are_one_line_errors():
+    run = lm_run()
+    run.data.block_size = 64  # larger than gpt-micro's window once max_len is fixed
+    run.model["max_len"] = 32
+    with pytest.raises(TformerError, match="window"):
+        LanguageModelingTask(run, [TEXT])
+    run = lm_run(batch_size=0)
+    with pytest.raises(TformerError, match="batch_size"):
+        LanguageModelingTask(run, [TEXT])
+    run = lm_run()
+    run.data.block_size = 10_000
+    with pytest.raises(TformerError, match="fewer than data.block_size"):
+        LanguageModelingTask(run, [TEXT])
