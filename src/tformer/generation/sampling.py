@@ -1,0 +1,264 @@
+"""Text generation with decoder-only language models: greedy decoding and sampling.
+
+The lectures' plain loop: feed the prompt, take a next token from the logits of the last position, append
+it, feed the whole sequence again, repeat. `use_cache=False` is exactly that. The default feeds the prompt
+once (prefill) and then only the newest token, reading earlier keys/values from the KV cache: the same
+tokens for O(1) instead of O(t) new work per step.
+
+The next token comes from small pure functions on (B, V) logits, applied in this order:
+    temperature   logits / t: t < 1 sharpens the distribution, t > 1 flattens it (t = 0 means greedy)
+    top-k         keep the k most probable tokens (Fan et al. 2018)
+    top-p         keep the smallest set of most probable tokens whose probability reaches p: the
+                  "nucleus" (Holtzman et al. 2020, The Curious Case of Neural Text Degeneration, sec. 3.1)
+
+Batches of prompts of different lengths are padded on the left, so that every row's next token is in the
+last column; an attention mask hides the padding and per-row positions start at each row's first real
+token, so a row generates exactly what it would generate alone.
+
+Past the context window (model.config.max_len) generation continues with a sliding window, like nanoGPT's
+crop: once the sequence is longer than max_len, each step runs the model without a cache on its last max_len
+tokens (positions 0..max_len-1 again), which costs a full forward pass per step.
+
+Shapes: B batch, P padded prompt length, N new tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from tformer.errors import TformerError
+
+# On an accelerator, asking "are all rows done?" waits for the device; ask only every few steps there
+# (a few extra tokens may be computed after the last row ended; they are dropped).
+_DEVICE_CHECK_EVERY = 8
+# Stop strings are found by decoding each row's continuation: every few steps is enough.
+_STOP_STRING_CHECK_EVERY = 4
+
+
+# -- logits processors: (B, V) -> (B, V) ---------------------------------------------------------------
+
+
+def apply_temperature(logits: Tensor, t: float) -> Tensor:
+    """logits / t. Temperature 0 (greedy) is `next_token`'s business, not a division by zero."""
+    if not t > 0:
+        raise TformerError(f"temperature must be positive here (0 means greedy decoding), not {t}")
+    return logits if t == 1.0 else logits / t
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep exactly the k largest logits of each row (ties broken by topk), set the rest to -inf; k <= 0: off."""
+    if k <= 0 or k >= logits.size(-1):
+        return logits
+    values, index = logits.topk(k, dim=-1)  # (B, k)
+    return torch.full_like(logits, float("-inf")).scatter_(-1, index, values)
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filtering: keep the smallest set of most probable tokens whose probabilities sum to at least p,
+    and always the most probable one; set the rest to -inf. p >= 1: off."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+    probs = sorted_logits.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # probability of the more probable tokens
+    drop = before >= p  # the set already reached p without this token
+    drop[..., 0] = False  # at least one token survives, whatever p is
+    drop = torch.empty_like(drop).scatter_(-1, order, drop)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_token(logits: Tensor, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+               top_p: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    """Token ids (B,) from next-token logits (B, V): the argmax (greedy), or a sample from the distribution
+    left by temperature, top-k and top-p. Temperature 0 means greedy."""
+    if not do_sample or temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = apply_temperature(logits.float(), temperature)
+    index = None
+    if 0 < top_k < logits.size(-1):
+        # top_k_filter, with the -inf columns left out: top-p then sorts k values, not V.
+        logits, index = logits.topk(top_k, dim=-1)  # (B, k) each
+    logits = top_p_filter(logits, top_p)
+    choice = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)  # (B, 1)
+    if index is not None:
+        choice = index.gather(-1, choice)
+    return choice.squeeze(-1)
+
+
+# -- generation ----------------------------------------------------------------------------------------
+
+
+def generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample: bool = False,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
+             seed: int | None = None, use_cache: bool = True,
+             stop_ids: list[list[int]] | None = None) -> list[list[int]]:
+    """The new tokens (at most max_new_tokens) that follow each prompt.
+
+    A row ends at eos_id (default: model.config.eos_id) or at the end of a sequence in stop_ids; neither the
+    eos token nor the stop sequence is returned, and stop sequences are only looked for in the new tokens.
+    An empty prompt starts from the eos token, as GPT-2 starts from <|endoftext|>. `seed` makes sampling
+    reproducible (a generator of its own; the global RNG is left alone).
+    """
+    return _generate(model, prompts, max_new_tokens, do_sample=do_sample, temperature=temperature,
+                     top_k=top_k, top_p=top_p, eos_id=eos_id, seed=seed, use_cache=use_cache, stop_ids=stop_ids)
+
+
+def generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int, *, stop: list[str] | None = None,
+                  **options) -> list[str]:
+    """The generated continuation of each prompt, cut before the first of the `stop` strings.
+
+    A stop string may span several tokens: each row's continuation is decoded every few steps and the row
+    ends once it holds a stop string. `options` are those of `generate`; eos_id defaults to the model's,
+    else the tokenizer's.
+    """
+    if options.get("eos_id") is None:
+        eos = getattr(model.config, "eos_id", None)
+        options["eos_id"] = eos if eos is not None else tokenizer.eos_id
+    stop = [s for s in (stop or []) if s]
+    ids = [tokenizer.encode(p) for p in prompts]
+
+    def stop_found(new_ids: Tensor, finished: Tensor) -> Tensor:
+        done = finished.tolist()
+        for i, row in enumerate(new_ids.tolist()):
+            if not done[i] and _cut(tokenizer.decode(row), stop) is not None:
+                done[i] = True
+        return torch.tensor(done, device=finished.device)
+
+    outs = _generate(model, ids, max_new_tokens, row_done=stop_found if stop else None, **options)
+    texts = [tokenizer.decode(row) for row in outs]
+    return [t[: _cut(t, stop)] for t in texts]
+
+
+def _cut(text: str, stop: list[str]) -> int | None:
+    """Where the earliest stop string starts in text; None without one."""
+    found = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(found) if found else None
+
+
+@torch.inference_mode()
+def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample: bool = False,
+              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
+              seed: int | None = None, use_cache: bool = True, stop_ids: list[list[int]] | None = None,
+              row_done: Callable[[Tensor, Tensor], Tensor] | None = None) -> list[list[int]]:
+    """`generate`, plus row_done(new ids (B, n), finished (B,)) -> finished, asked every few steps."""
+    cfg = model.config
+    window = cfg.max_len
+    eos = eos_id if eos_id is not None else getattr(cfg, "eos_id", None)
+    prompts = _check(prompts, max_new_tokens, cfg.vocab_size, window, eos, temperature)
+    if not prompts or max_new_tokens == 0:
+        return [[] for _ in prompts]
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    generator = torch.Generator(device=device).manual_seed(seed) if do_sample and seed is not None else None
+
+    # Left-padded token buffer, room for every new token reserved: (B, P + N).
+    b, p_len = len(prompts), max(len(p) for p in prompts)
+    pads = [p_len - len(p) for p in prompts]
+    max_pad = max(pads)
+    ids = torch.zeros(b, p_len + max_new_tokens, dtype=torch.long)
+    real = torch.ones(b, p_len + max_new_tokens, dtype=torch.bool)  # attention mask: False at padding
+    for i, (p, pad) in enumerate(zip(prompts, pads)):
+        ids[i, pad:p_len] = torch.tensor(p, dtype=torch.long)
+        real[i, :pad] = False
+    ids, real = ids.to(device), real.to(device)
+    columns = torch.arange(p_len + max_new_tokens, device=device)
+    positions = (columns[None, :] - torch.tensor(pads, device=device)[:, None]).clamp(min=0)  # (B, P + N)
+
+    stops = [torch.tensor(s, dtype=torch.long, device=device) for s in (stop_ids or []) if s]
+    track = eos is not None or bool(stops) or row_done is not None
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    check_every = 1 if device.type == "cpu" else _DEVICE_CHECK_EVERY
+    if row_done is not None:
+        check_every = max(check_every, _STOP_STRING_CHECK_EVERY)
+
+    cache = model.new_cache() if use_cache else None
+    cached = 0  # columns whose keys/values the cache holds
+    was_training = model.training
+    model.eval()
+    try:
+        n_new = max_new_tokens
+        for step in range(max_new_tokens):
+            n = p_len + step  # columns filled so far
+            if cache is not None and n > window:
+                cache = None  # past the context window: the sliding window recomputes every step
+            if cache is not None:
+                # Feed the columns not yet cached: the prompt at step 0, then the newest token.
+                logits = _last_logits(model, ids[:, cached:n], real[:, :n] if max_pad else None,
+                                      positions[:, cached:n] if max_pad else None, cache)
+                cached = n
+            else:
+                start = max(0, n - window)
+                padded = start < max_pad  # some row still has padding inside the window
+                # Positions restart at 0 where a row's window begins (its first real token, or the crop).
+                pos = torch.minimum(positions[:, start:n], columns[: n - start]) if padded else None
+                logits = _last_logits(model, ids[:, start:n], real[:, start:n] if padded else None, pos, None)
+            tok = next_token(logits, do_sample, temperature, top_k, top_p, generator)  # (B,)
+            ids[:, n] = tok
+            if not track:
+                continue
+            if eos is not None:
+                finished |= tok == eos
+            for s in stops:
+                if step + 1 >= s.numel():
+                    finished |= (ids[:, n + 1 - s.numel() : n + 1] == s).all(dim=-1)
+            if (step + 1) % check_every == 0 and step + 1 < max_new_tokens:
+                if row_done is not None:
+                    finished = row_done(ids[:, p_len : n + 1], finished)
+                if bool(finished.all()):  # a host sync: not every step on a device
+                    n_new = step + 1
+                    break
+    finally:
+        model.train(was_training)
+    rows = ids[:, p_len : p_len + n_new].tolist()
+    return [_trim(row, eos, stop_ids or []) for row in rows]
+
+
+def _last_logits(model, ids: Tensor, mask: Tensor | None, positions: Tensor | None, cache) -> Tensor:
+    """Next-token logits (B, V) after ids (B, T), projecting only the last position to the vocabulary."""
+    b, t = ids.shape
+    if t == 1:
+        return model(ids, attention_mask=mask, positions=positions, cache=cache).logits[:, -1].float()
+    keep = torch.zeros(b, t, dtype=torch.bool, device=ids.device)
+    keep[:, -1] = True
+    return model(ids, attention_mask=mask, positions=positions, cache=cache, keep=keep).logits.float()
+
+
+def _trim(row: list[int], eos: int | None, stop_ids: list[list[int]]) -> list[int]:
+    """The tokens before whatever ended the row first: an eos token or a completed stop sequence."""
+    first = (len(row), len(row))  # (index of the token that ended the row, where the row is cut)
+    if eos is not None and eos in row:
+        first = (row.index(eos),) * 2
+    for s in stop_ids:
+        m = len(s)
+        for end in range(m - 1, min(first[0] + 1, len(row))):
+            if m and row[end - m + 1 : end + 1] == s:
+                first = min(first, (end, end - m + 1))
+                break
+    return row[: first[1]]
+
+
+def _check(prompts, max_new_tokens: int, vocab_size: int, window: int, eos: int | None,
+           temperature: float) -> list[list[int]]:
+    """The prompts as lists of ints (an empty one -> [eos]), or a TformerError naming what is wrong."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise TformerError(f"max_new_tokens must be a non-negative integer, not {max_new_tokens!r}")
+    if temperature < 0:
+        raise TformerError(f"temperature must be >= 0 (0 means greedy), not {temperature}")
+    if prompts and isinstance(prompts[0], int):
+        raise TformerError("prompts must be a list of token-id lists (one per prompt), not one list of ids")
+    out = []
+    for i, p in enumerate(prompts):
+        p = [int(t) for t in p]
+        if not p:
+            if eos is None:
+                raise TformerError(f"prompt {i} is empty and the model has no eos_id to start from")
+            p = [eos]
+        if len(p) > window:
+            raise TformerError(f"prompt {i} has {len(p)} tokens, more than the model's context window of "
+                               f"{window}; shorten it (keep its last {window} tokens)")
+        if min(p) < 0 or max(p) >= vocab_size:
+            raise TformerError(f"prompt {i} holds token ids outside the vocabulary 0..{vocab_size - 1}")
+        out.append(p)
+    return out
