@@ -66,6 +66,30 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--output", help="also write the translations here")
 
+    g = sub.add_parser("generate", help="continue a prompt with a GPT language model (greedy or sampling)")
+    g.add_argument("--model", required=True, help="model directory (tformer GPT, or a Hugging Face GPT-2 folder)")
+    g.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); \\n means a newline")
+    g.add_argument("--input", help="a file of prompts, one per line ('-': stdin)")
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--greedy", action="store_true", help="always the most likely token (no sampling)")
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the most likely tokens up to p")
+    g.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+    g.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
+    g.add_argument("--seed", type=int, help="makes sampling reproducible")
+    g.add_argument("--device", default="auto")
+
+    sc = sub.add_parser("score", help="log-likelihood and perplexity of text, or pick the likeliest of choices")
+    sc.add_argument("--model", required=True)
+    sc.add_argument("--input", help="text file to score as a whole ('-': stdin)")
+    sc.add_argument("--per-line", action="store_true", help="score each line of --input on its own")
+    sc.add_argument("--prompt", help="multiple choice: the question or context")
+    sc.add_argument("--choice", action="append", default=[], help="multiple choice: a candidate continuation")
+    sc.add_argument("--normalize", choices=["mean", "sum"], default="mean",
+                    help="rank choices by mean or summed token log-probability")
+    sc.add_argument("--device", default="auto")
+
     sub.add_parser("list-models", help="the named model presets")
     return p
 
@@ -156,6 +180,68 @@ def cmd_evaluate(args) -> None:
           f"{result['seconds']:.1f} s ({result['sentences_per_s']:.1f} sentences/s, beam {args.beam})")
 
 
+def _prompts(args) -> list[str]:
+    from tformer.data.parallel import read_text_input
+
+    prompts = [p.replace("\\n", "\n") for p in (args.prompt or [])]
+    if args.input:
+        prompts += read_text_input(args.input)
+    if not prompts:
+        raise TformerError("give --prompt TEXT or --input FILE")
+    return prompts
+
+
+def cmd_generate(args) -> None:
+    from tformer.generation.sampling import generate_text
+    from tformer.tasks.language_modeling import load_lm
+
+    _positive("num-samples", args.num_samples)
+    if args.max_new_tokens < 0:
+        raise TformerError(f"--max-new-tokens must not be negative, not {args.max_new_tokens}")
+    if not args.greedy and args.temperature < 0:
+        raise TformerError(f"--temperature must not be negative, not {args.temperature}")
+    if not 0.0 < args.top_p <= 1.0:
+        raise TformerError(f"--top-p must be in (0, 1], not {args.top_p}")
+    prompts = _prompts(args)
+    model, tokenizer = load_lm(args.model, _device(args.device))
+    for i, p in enumerate(prompts):
+        tokenizer.check_chars(p, f"--prompt {i + 1}")
+    batch = [p for p in prompts for _ in range(args.num_samples)]
+    outs = generate_text(model, tokenizer, batch, args.max_new_tokens, stop=args.stop, do_sample=not args.greedy,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    for i, (p, o) in enumerate(zip(batch, outs)):
+        if i:
+            sys.stdout.write("\n----\n")
+        sys.stdout.write(p + o)
+    sys.stdout.write("\n")
+
+
+def cmd_score(args) -> None:
+    from tformer.data.parallel import read_text, read_text_input
+    from tformer.generation.scoring import choose, score_text, score_texts
+    from tformer.tasks.language_modeling import load_lm
+
+    if bool(args.choice) == bool(args.input):
+        raise TformerError("give either --input FILE (scoring) or --prompt with two or more --choice (choosing)")
+    model, tokenizer = load_lm(args.model, _device(args.device))
+    if args.choice:
+        if len(args.choice) < 2 or args.prompt is None:
+            raise TformerError("multiple choice needs --prompt and at least two --choice")
+        result = choose(model, tokenizer, args.prompt.replace("\\n", "\n"), args.choice, args.normalize)
+        for choice, score in zip(args.choice, result["scores"]):
+            mark = "*" if choice == result["choice"] else " "
+            print(f"{mark} {score:9.4f}  {choice}")
+        return
+    if args.per_line:
+        lines = read_text_input(args.input)
+        for line, r in zip(lines, score_texts(model, tokenizer, lines)):
+            print(f"{r['log_likelihood']:10.3f}  {r['tokens']:5d} tokens  ppl {r['perplexity']:9.3f}  {line}")
+        return
+    text = read_text_input(args.input) if args.input == "-" else None
+    r = score_text(model, tokenizer, "\n".join(text) if text is not None else read_text(args.input))
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
+
+
 def cmd_list_models(args) -> None:
     from tformer.registry import describe, list_models
 
@@ -173,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = extra
     handler = {"demo": cmd_demo, "train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate,
-               "list-models": cmd_list_models}[args.command]
+               "generate": cmd_generate, "score": cmd_score, "list-models": cmd_list_models}[args.command]
     try:
         handler(args)
     except TformerError as exc:
