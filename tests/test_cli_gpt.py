@@ -1,0 +1,105 @@
+"""The language-model commands: train, resume, generate, score, choose; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tformer.cli import main
+
+TEXT = "the cat sat on the mat. " * 200
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lm")
+    text = folder / "text.txt"
+    text.write_text(TEXT)
+    code = main(["train", "--preset", "gpt-micro", "--train-text", str(text), "--out", str(folder / "model"),
+                 "--block-size", "24", "--batch-size", "8", "--max-steps", "120", "train.lr=5e-3",
+                 "train.warmup_steps=10", "train.log_every=1000", "model.d_model=48", "model.n_heads=2"])
+    assert code == 0
+    return folder
+
+
+def test_train_writes_a_model_directory_with_the_lm_defaults(lm, capsys):
+    model = lm / "model"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "trainer_state.json", "optimizer.pt"):
+        assert (model / name).is_file(), name
+    config = json.loads((model / "config.json").read_text())
+    assert config["model_type"] == "gpt" and config["max_len"] == 24
+    run = config["tformer_run"]["train"]
+    assert run["schedule"] == "cosine" and run["weight_decay"] == 0.1 and run["label_smoothing"] == 0.0
+
+
+def test_greedy_generation_continues_the_pattern(lm, capsys):
+    code, out, err = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "the cat sat on the",
+                             "--greedy", "--max-new-tokens", "9")
+    assert code == 0, err
+    assert out == "the cat sat on the mat. the\n"
+
+
+def test_sampling_is_reproducible_and_stop_strings_cut(lm, capsys):
+    args = ["generate", "--model", lm / "model", "--prompt", "the", "--prompt", "cat", "--max-new-tokens", "30",
+            "--seed", "3", "--temperature", "1.0", "--top-k", "5"]
+    first, second = run_cli(capsys, *args)[1], run_cli(capsys, *args)[1]
+    assert first == second and first.count("\n----\n") == 1
+    code, out, _ = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "the cat", "--greedy",
+                           "--stop", ".", "--max-new-tokens", "40")
+    assert code == 0 and out == "the cat sat on the mat\n"
+
+
+def test_score_and_choose(lm, capsys, tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("the cat sat on the mat. the cat sat on the mat.")
+    code, out, _ = run_cli(capsys, "score", "--model", lm / "model", "--input", f)
+    r = json.loads(out)
+    assert code == 0 and r["tokens"] > 40 and r["perplexity"] < 2.0
+    code, out, _ = run_cli(capsys, "score", "--model", lm / "model", "--prompt", "the cat sat on the",
+                           "--choice", " mat", "--choice", " cat")
+    assert code == 0 and out.splitlines()[0].startswith("*") and out.splitlines()[0].endswith(" mat")
+
+
+def test_resume_continues_to_the_new_limit(lm, capsys):
+    code, out, err = run_cli(capsys, "train", "--out", lm / "model", "--resume", "--max-steps", "125")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["steps"] == 125
+
+
+def test_bad_input_is_one_line(lm, capsys, tmp_path):
+    code, _, err = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "zebra")
+    assert_one_line_error(code, err, "'b'", "'z'", "character vocabulary")
+    code, _, err = run_cli(capsys, "generate", "--model", lm / "model")
+    assert_one_line_error(code, err, "--prompt")
+    code, _, err = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "cat", "--top-p", "0")
+    assert_one_line_error(code, err, "--top-p")
+    code, _, err = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "the" * 10)
+    assert_one_line_error(code, err, "context window")
+    code, _, err = run_cli(capsys, "score", "--model", lm / "model", "--prompt", "x", "--choice", "a")
+    assert_one_line_error(code, err, "two")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code, _, err = run_cli(capsys, "train", "--preset", "gpt-micro", "--train-text", empty, "--out", tmp_path / "m")
+    assert_one_line_error(code, err, "empty.txt", "empty")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xc3\x28\n")
+    code, _, err = run_cli(capsys, "train", "--preset", "gpt-micro", "--train-text", bad, "--out", tmp_path / "m")
+    assert_one_line_error(code, err, "bad.txt:2", "UTF-8")
+    code, _, err = run_cli(capsys, "generate", "--model", tmp_path / "nowhere", "--prompt", "x")
+    assert_one_line_error(code, err, "nowhere")
+    assert not (tmp_path / "m").exists()
