@@ -459,3 +459,27 @@ def test_cross_attention_cache_projects_once():
     # Later steps read the cached keys/values: a different context is ignored once the cache is filled.
     again, _ = mha(x[:, :1], context=torch.randn(2, 5, 16), cache=cache)
     assert torch.allclose(again, outs[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_cpu_attention_dropout_matches_autograd_with_the_same_mask(causal):
+    """The hand-written backward of the CPU dropout path equals autograd through the same formula."""
+    from tformer.nn.attention import scaled_dot_product_attention
+    from tformer.nn.dropout import keep_mask
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 4, requires_grad=True) for _ in range(3))
+    mask = None if causal else torch.rand(2, 1, 6, 6) > 0.3
+    mask_for_ref = torch.ones(6, 6, dtype=torch.bool).tril() if causal else mask
+    torch.manual_seed(7)
+    out, _ = scaled_dot_product_attention(q, k, v, mask, 0.25, training=True, is_causal=causal)
+    grads = torch.autograd.grad((out * torch.arange(4.0)).sum(), (q, k, v))
+    torch.manual_seed(7)
+    weights = masked_softmax((q @ k.transpose(-2, -1)) / 2.0, mask_for_ref)
+    keep = keep_mask(weights.shape, 0.25, weights.device)
+    ref = (weights * keep / 0.75) @ v
+    ref_grads = torch.autograd.grad((ref * torch.arange(4.0)).sum(), (q, k, v))
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+    assert 0.6 < keep.float().mean() < 0.9  # some weights really were dropped

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tformer.nn.cache import AttentionCache
+from tformer.nn.dropout import dropout, keep_mask
 
 # ---------------------------------------------------------------------------------------------------
 # Score functions over one decoder state s (..., Ds) and n encoder states h (..., n, Dh) -> (..., n)
@@ -102,8 +103,14 @@ def scaled_dot_product_attention(
             mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, S)
         weights = masked_softmax(scores, mask)
-        dropped = F.dropout(weights, dropout_p, training) if dropout_p > 0 and training else weights
+        dropped = dropout(weights, dropout_p, training) if dropout_p > 0 and training else weights
         return dropped @ v, weights
+    if training and dropout_p > 0 and q.device.type == "cpu" and 0 < dropout_p < 1:
+        # torch's fused CPU kernels have no dropout: with attention dropout SDPA falls back to a generic path
+        # whose per-element Bernoulli draws and temporaries cost more than the matmuls. Same numbers, faster.
+        if is_causal:
+            mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
+        return _DropoutAttention.apply(q, k, v, mask, dropout_p), None
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p if training else 0.0,
                                          is_causal=is_causal)
     if mask is not None:
@@ -113,6 +120,48 @@ def scaled_dot_product_attention(
         if bool(empty.any()):
             out = out.masked_fill(empty, 0.0)
     return out, None
+
+
+class _DropoutAttention(torch.autograd.Function):
+    """softmax(Q K^T / sqrt(d_k) + mask) with dropout on the weights, times V, with a hand-written backward.
+
+    Saves Q, K, V, the weights and the boolean drop mask; the backward reuses its buffers in place:
+        dV = P~^T dO,   dP = (dO V^T) o keep,   dS = P o (dP - rowsum(dP o P)) / sqrt(d_k),
+        dQ = dS K,      dK = dS^T Q,            with P~ = P o keep / (1 - p).
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float) -> Tensor:
+        scale = 1.0 / math.sqrt(q.size(-1))
+        # Heads split from one projection are strided views; matmul would copy them at every use
+        # (twice more in the backward). Copy once and keep the copies for the backward.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)  # (B, H, T, S)
+        if mask is not None:
+            scores.masked_fill_(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        del scores
+        if mask is not None:
+            empty = ~mask.any(dim=-1, keepdim=True)
+            if bool(empty.any()):
+                weights.masked_fill_(empty, 0.0)  # a query with no key to attend to gets zeros, not NaN
+        drop = ~keep_mask(weights.shape, p, weights.device)
+        out = torch.matmul(weights.masked_fill(drop, 0.0), v).mul_(1.0 / (1.0 - p))
+        ctx.save_for_backward(q, k, v, weights, drop)
+        ctx.p, ctx.scale = p, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, weights, drop = ctx.saved_tensors
+        grad_out = grad_out.contiguous() * (1.0 / (1.0 - ctx.p))
+        grad_v = torch.matmul(weights.masked_fill(drop, 0.0).transpose(-2, -1), grad_out)
+        grad_w = torch.matmul(grad_out, v.transpose(-2, -1)).masked_fill_(drop, 0.0)
+        row = (grad_w * weights).sum(dim=-1, keepdim=True)
+        grad_s = grad_w.sub_(row).mul_(weights).mul_(ctx.scale)  # softmax backward, in place
+        grad_q = torch.matmul(grad_s, k)
+        grad_k = torch.matmul(grad_s.transpose(-2, -1), q)
+        return grad_q, grad_k, grad_v, None, None
 
 
 class MultiHeadAttention(nn.Module):
