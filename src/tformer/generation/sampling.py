@@ -173,7 +173,12 @@ def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample
     if row_done is not None:
         check_every = max(check_every, _STOP_STRING_CHECK_EVERY)
 
-    cache = model.new_cache() if use_cache else None
+    cache = None
+    if use_cache:
+        try:
+            cache = model.new_cache(capacity=p_len + max_new_tokens)  # room for every step: never regrown
+        except TypeError:  # a model whose cache takes no capacity
+            cache = model.new_cache()
     cached = 0  # columns whose keys/values the cache holds
     was_training = model.training
     model.eval()

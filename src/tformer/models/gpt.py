@@ -22,6 +22,7 @@ from tformer.nn.cache import DecoderCache
 from tformer.nn.dropout import Dropout
 from tformer.nn.init import init_gpt_
 from tformer.nn.layers import Decoder
+from tformer.nn.linear import Linear
 from tformer.nn.masks import causal_mask, combine
 from tformer.nn.positional import LearnedPositionalEmbedding
 
@@ -89,13 +90,14 @@ class GPT(nn.Module):
         self.dropout = Dropout(c.dropout)
         self.decoder = Decoder(c.n_layers, c.d_model, c.n_heads, c.ff_width, c.dropout, c.attention_dropout,
                                c.activation, c.norm_position, cross_attention=False, eps=c.eps)
-        self.output = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.output = Linear(c.d_model, c.vocab_size, bias=False)
         init_gpt_(self, c.n_layers)
         if c.tie_output:
             self.output.weight = self.tok_embed.weight
 
-    def new_cache(self) -> DecoderCache:
-        return DecoderCache(self.config.n_layers)
+    def new_cache(self, capacity: int = 0) -> DecoderCache:
+        """An empty key/value cache; capacity = the positions generation will reach, when known."""
+        return DecoderCache(self.config.n_layers, min(capacity, self.config.max_len))
 
     def forward(self, ids: Tensor, attention_mask: Tensor | None = None, positions: Tensor | None = None,
                 cache: DecoderCache | None = None, keep: Tensor | None = None, need_weights: bool = False,

@@ -22,6 +22,7 @@ from tformer.nn.cache import DecoderCache
 from tformer.nn.dropout import Dropout
 from tformer.nn.init import init_transformer_
 from tformer.nn.layers import Decoder, Encoder
+from tformer.nn.linear import Linear
 from tformer.nn.masks import causal_mask, padding_mask
 from tformer.nn.positional import make_positional
 
@@ -111,7 +112,7 @@ class Transformer(nn.Module):
                           norm_position=c.norm_position)
         self.encoder = Encoder(c.n_encoder_layers, **layer_args)
         self.decoder = Decoder(c.n_decoder_layers, **layer_args)
-        self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self.output = Linear(c.d_model, c.tgt_vocab_size, bias=False)
         init_transformer_(self, c.d_model, c.pad_id)
         if c.tie_output:
             self.output.weight = tgt_emb.weight

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tformer.nn.cache import AttentionCache
+from tformer.nn.linear import Linear
 from tformer.nn.dropout import dropout, keep_mask
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,8 +179,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
         self.dropout = dropout
-        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V]
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
+        self.in_proj = Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V]
+        self.out_proj = Linear(d_model, d_model, bias=bias)  # W^O
 
     def _split_heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape

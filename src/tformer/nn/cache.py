@@ -14,10 +14,11 @@ from torch import Tensor
 class AttentionCache:
     """Keys and values (B, H, S, Dh) of one attention module, grown in place along S."""
 
-    def __init__(self):
+    def __init__(self, capacity: int = 0):
         self.k: Tensor | None = None
         self.v: Tensor | None = None
         self.length = 0
+        self.capacity = capacity  # positions to reserve on first use (0: grow as needed)
 
     @property
     def filled(self) -> bool:
@@ -34,7 +35,7 @@ class AttentionCache:
         if self.k is None:
             # Reserve room for later steps so appending is a copy into place, not a concatenation.
             b, h, t, dh = k.shape
-            capacity = max(2 * t, 64)
+            capacity = max(2 * t, 64, self.capacity)
             self.k = k.new_empty(b, h, capacity, dh)
             self.v = v.new_empty(b, h, capacity, dh)
         elif self.length + k.size(2) > self.k.size(2):
@@ -63,8 +64,9 @@ class AttentionCache:
 class DecoderCache:
     """One self-attention and one cross-attention cache per decoder layer."""
 
-    def __init__(self, n_layers: int):
-        self.self_attn = [AttentionCache() for _ in range(n_layers)]
+    def __init__(self, n_layers: int, capacity: int = 0):
+        """capacity: how many positions decoding will reach, when known, so the caches never grow."""
+        self.self_attn = [AttentionCache(capacity) for _ in range(n_layers)]
         self.cross_attn = [AttentionCache() for _ in range(n_layers)]
 
     @property
