@@ -137,3 +137,25 @@ def test_bad_options_are_one_line_errors():
     run.data.block_size = 10_000
     with pytest.raises(TformerError, match="fewer than data.block_size"):
         LanguageModelingTask(run, [TEXT])
+
+
+def test_gpt2_tokenizer_files_load_and_train_a_model(tmp_path):
+    """A GPT-2 style tokenizer given as vocab.json + merges.txt, or as tokenizer.json, encodes alike."""
+    from tformer.tokenization import load_gpt2_tokenizer
+
+    bpe = train_lm_tokenizer([TEXT * 5], "byte_bpe", 300)
+    folder = tmp_path / "gpt2-tok"
+    folder.mkdir()
+    bpe.backend.model.save(str(folder))  # vocab.json + merges.txt, as GPT-2 ships them
+    from_files = load_gpt2_tokenizer(folder)
+    bpe.save(tmp_path / "tokenizer.json")
+    from_json = load_gpt2_tokenizer(tmp_path / "tokenizer.json")
+    sample = "to be, or not: that is the question?"
+    assert from_files.encode(sample) == from_json.encode(sample) == bpe.encode(sample)
+    assert from_files.decode(from_files.encode(sample)) == sample
+    run = lm_run(max_steps=2)
+    run.data.tokenizer_file = str(folder)
+    task = LanguageModelingTask(run, [TEXT])
+    assert task.model.config.vocab_size == from_files.vocab_size
+    with pytest.raises(TformerError, match="vocab.json"):
+        load_gpt2_tokenizer(tmp_path / "nothing-here")
