@@ -13,6 +13,7 @@ from typing import Any, Callable
 from torch import nn
 
 from tformer.errors import TformerError
+from tformer.models.bert import BertConfig, BertForPreTraining
 from tformer.models.gpt import GPT, GPTConfig
 from tformer.models.transformer import Transformer, TransformerConfig
 
@@ -77,8 +78,36 @@ register("gpt-char", GPTConfig(d_model=128, n_heads=4, n_layers=4, max_len=64, d
 register("gpt-micro", GPTConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=1, max_len=32, dropout=0.0,
                                 attention_dropout=0.0), GPT, "test-sized: 1 layer, 2 heads, d_model 32")
 
+# -- bidirectional encoders (BERT, RoBERTa, ALBERT), built with their pretraining heads ---------------
+register("bert-base", BertConfig(), BertForPreTraining,
+         "Devlin et al. 2019 BERT-base: 12 layers, 768, 12 heads, d_ff 3072, MLM + NSP (110M)")
+register("bert-large", BertConfig(d_model=1024, n_heads=16, n_layers=24, d_ff=4096), BertForPreTraining,
+         "BERT-large: 24 layers, 1024, 16 heads, d_ff 4096, MLM + NSP (340M)")
+register("bert-minilm", BertConfig(d_model=384, n_heads=12, n_layers=6, d_ff=1536), BertForPreTraining,
+         "the all-MiniLM-L6-v2 shape: 6 layers, 384, 12 heads, d_ff 1536 (22.7M with a 30,522 vocabulary)")
+register("bert-small", BertConfig(d_model=256, n_heads=4, n_layers=4, d_ff=1024, max_len=128), BertForPreTraining,
+         "CPU-sized: 4 layers, 256, 4 heads, d_ff 1024, 128 positions, MLM + NSP")
+register("bert-micro", BertConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=1, d_ff=64, max_len=64,
+                                  dropout=0.0, attention_dropout=0.0), BertForPreTraining,
+         "test-sized: 1 layer, 32, 2 heads")
+register("roberta-base", BertConfig(vocab_size=50265, max_len=514, type_vocab_size=1, eps=1e-5, pad_id=1,
+                                    position_offset=2, sentence_objective="none", family="roberta"),
+         BertForPreTraining, "Liu et al. 2019 RoBERTa-base: BERT-base without NSP, byte-level BPE, positions from 2")
+register("roberta-small", BertConfig(d_model=256, n_heads=4, n_layers=4, d_ff=1024, max_len=130, type_vocab_size=1,
+                                     eps=1e-5, pad_id=1, position_offset=2, sentence_objective="none",
+                                     family="roberta"), BertForPreTraining,
+         "CPU-sized RoBERTa: 4 layers, 256, 4 heads, MLM only")
+register("albert-base", BertConfig(vocab_size=30000, embedding_size=128, activation="gelu_tanh", dropout=0.0,
+                                   attention_dropout=0.0, share_layers=True, sentence_objective="sop",
+                                   family="albert"), BertForPreTraining,
+         "Lan et al. 2020 ALBERT-base: E=128, H=768, 12 shared layers, MLM + SOP (12M)")
+register("albert-small", BertConfig(embedding_size=64, d_model=256, n_heads=4, n_layers=4, d_ff=1024, max_len=128,
+                                    activation="gelu_tanh", dropout=0.0, attention_dropout=0.0, share_layers=True,
+                                    sentence_objective="sop", family="albert"), BertForPreTraining,
+         "CPU-sized ALBERT: E=64, H=256, 4 shared layers, MLM + SOP")
+
 
 def family(name: str) -> str:
-    """The model family of a preset: "transformer" or "gpt" (it decides which task trains it)."""
+    """The model family of a preset: "transformer", "gpt" or "encoder" (it decides which task trains it)."""
     config = get_config(name)
     return config.to_dict()["model_type"]

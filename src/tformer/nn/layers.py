@@ -105,25 +105,44 @@ class DecoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    """N identical encoder layers (+ a final LayerNorm when pre-LN)."""
+    """N identical encoder layers (+ a final LayerNorm when pre-LN).
+
+    share_layers: one layer's parameters applied N times (ALBERT's cross-layer sharing, Lan et al. 2020):
+    the depth of N layers for the parameters of one.
+    """
 
     def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.1,
                  attention_dropout: float = 0.0, activation: str = "relu",
-                 norm_position: NormPosition = "post", eps: float = 1e-5):
+                 norm_position: NormPosition = "post", eps: float = 1e-5, share_layers: bool = False):
         super().__init__()
+        self.n_layers = n_layers
         self.layers = nn.ModuleList(
             EncoderLayer(d_model, n_heads, d_ff, dropout, attention_dropout, activation, norm_position, eps)
-            for _ in range(n_layers)
+            for _ in range(1 if share_layers else n_layers)
         )
         self.final_norm = nn.LayerNorm(d_model, eps=eps) if norm_position == "pre" else nn.Identity()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False):
-        """Returns (x, per-layer self-attention weights or an empty list)."""
+    def stack(self) -> list[EncoderLayer]:
+        """The layers in the order they are applied (the same module N times when shared)."""
+        if len(self.layers) == self.n_layers:
+            return list(self.layers)
+        return [self.layers[0]] * self.n_layers
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False,
+                hidden_states: list[Tensor] | None = None):
+        """Returns (x, per-layer self-attention weights or an empty list).
+
+        hidden_states: a list that receives the stack's input and every layer's output (N + 1 tensors),
+        for feature extraction from any layer."""
         all_weights = []
-        for layer in self.layers:
+        if hidden_states is not None:
+            hidden_states.append(x)
+        for layer in self.stack():
             x, w = layer(x, mask, need_weights)
             if need_weights:
                 all_weights.append(w)
+            if hidden_states is not None:
+                hidden_states.append(x)
         return self.final_norm(x), all_weights
 
 
