@@ -258,7 +258,7 @@ def test_bad_literal():
 
 
 def test_bad_literal_in_file(tmp_path):
-    p = _write(tmp_path, '[data]\ntokenizer = "wordpiece"\n')
+    p = _write(tmp_path, '[data]\ntokenizer = "sentencepiece"\n')
     with pytest.raises(TformerError, match=r"data\.tokenizer"):
         load_config(p)
 

@@ -35,11 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--minutes", type=float, default=0.0, help="also stop after this many minutes (0: no limit)")
     d.add_argument("--seed", type=int, default=1)
 
-    t = sub.add_parser("train", help="train a translation Transformer or a GPT language model",
+    t = sub.add_parser("train", help="train a translation Transformer, a GPT language model or a BERT-family encoder",
                        description="Options: --config FILE (TOML with [model] [data] [train]), shortcut flags, "
                                    "and any section.key=value (for example train.warmup_steps=4000 model.d_model=256). "
                                    "The preset's family picks the task: transformer-* trains translation on "
-                                   "--train-src/--train-tgt, gpt* trains a language model on --train-text.")
+                                   "--train-src/--train-tgt, gpt* trains a language model on --train-text, bert*/roberta*/albert* "
+                                   "pretrain an encoder (masked LM + NSP/SOP) on --train-text.")
     t.add_argument("--config", help="TOML run configuration")
     t.add_argument("--out", required=True, help="model directory to write (and to resume from)")
     t.add_argument("--resume", action="store_true",
@@ -90,6 +91,44 @@ def _parser() -> argparse.ArgumentParser:
                     help="rank choices by mean or summed token log-probability")
     sc.add_argument("--device", default="auto")
 
+    em = sub.add_parser("embed", help="sentence (or token) vectors from a BERT-family encoder, as .npy or JSONL")
+    em.add_argument("--model", required=True, help="model directory (tformer encoder, or a Hugging Face BERT / "
+                                                   "RoBERTa / ALBERT / sentence-transformers folder)")
+    em.add_argument("--input", help="a file of sentences, one per line ('-': stdin)")
+    em.add_argument("--sentence", action="append", help="a sentence (repeatable)")
+    em.add_argument("--output", default="-", help="FILE.npy, FILE.jsonl, or '-' for JSONL on stdout")
+    em.add_argument("--pooling", choices=["cls", "mean", "pooler"],
+                    help="how token states become one vector (default: the checkpoint's own, else cls)")
+    em.add_argument("--layer", type=int, action="append",
+                    help="hidden state to read: 0 embeddings, 1..N layers, -1 last (repeatable: several layers)")
+    em.add_argument("--combine", choices=["concat", "sum", "mean"], default="concat",
+                    help="how several --layer are joined")
+    em.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                    help="unit-length vectors (default: the checkpoint's own setting)")
+    em.add_argument("--tokens", action="store_true", help="JSONL of every token's vector instead of one per sentence")
+    em.add_argument("--batch-size", type=int, default=64)
+    em.add_argument("--max-length", type=int, help="tokens per input, special tokens included")
+    em.add_argument("--truncation", choices=["warn", "error"], default="warn",
+                    help="longer inputs: truncate with a warning, or stop with an error")
+    em.add_argument("--device", default="auto")
+
+    fm = sub.add_parser("fill-mask", help="the likeliest tokens for each [MASK] in a text")
+    fm.add_argument("--model", required=True)
+    fm.add_argument("text", help='for example "The capital of France is [MASK]."')
+    fm.add_argument("--top-k", type=int, default=5)
+    fm.add_argument("--device", default="auto")
+
+    si = sub.add_parser("similar", help="rank the sentences of a file by cosine similarity to a query")
+    si.add_argument("--model", required=True)
+    si.add_argument("--query", required=True)
+    si.add_argument("--input", required=True, help="a file of sentences, one per line ('-': stdin)")
+    si.add_argument("--top-k", type=int, default=10)
+    si.add_argument("--pooling", choices=["cls", "mean", "pooler"])
+    si.add_argument("--batch-size", type=int, default=64)
+    si.add_argument("--max-length", type=int)
+    si.add_argument("--truncation", choices=["warn", "error"], default="warn")
+    si.add_argument("--device", default="auto")
+
     sub.add_parser("list-models", help="the named model presets")
     return p
 
@@ -120,6 +159,7 @@ def cmd_train(args) -> None:
     from tformer.config import config_from_dict, load_config
     from tformer.registry import family
     from tformer.tasks.language_modeling import build_lm_task, lm_run_defaults
+    from tformer.tasks.masked_lm import build_mlm_task, mlm_run_defaults
     from tformer.tasks.translation import build_task
     from tformer.training.checkpoint import read_config
     from tformer.training import distributed
@@ -135,14 +175,14 @@ def cmd_train(args) -> None:
         # Continue with the saved run's options; anything given on this command line still wins.
         base = config_from_dict(read_config(out).get("tformer_run", {}))
     run = load_config(args.config, overrides, base=base)
-    is_lm = family(run.model.get("preset", "transformer-small")) == "gpt"
-    if is_lm and base is None:
-        # A language model starts from language-model defaults (cosine schedule, AdamW, ...), then the
-        # file and the command line; read them again over that base.
-        run = load_config(args.config, overrides, base=lm_run_defaults())
+    kind = family(run.model.get("preset", "transformer-small"))
+    if kind in ("gpt", "encoder") and base is None:
+        # Language models start from their own defaults (cosine schedule, AdamW, ...), then the file and
+        # the command line; read them again over that base.
+        run = load_config(args.config, overrides, base=lm_run_defaults() if kind == "gpt" else mlm_run_defaults())
     info = distributed.setup(run.train.device)
     try:
-        builder = build_lm_task if is_lm else build_task
+        builder = {"gpt": build_lm_task, "encoder": build_mlm_task}.get(kind, build_task)
         task = builder(run, out if args.resume else None)
         state = train(task, run.train, out, resume=args.resume, info=info)
         if info.is_main:
@@ -242,6 +282,99 @@ def cmd_score(args) -> None:
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
 
 
+def _load_encoder(args):
+    from tformer.tasks.encoding import encoder_defaults
+    from tformer.tasks.masked_lm import load_encoder
+
+    model, tokenizer = load_encoder(args.model, _device(args.device))
+    return model, tokenizer, encoder_defaults(args.model, model)
+
+
+def _embed_options(args, defaults) -> dict:
+    _positive("batch-size", args.batch_size)
+    if args.max_length is not None:
+        _positive("max-length", args.max_length)
+    return dict(pooling=args.pooling or defaults.pooling, batch_size=args.batch_size,
+                max_length=args.max_length or defaults.max_length, truncation=args.truncation)
+
+
+def _warnings_as_lines():
+    """Library warnings (truncation) as one plain line on stderr, not Python's two-line format."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"tformer: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
+def cmd_embed(args) -> None:
+    import numpy as np
+
+    from tformer.data.parallel import read_text_input
+    from tformer.tasks.encoding import embed
+
+    sentences = list(args.sentence or [])
+    if args.input:
+        sentences += read_text_input(args.input)
+    if not sentences:
+        raise TformerError("give --sentence TEXT or --input FILE")
+    out = args.output
+    if out != "-" and not out.endswith((".npy", ".jsonl")):
+        raise TformerError(f"--output {out}: name a .npy or .jsonl file, or '-' for JSONL on stdout")
+    if args.tokens and out.endswith(".npy"):
+        raise TformerError("--tokens writes JSONL (sentences have different lengths); use a .jsonl --output")
+    model, tokenizer, defaults = _load_encoder(args)
+    options = _embed_options(args, defaults)
+    normalize = defaults.normalize if args.normalize is None else args.normalize
+    vectors = embed(model, tokenizer, sentences, layers=args.layer or [-1], combine=args.combine,
+                    normalize=normalize and not args.tokens, tokens=args.tokens, **options)
+    if out.endswith(".npy"):
+        tmp = Path(out + ".tmp.npy")
+        np.save(tmp, vectors.numpy())
+        os.replace(tmp, out)
+        print(f"{len(sentences)} vectors of {vectors.shape[1]} dimensions -> {out}", file=sys.stderr)
+        return
+    lines = []
+    for sentence, v in zip(sentences, vectors):
+        record = {"text": sentence}
+        if args.tokens:
+            ids = tokenizer.encode(sentence, max_length=options["max_length"], truncation="warn").ids
+            record["tokens"] = [tokenizer.id_to_token(i) for i in ids]
+            record["vectors"] = [[round(x, 6) for x in row] for row in v.tolist()]
+        else:
+            record["vector"] = [round(x, 6) for x in v.tolist()]
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    if out == "-":
+        sys.stdout.writelines(lines)
+    else:
+        Path(out).write_text("".join(lines), encoding="utf-8")
+
+
+def cmd_fill_mask(args) -> None:
+    from tformer.tasks.encoding import fill_mask
+
+    _positive("top-k", args.top_k)
+    model, tokenizer, _ = _load_encoder(args)
+    for k, candidates in enumerate(fill_mask(model, tokenizer, args.text, args.top_k)):
+        if k:
+            print()
+        for token, p in candidates:
+            print(f"{p:7.4f}  {token}")
+
+
+def cmd_similar(args) -> None:
+    from tformer.data.parallel import read_text_input
+    from tformer.tasks.encoding import similar
+
+    _positive("top-k", args.top_k)
+    sentences = read_text_input(args.input)
+    model, tokenizer, defaults = _load_encoder(args)
+    for score, index, sentence in similar(model, tokenizer, args.query, sentences, args.top_k,
+                                          **_embed_options(args, defaults)):
+        print(f"{score:7.4f}  {index + 1:6d}  {sentence}")
+
+
 def cmd_list_models(args) -> None:
     from tformer.registry import describe, list_models
 
@@ -259,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = extra
     handler = {"demo": cmd_demo, "train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate,
-               "generate": cmd_generate, "score": cmd_score, "list-models": cmd_list_models}[args.command]
+               "generate": cmd_generate, "score": cmd_score, "embed": cmd_embed, "fill-mask": cmd_fill_mask,
+               "similar": cmd_similar, "list-models": cmd_list_models}[args.command]
+    _warnings_as_lines()
     try:
         handler(args)
     except TformerError as exc:

@@ -32,7 +32,8 @@ class DataConfig:
     valid_src: str = ""
     valid_tgt: str = ""
     # bpe (translation: whitespace-aware BPE; language models: byte-level BPE), char, byte_bpe
-    tokenizer: Literal["bpe", "char", "byte_bpe"] = "bpe"
+    # masked-LM pretraining: wordpiece (BERT) or bpe (RoBERTa's byte-level BPE)
+    tokenizer: Literal["bpe", "char", "byte_bpe", "wordpiece"] = "bpe"
     vocab_size: int = 8000
     joint_vocab: bool = True  # one BPE over source + target text, shared embeddings
     max_len: int = 256  # training pairs with a side longer than this (in tokens) are skipped
@@ -42,6 +43,10 @@ class DataConfig:
     valid_fraction: float = 0.1
     block_size: int = 64  # tokens of context per training example (the model's window unless set)
     tokenizer_file: str = ""  # a GPT-2 tokenizer.json, or a folder with it or vocab.json + merges.txt
+    # Masked-LM pretraining (BERT family); block_size is then the longest sequence, special tokens included
+    mlm_probability: float = 0.15  # the share of tokens picked for prediction (80% [MASK], 10% random, 10% kept)
+    masking: Literal["token", "whole_word", "span"] = "token"  # span: SpanBERT's geometric span lengths
+    static_masking: bool = False  # True: each example keeps one mask for every epoch (BERT); False: new each epoch
 
 
 @dataclass

@@ -172,7 +172,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         distributed.barrier(info)
 
     model.train()
-    window_tokens, window_loss, window_start = 0, 0.0, time.perf_counter()
+    window_tokens, window_seen, window_loss, window_start = 0, 0, 0.0, time.perf_counter()
     run_start = time.perf_counter() - state.elapsed_s
 
     def finished() -> bool:
@@ -189,6 +189,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             micro = [task.collate(b, info.device) for b in group]
             step_tokens = sum(task.count_tokens(m) for m in micro)
+            # Throughput counts input tokens where the loss reads only some of them (masked LM's 15%).
+            seen_tokens = sum(task.input_tokens(m) for m in micro) if hasattr(task, "input_tokens") else step_tokens
             step_loss = 0.0
             for i, m in enumerate(micro):
                 last = i == len(micro) - 1
@@ -210,13 +212,14 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             state.batch_index += cfg.accum_steps
             state.tokens += step_tokens
             window_tokens += step_tokens
+            window_seen += seen_tokens
             window_loss += step_loss
             now = time.perf_counter()
             state.elapsed_s = now - run_start
             is_log = state.step % max(cfg.log_every, 1) == 0
             if is_log or log.bar is not None:
                 dt = max(now - window_start, 1e-9)
-                rate = window_tokens * info.world_size / dt
+                rate = window_seen * info.world_size / dt
                 fields = {"loss": f"{window_loss / max(window_tokens, 1):.3f}", "lr": f"{lr:.2e}",
                           "tok/s": f"{rate:,.0f}"}
                 if flops_per_token and peak_flops:
@@ -224,7 +227,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
                     fields["mfu"] = throughput.format_mfu(flops_per_token * rate / info.world_size / peak_flops)
                 log.update(state.step, fields, is_log)
                 if is_log:
-                    window_tokens, window_loss, window_start = 0, 0.0, now
+                    window_tokens, window_seen, window_loss, window_start = 0, 0, 0.0, now
             if finished():
                 break
             if cfg.eval_every and state.step % cfg.eval_every == 0:

