@@ -19,7 +19,7 @@ of 64, max 256 tokens, both from the same tokenization:
     tformer, unsorted  the same call with sort_by_length=False (the same batches as hf)
 The vectors must agree (cosine >= 0.99999).
 
-Peak memory: each workload also runs alone in a fresh process that reports its peak RSS (ru_maxrss).
+Peak memory: each workload also runs alone in a fresh process that reports its peak RSS (VmHWM).
 
     python benchmarks/speed_bert.py                # both parts
     python benchmarks/speed_bert.py --skip-embed --steps 4 --rounds 4
@@ -63,6 +63,14 @@ def minilm_dir() -> Path | None:
 
 
 def peak_rss_mib() -> float:
+    """This process's peak resident memory. /proc's VmHWM starts afresh at exec; ru_maxrss would carry the
+    parent's peak into a child process on Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 

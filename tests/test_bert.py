@@ -218,3 +218,32 @@ def test_real_minilm_gives_plane_two_meanings(minilm_dir):
     cos = torch.nn.functional.cosine_similarity
     assert cos(vectors[0], vectors[1], dim=0) < 0.95  # not the same vector
     assert cos(vectors[0], vectors[2], dim=0) > cos(vectors[0], vectors[1], dim=0)  # the aircraft sense is closer
+
+
+def test_unpadded_path_matches_the_padded_path_in_values_and_gradients():
+    """Padded batches run their projections and FFN on the real tokens only; nothing else may change."""
+    torch.manual_seed(0)
+    c = BertConfig(vocab_size=60, d_model=32, n_heads=4, n_layers=2, d_ff=48, max_len=16, dropout=0.0,
+                   attention_dropout=0.0)
+    model = BertForPreTraining(c)
+    ids = torch.randint(5, 60, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[0, 4:] = False
+    mask[2, 7:] = False
+    picked = mask.clone()
+    results = []
+    for unpad in (True, False):
+        model.zero_grad()
+        model.bert.unpad = unpad
+        out = model(ids, attention_mask=mask, mlm_positions=picked)
+        (out.mlm_logits.square().mean() + out.sentence_logits.sum()).backward()
+        states = model.bert(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        results.append((out.mlm_logits, out.sentence_logits, [s[mask] for s in states],
+                        {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (a_logits, a_sent, a_states, a_grads), (b_logits, b_sent, b_states, b_grads) = results
+    torch.testing.assert_close(a_logits, b_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a_sent, b_sent, atol=1e-5, rtol=1e-5)
+    for x, y in zip(a_states, b_states):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    for name in a_grads:
+        torch.testing.assert_close(a_grads[name], b_grads[name], atol=1e-5, rtol=1e-4, msg=name)

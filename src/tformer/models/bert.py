@@ -31,6 +31,7 @@ from tformer.nn.feedforward import ACTIVATIONS
 from tformer.nn.init import init_bert_
 from tformer.nn.layers import Encoder
 from tformer.nn.linear import Linear
+from tformer.nn.masks import Unpadded
 from tformer.nn.positional import LearnedPositionalEmbedding
 
 SentenceObjective = Literal["nsp", "sop", "none"]
@@ -156,6 +157,7 @@ class BertModel(nn.Module):
         self.encoder = Encoder(c.n_layers, c.d_model, c.n_heads, c.d_ff, c.dropout, c.attention_dropout,
                                c.activation, "post", c.eps, share_layers=c.share_layers)
         self.pooler = Pooler(c.d_model) if c.pooler else None
+        self.unpad = True  # run padded batches on their real tokens only (False: the plain padded path)
         if init:
             init_bert_(self, pad_id=c.pad_id)
 
@@ -168,7 +170,15 @@ class BertModel(nn.Module):
         x = self.embeddings(ids, type_ids, attention_mask)
         mask = attention_mask[:, None, None, :] if attention_mask is not None else None  # (B, 1, 1, T)
         states: list[Tensor] | None = [] if output_hidden_states else None
-        hidden, weights = self.encoder(x, mask, need_weights, hidden_states=states)
+        unpadded = None
+        if attention_mask is not None and self.unpad and not bool(attention_mask.all()):
+            # Padding is dropped from everything but the attention scores: same numbers, less work.
+            unpadded = Unpadded(attention_mask)
+            x = unpadded.unpad(x)
+        hidden, weights = self.encoder(x, mask, need_weights, hidden_states=states, unpadded=unpadded)
+        if unpadded is not None:
+            hidden = unpadded.pad(hidden)
+            states = [unpadded.pad(s) for s in states] if states is not None else None
         pooled = self.pooler(hidden) if self.pooler is not None else None
         return EncoderOutput(hidden, pooled, states, weights if need_weights else None)
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tformer.nn.cache import AttentionCache
 from tformer.nn.linear import Linear
 from tformer.nn.dropout import dropout, keep_mask
+from tformer.nn.masks import Unpadded
 
 # ---------------------------------------------------------------------------------------------------
 # Score functions over one decoder state s (..., Ds) and n encoder states h (..., n, Dh) -> (..., n)
@@ -200,8 +201,12 @@ class MultiHeadAttention(nn.Module):
         cache: AttentionCache | None = None,
         need_weights: bool = False,
         is_causal: bool = False,
+        unpadded: Unpadded | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x (B, T, D) queries; context (B, S, D) keys/values for cross-attention (None: self-attention).
+
+        unpadded: x is (N, D), the real tokens of a padded batch without its padding (self-attention only);
+        the projections run on those N rows and only the score matrix sees the padded (B, T) layout.
 
         mask broadcasts to (B, H, T, S) with True = may attend; is_causal instead of a mask: each query
         attends to itself and earlier positions (self-attention over a whole sequence, no cache). For cross-attention x may hold K rows per
@@ -211,6 +216,8 @@ class MultiHeadAttention(nn.Module):
         Returns (B, T, D) and, when need_weights, the attention weights (B, H, T, S).
         """
         d = self.d_model
+        if unpadded is not None:
+            return self._forward_unpadded(x, mask, unpadded, need_weights)
         n_rows = x.size(0)
         if context is not None and n_rows != context.size(0):
             # Beam search: the K hypotheses of one source share its encoder output, so their queries are
@@ -239,3 +246,13 @@ class MultiHeadAttention(nn.Module):
         if out.size(0) != n_rows:
             out = out.reshape(n_rows, -1, d)  # (B, K*T, D) -> (B*K, T, D)
         return out, weights
+
+    def _forward_unpadded(self, x: Tensor, mask: Tensor | None, unpadded: Unpadded,
+                          need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        qkv = unpadded.pad(self.in_proj(x))  # (N, 3D) -> (B, T, 3D), zeros at padding
+        q, k, v = (self._split_heads(t) for t in qkv.chunk(3, dim=-1))
+        out, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout, need_weights=need_weights,
+                                                    training=self.training)
+        b, _, t, _ = out.shape
+        out = unpadded.unpad(out.transpose(1, 2).reshape(b, t, self.d_model))  # (B, T, D) -> (N, D)
+        return self.out_proj(out), weights

@@ -16,6 +16,7 @@ from tformer.nn.attention import MultiHeadAttention
 from tformer.nn.cache import DecoderCache
 from tformer.nn.dropout import Dropout
 from tformer.nn.feedforward import PositionwiseFeedForward
+from tformer.nn.masks import Unpadded
 
 NormPosition = Literal["post", "pre"]
 
@@ -49,12 +50,14 @@ class EncoderLayer(nn.Module):
         self.attn_block = Residual(d_model, dropout, norm_position, eps)
         self.ff_block = Residual(d_model, dropout, norm_position, eps)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False):
+    def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False,
+                unpadded: Unpadded | None = None):
+        """x (B, T, D), or (N, D) real tokens when `unpadded` says where they sit in the padded batch."""
         weights = None
 
         def self_attention(h: Tensor) -> Tensor:
             nonlocal weights
-            out, weights = self.self_attn(h, mask=mask, need_weights=need_weights)
+            out, weights = self.self_attn(h, mask=mask, need_weights=need_weights, unpadded=unpadded)
             return out
 
         x = self.attn_block(x, self_attention)
@@ -129,16 +132,16 @@ class Encoder(nn.Module):
         return [self.layers[0]] * self.n_layers
 
     def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False,
-                hidden_states: list[Tensor] | None = None):
+                hidden_states: list[Tensor] | None = None, unpadded: Unpadded | None = None):
         """Returns (x, per-layer self-attention weights or an empty list).
 
         hidden_states: a list that receives the stack's input and every layer's output (N + 1 tensors),
-        for feature extraction from any layer."""
+        for feature extraction from any layer. unpadded: x holds only the real tokens (see Unpadded)."""
         all_weights = []
         if hidden_states is not None:
             hidden_states.append(x)
         for layer in self.stack():
-            x, w = layer(x, mask, need_weights)
+            x, w = layer(x, mask, need_weights, unpadded)
             if need_weights:
                 all_weights.append(w)
             if hidden_states is not None:

@@ -38,3 +38,32 @@ def combine(*masks: Tensor | None) -> Tensor | None:
         if m is not None:
             out = m if out is None else out & m
     return out
+
+
+class Unpadded:
+    """The real tokens of a padded (B, T) batch, packed into N rows without the padding.
+
+    Everything in an encoder layer except the attention scores is position-wise (the Q/K/V and output
+    projections, the FFN, LayerNorm, residuals), so it may run on the N real tokens alone; a batch of
+    sentences of mixed length is often half padding. Attention re-pads its queries, keys and values to
+    (B, T) for the score matrix and packs its output again (`tformer.nn.attention.MultiHeadAttention`).
+    Padding positions come back as zeros.
+    """
+
+    def __init__(self, mask: Tensor):
+        """mask (B, T) bool, True at real tokens."""
+        self.batch, self.length = mask.shape
+        self.index = mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions b * T + t
+
+    @property
+    def tokens(self) -> int:
+        return self.index.numel()
+
+    def unpad(self, x: Tensor) -> Tensor:
+        """(B, T, ...) -> (N, ...)."""
+        return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.index)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """(N, ...) -> (B, T, ...), zeros at padding."""
+        full = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(0, self.index, x)
+        return full.view(self.batch, self.length, *x.shape[1:])
