@@ -253,7 +253,7 @@ def test_bad_bool():
 
 def test_bad_literal():
     with pytest.raises(TformerError, match=r"train\.schedule") as e:
-        load_config(None, ["train.schedule=linear"])
+        load_config(None, ["train.schedule=triangular"])
     assert "inverse_sqrt" in str(e.value)
 
 

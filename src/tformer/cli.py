@@ -58,10 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-tokens", type=int, default=4000, help="source tokens per batch")
     tr.add_argument("--device", default="auto")
 
-    e = sub.add_parser("evaluate", help="sacreBLEU and chrF of a model against reference translations")
+    e = sub.add_parser("evaluate", help="score a model: translation (--src/--ref) or a fine-tuned model (--data)")
     e.add_argument("--model", required=True)
-    e.add_argument("--src", required=True, help="source sentences")
-    e.add_argument("--ref", required=True, help="reference translations, line-aligned with --src")
+    e.add_argument("--src", help="source sentences")
+    e.add_argument("--ref", help="reference translations, line-aligned with --src")
+    e.add_argument("--data", help="fine-tuned models: a labelled file in the training format")
     e.add_argument("--beam", type=int, default=4)
     e.add_argument("--max-tokens", type=int, default=4000)
     e.add_argument("--device", default="auto")
@@ -128,6 +129,30 @@ def _parser() -> argparse.ArgumentParser:
     si.add_argument("--max-length", type=int)
     si.add_argument("--truncation", choices=["warn", "error"], default="warn")
     si.add_argument("--device", default="auto")
+
+    ft = sub.add_parser("finetune", help="fine-tune a pretrained encoder: classification, regression, tagging, QA",
+                        description="Any section.key=value option also works (for example train.lr=1e-4 "
+                                    "train.layer_decay=0.38 train.schedule=slanted_triangular).")
+    ft.add_argument("--model", required=True, help="pretrained encoder directory (tformer or Hugging Face BERT format)")
+    ft.add_argument("--train", required=True, help="TSV/CSV/JSONL (classification), CoNLL (tagging), SQuAD JSON (qa)")
+    ft.add_argument("--valid", help="validation file, same format")
+    ft.add_argument("--task", choices=["classification", "regression", "tagging", "qa"], default="classification")
+    ft.add_argument("--out", required=True, help="directory for the fine-tuned model")
+    ft.add_argument("--config", help="TOML run configuration")
+    ft.add_argument("--resume", action="store_true")
+    ft.add_argument("--text-column"), ft.add_argument("--pair-column"), ft.add_argument("--label-column")
+    ft.add_argument("--strategy", choices=["full", "feature_extraction"])
+    ft.add_argument("--freeze-layers", type=int, help="freeze the embeddings and the lowest N layers")
+    ft.add_argument("--epochs", type=int), ft.add_argument("--lr", type=float)
+    ft.add_argument("--batch-size", type=int), ft.add_argument("--max-tokens", type=int)
+    ft.add_argument("--seed", type=int), ft.add_argument("--device")
+    ft.set_defaults(overrides=[])
+
+    pr = sub.add_parser("predict", help="labels (or answers) of a fine-tuned model for a file")
+    pr.add_argument("--model", required=True, help="fine-tuned model directory")
+    pr.add_argument("--input", required=True, help="a file in the training format (labels not needed)")
+    pr.add_argument("--output", default="-", help="JSONL of predictions ('-': stdout)")
+    pr.add_argument("--device", default="auto")
 
     sub.add_parser("list-models", help="the named model presets")
     return p
@@ -208,8 +233,81 @@ def cmd_translate(args) -> None:
         Path(args.output).write_text(text, encoding="utf-8")
 
 
+def _finetuned(args):
+    from tformer.config import config_from_dict
+    from tformer.tasks.finetune import FineTuneTask, load_finetuned
+    from tformer.training.checkpoint import read_config
+
+    model, tokenizer = load_finetuned(args.model, _device(args.device))
+    run = config_from_dict(read_config(args.model).get("tformer_run", {}))
+    return model, tokenizer, run, FineTuneTask
+
+
+def cmd_evaluate_finetuned(args) -> None:
+    from tformer.tasks.finetune import read_task_file
+
+    model, tokenizer, run, FineTuneTask = _finetuned(args)
+    data = read_task_file(run, args.data)
+    run.data.valid_file = args.data  # errors name this file
+    task = FineTuneTask(run, model.bert, tokenizer, [], data, model=model)
+    scores = task.evaluate(model, data, task.valid_set)
+    print(json.dumps({k: round(v, 4) for k, v in scores.items()}))
+
+
+def cmd_predict(args) -> None:
+    from tformer.tasks.finetune import read_task_file
+
+    model, tokenizer, run, FineTuneTask = _finetuned(args)
+    data = read_task_file(run, args.input, labelled=False)
+    task = FineTuneTask(run, model.bert, tokenizer, [], None, model=model)
+    records = task.predict(model, data)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+
+
+def cmd_finetune(args) -> None:
+    from tformer.config import config_from_dict, load_config
+    from tformer.tasks.finetune import build_finetune_task, finetune_run_defaults
+    from tformer.training import distributed
+    from tformer.training.checkpoint import read_config
+    from tformer.training.loop import train
+
+    flags = {"task": "data.task", "train": "data.train_file", "valid": "data.valid_file",
+             "text_column": "data.text_column", "pair_column": "data.pair_column", "label_column": "data.label_column",
+             "max_tokens": "data.max_tokens", "strategy": "train.strategy", "freeze_layers": "train.freeze_layers",
+             "epochs": "train.max_epochs", "lr": "train.lr", "batch_size": "train.batch_size", "seed": "train.seed",
+             "device": "train.device"}
+    overrides = [f"{key}={v}" for name, key in flags.items() if (v := getattr(args, name)) is not None]
+    overrides += list(args.overrides)
+    out = Path(args.out)
+    base = finetune_run_defaults()
+    if args.resume:
+        if not (out / "trainer_state.json").is_file():
+            raise TformerError(f"--resume: {out} holds no saved run (no trainer_state.json)")
+        base = config_from_dict(read_config(out).get("tformer_run", {}))
+    run = load_config(args.config, overrides, base=base)
+    run.model["pretrained"] = str(args.model)
+    info = distributed.setup(run.train.device)
+    try:
+        task = build_finetune_task(run, out if args.resume else None)
+        state = train(task, run.train, out, resume=args.resume, info=info)
+        if info.is_main:
+            print(json.dumps({"steps": state.step, "epochs": state.epoch, "seconds": round(state.elapsed_s, 1),
+                              "valid": state.last_valid, "model": str(out)}))
+    finally:
+        distributed.teardown(info)
+
+
 def cmd_evaluate(args) -> None:
     from tformer.tasks.translation import evaluate_files
+
+    if args.data:
+        return cmd_evaluate_finetuned(args)
+    if not (args.src and args.ref):
+        raise TformerError("give --src and --ref (translation) or --data (a fine-tuned model)")
 
     _positive("beam", args.beam)
     result = evaluate_files(args.model, args.src, args.ref, args.beam, _device(args.device), args.max_tokens)
@@ -387,13 +485,15 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         # `section.key=value` (or --section.key=value) may stand anywhere on a train command line.
-        bad = [e for e in extra if args.command != "train" or "=" not in e or "." not in e.split("=")[0]]
+        bad = [e for e in extra if args.command not in ("train", "finetune") or "=" not in e
+               or "." not in e.split("=")[0]]
         if bad:
             parser.error(f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = extra
     handler = {"demo": cmd_demo, "train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate,
                "generate": cmd_generate, "score": cmd_score, "embed": cmd_embed, "fill-mask": cmd_fill_mask,
-               "similar": cmd_similar, "list-models": cmd_list_models}[args.command]
+               "similar": cmd_similar, "finetune": cmd_finetune, "predict": cmd_predict,
+               "list-models": cmd_list_models}[args.command]
     _warnings_as_lines()
     try:
         handler(args)

@@ -47,6 +47,16 @@ class DataConfig:
     mlm_probability: float = 0.15  # the share of tokens picked for prediction (80% [MASK], 10% random, 10% kept)
     masking: Literal["token", "whole_word", "span"] = "token"  # span: SpanBERT's geometric span lengths
     static_masking: bool = False  # True: each example keeps one mask for every epoch (BERT); False: new each epoch
+    # Fine-tuning a pretrained encoder (tformer finetune)
+    task: Literal["classification", "regression", "tagging", "qa"] = "classification"
+    train_file: str = ""  # TSV/CSV (with a header) or JSONL; CoNLL columns for tagging; SQuAD JSON for qa
+    valid_file: str = ""
+    text_column: str = "sentence"
+    pair_column: str = ""  # the second sentence of sentence-pair tasks
+    label_column: str = "label"
+    max_tokens: int = 128  # per input, special tokens included (longer inputs are truncated with a warning)
+    doc_stride: int = 128  # qa: tokens shared by consecutive windows of a long context
+    max_answer_length: int = 30  # qa: the longest answer span considered, in tokens
 
 
 @dataclass
@@ -59,7 +69,8 @@ class TrainConfig:
     max_tokens: int = 4096  # padded tokens per micro-batch and process (translation)
     batch_size: int = 12  # sequences of block_size tokens per micro-batch and process (language modelling)
     accum_steps: int = 1  # micro-batches per optimiser step
-    schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
+    # slanted_triangular: ULMFiT's short linear rise (cut_frac of the steps) then long linear decay
+    schedule: Literal["inverse_sqrt", "cosine", "constant", "linear", "slanted_triangular"] = "inverse_sqrt"
     lr: float = 1.0  # inverse_sqrt: multiplies d_model^-0.5 * min(...); cosine/constant: the peak rate
     warmup_steps: int = 4000
     min_lr: float = 0.0  # cosine: the rate it decays to
@@ -78,6 +89,15 @@ class TrainConfig:
     eval_max_sentences: int = 500  # validation BLEU on at most this many sentences
     eval_batches: int = 0  # language modelling: validation batches (0: the whole validation text)
     eval_beam_size: int = 1
+    # Transfer learning (fine-tuning a pretrained encoder)
+    strategy: Literal["full", "feature_extraction"] = "full"  # feature_extraction: frozen encoder, new head only
+    freeze_layers: int = 0  # freeze the embeddings and the lowest N encoder layers
+    encoder_lr_scale: float = 1.0  # learning rate of pretrained weights relative to the new head's
+    layer_decay: float = 1.0  # discriminative rates: each lower layer gets this times the one above (ULMFiT 1/2.6)
+    gradual_unfreezing: bool = False  # epoch e trains the head and the top e + 1 layers (ULMFiT)
+    early_stopping: int = 0  # stop after this many validations without improvement (0: off); keeps the best
+    cut_frac: float = 0.1  # slanted triangular: share of steps spent rising
+    stlr_ratio: float = 32.0  # slanted triangular: peak / lowest learning rate
 
 
 @dataclass

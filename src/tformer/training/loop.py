@@ -70,6 +70,13 @@ def learning_rate(cfg: TrainConfig, step: int, d_model: int) -> float:
         return schedules.inverse_sqrt_lr(step, d_model, cfg.warmup_steps, cfg.lr)
     if cfg.schedule == "cosine":
         return schedules.warmup_cosine_lr(step, cfg.lr, cfg.warmup_steps, max(cfg.max_steps, 1), cfg.min_lr)
+    if cfg.schedule == "linear":  # BERT's fine-tuning schedule: warmup, then linear decay to min_lr
+        if step < cfg.warmup_steps:
+            return cfg.lr * step / max(cfg.warmup_steps, 1)
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        return cfg.lr + (cfg.min_lr - cfg.lr) * progress
+    if cfg.schedule == "slanted_triangular":
+        return schedules.slanted_triangular_lr(step, max(cfg.max_steps, 1), cfg.lr, cfg.cut_frac, cfg.stlr_ratio)
     return cfg.lr * min(1.0, step / max(cfg.warmup_steps, 1))
 
 
@@ -129,7 +136,9 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     out_dir = Path(out_dir)
     model = task.model.to(info.device)
     d_model = getattr(model.config, "d_model", 512)
-    optimizer = make_adam(model, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.weight_decay)
+    # A task may give its own parameter groups (fine-tuning: discriminative learning rates via lr_scale).
+    groups = task.parameter_groups(cfg.weight_decay) if hasattr(task, "parameter_groups") else None
+    optimizer = make_adam(model, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.weight_decay, groups)
     state = TrainerState()
     if resume and (out_dir / checkpoint.TRAINER_STATE).is_file():
         checkpoint.load_weights(out_dir, model)
@@ -175,12 +184,31 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     window_tokens, window_seen, window_loss, window_start = 0, 0, 0.0, time.perf_counter()
     run_start = time.perf_counter() - state.elapsed_s
 
+    # Early stopping (cfg.early_stopping validations without improvement): the checkpoint on disk is the best.
+    select = getattr(task, "selection_metric", None)  # (metric name, "max" or "min")
+    best: dict[str, Any] = {"value": None, "bad": 0, "stop": False}
+
+    def improved() -> bool:
+        value = (state.last_valid or {}).get(select[0]) if select else None
+        if value is None:
+            return True
+        if best["value"] is None or (value > best["value"] if select[1] == "max" else value < best["value"]):
+            best["value"], best["bad"] = value, 0
+            return True
+        best["bad"] += 1
+        best["stop"] = bool(cfg.early_stopping) and best["bad"] >= cfg.early_stopping
+        return False
+
     def finished() -> bool:
         return bool((cfg.max_steps and state.step >= cfg.max_steps)
                     or (cfg.max_minutes and state.elapsed_s >= cfg.max_minutes * 60)
-                    or (cfg.max_epochs and state.epoch >= cfg.max_epochs))
+                    or (cfg.max_epochs and state.epoch >= cfg.max_epochs) or best["stop"])
 
     while not finished():
+        if hasattr(task, "on_epoch_start"):  # gradual unfreezing
+            message = task.on_epoch_start(state.epoch)
+            if message and info.is_main and not quiet:
+                log.write(message)
         batches = shard(task.train_batches(state.epoch, cfg.seed), info.rank, info.world_size)
         while state.batch_index + cfg.accum_steps <= len(batches) and not finished():
             group = batches[state.batch_index : state.batch_index + cfg.accum_steps]
@@ -232,12 +260,27 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
                 break
             if cfg.eval_every and state.step % cfg.eval_every == 0:
                 validate()
+                if cfg.early_stopping:
+                    if improved():
+                        save()
+                    continue
             if cfg.save_every and state.step % cfg.save_every == 0:
                 save()
         else:
             state.epoch += 1
             state.batch_index = 0
+            if cfg.early_stopping and not cfg.eval_every:  # validate once per epoch
+                validate()
+                if improved():
+                    save()
     log.close()
+    if cfg.early_stopping:
+        # The best validation's checkpoint is already on disk; the final state replaces it only if better.
+        if not best["stop"]:
+            validate()
+            if improved():
+                save()
+        return state
     validate()
     save()
     return state

@@ -22,13 +22,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def make_adam(model: nn.Module, betas=(0.9, 0.98), eps: float = 1e-9, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam as in the paper (beta1 0.9, beta2 0.98, eps 1e-9); AdamW's decoupled decay when weight_decay > 0."""
-    groups = parameter_groups(model, weight_decay)
+def make_adam(model: nn.Module, betas=(0.9, 0.98), eps: float = 1e-9, weight_decay: float = 0.0,
+              groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """Adam as in the paper (beta1 0.9, beta2 0.98, eps 1e-9); AdamW's decoupled decay when weight_decay > 0.
+
+    groups: parameter groups to use instead of parameter_groups(model) (each may carry an lr_scale)."""
+    groups = groups if groups is not None else parameter_groups(model, weight_decay)
     # lr is set by the schedule before every step. The fused kernel updates all tensors in one pass
     # (CPU and CUDA); it computes the same update as the loop over parameters.
     devices = {p.device.type for g in groups for p in g["params"]}
     fused = devices <= {"cpu", "cuda"}
-    if weight_decay > 0:
+    if weight_decay > 0 or any(g.get("weight_decay", 0) > 0 for g in groups):
         return torch.optim.AdamW(groups, lr=0.0, betas=betas, eps=eps, fused=fused)
     return torch.optim.Adam(groups, lr=0.0, betas=betas, eps=eps, fused=fused)

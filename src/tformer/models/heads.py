@@ -1,0 +1,122 @@
+"""Task heads on a pretrained encoder (Devlin et al. 2019, section 4 and figure 4) or decoder (Radford et al.
+2018, section 3.2):
+
+    sentence / sentence pair   softmax(W pooled + b): the pooled [CLS] state (or the [CLS] state, or the mean
+                               of the tokens); a pair is one input, [CLS] A [SEP] B [SEP]; regression: 1 output
+    token tagging              softmax(W h_t + b) at every token (labels sit on each word's first sub-token)
+    extractive QA              start and end scores s_t = S . h_t, e_t = E . h_t over the context tokens
+    GPT-1 classification       softmax(W h_last + b) on the decoder's state at the last token, trained with
+                               L = L_task + lambda * L_LM (the auxiliary language-modelling loss)
+
+Each fine-tuning model keeps its pretrained network as `.bert` (or `.gpt`), so transfer strategies
+(tformer.transfer) find its layers, and its new parameters in `.head`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from tformer.models.bert import BertConfig, BertModel
+from tformer.nn.dropout import Dropout
+from tformer.nn.linear import Linear
+
+TaskKind = Literal["classification", "regression", "tagging", "qa"]
+Pooling = Literal["pooler", "cls", "mean"]
+
+
+@dataclass
+class HeadConfig:
+    """What sits on the encoder: the task, its labels, how a sentence becomes one vector."""
+
+    task: TaskKind = "classification"
+    labels: list[str] = field(default_factory=list)  # classification and tagging: id -> label
+    pooling: Pooling = "pooler"  # sentence tasks; "pooler" falls back to "cls" for encoders without one
+    dropout: float = 0.1  # before the head's linear map (BERT's classifier dropout)
+
+    @property
+    def n_outputs(self) -> int:
+        if self.task == "regression":
+            return 1
+        if self.task == "qa":
+            return 2
+        return len(self.labels)
+
+
+def _pool(hidden: Tensor, pooled: Tensor | None, mask: Tensor | None, pooling: Pooling) -> Tensor:
+    if pooling == "pooler" and pooled is not None:
+        return pooled
+    if pooling == "mean":
+        if mask is None:
+            return hidden.mean(1)
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+    return hidden[:, 0]  # [CLS]
+
+
+class EncoderForTask(nn.Module):
+    """A pretrained encoder (`bert`) and a new linear head (`head`) for one of the tasks above."""
+
+    def __init__(self, encoder: BertModel | BertConfig, head: HeadConfig):
+        super().__init__()
+        self.bert = encoder if isinstance(encoder, BertModel) else BertModel(encoder)
+        self.config = self.bert.config
+        self.head_config = head
+        if head.n_outputs < 1 or (head.task in ("classification", "tagging") and head.n_outputs < 2):
+            raise ValueError(f"a {head.task} head needs at least 2 labels, got {head.labels}")
+        self.dropout = Dropout(head.dropout)
+        self.head = Linear(self.config.d_model, head.n_outputs)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, ids: Tensor, type_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
+        """What the head reads: (B, D) for sentence tasks, (B, T, D) for tagging and QA."""
+        out = self.bert(ids, type_ids, attention_mask)
+        if self.head_config.task in ("tagging", "qa"):
+            return out.hidden
+        return _pool(out.hidden, out.pooled, attention_mask, self.head_config.pooling)
+
+    def forward(self, ids: Tensor, type_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
+        """classification (B, C); regression (B,); tagging (B, T, C); qa (B, T, 2) start and end scores."""
+        logits = self.head(self.dropout(self.features(ids, type_ids, attention_mask)))
+        return logits.squeeze(-1) if self.head_config.task == "regression" else logits
+
+    def to_dict(self) -> dict:
+        return {"model_type": "encoder_for_task", "encoder": self.config.to_dict(), "head": asdict(self.head_config)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EncoderForTask":
+        return cls(BertConfig.from_dict(data["encoder"]), HeadConfig(**data["head"]))
+
+
+class GPTForClassification(nn.Module):
+    """GPT-1's fine-tuning (Radford et al. 2018, eq. 3-5): a linear head on the last real token's state, and
+    the language-modelling loss on the same text kept as an auxiliary objective, L3 = L2 + lambda * L1."""
+
+    def __init__(self, gpt: nn.Module, n_labels: int, lm_weight: float = 0.5, dropout: float = 0.1):
+        super().__init__()
+        self.gpt = gpt
+        self.config = gpt.config
+        self.lm_weight = lm_weight
+        self.dropout = Dropout(dropout)
+        self.head = Linear(gpt.config.d_model, n_labels)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """ids (B, T) right-padded, lengths (B,) -> (class logits (B, C), next-token logits (B, T, V))."""
+        out = self.gpt(ids, return_hidden=True)
+        last = out.hidden[torch.arange(ids.size(0), device=ids.device), lengths - 1]  # (B, D)
+        return self.head(self.dropout(last)), out.logits
+
+    def loss(self, ids: Tensor, lengths: Tensor, labels: Tensor) -> tuple[Tensor, dict]:
+        """Mean classification loss + lm_weight x mean next-token loss over the real tokens."""
+        logits, lm_logits = self(ids, lengths)
+        task = nn.functional.cross_entropy(logits, labels)
+        t = ids.size(1)
+        real = torch.arange(t, device=ids.device)[None, :] < (lengths[:, None] - 1)  # positions with a next token
+        lm = nn.functional.cross_entropy(lm_logits[:, :-1][real[:, :-1]], ids[:, 1:][real[:, :-1]])
+        return task + self.lm_weight * lm, {"task": task.detach(), "lm": lm.detach()}

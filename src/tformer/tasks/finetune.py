@@ -1,0 +1,498 @@
+"""Fine-tuning a pretrained encoder: sentence (pair) classification and regression, token tagging, extractive QA.
+
+The job, end to end: read labelled files (tformer.data.labeled, tformer.data.squad), tokenize with the
+pretrained model's own tokenizer, put a new head on its encoder (tformer.models.heads.EncoderForTask), and
+train with the trainer, the transfer strategies (tformer.transfer) chosen by options:
+    train.strategy=feature_extraction   the encoder frozen, only the head trains (see also `fit_on_features`)
+    train.freeze_layers=N                the embeddings and the lowest N layers frozen
+    train.encoder_lr_scale=0.1           pretrained weights learn 10x slower than the new head
+    train.layer_decay=0.38               discriminative rates, each layer 1/2.6 of the one above (ULMFiT)
+    train.schedule=slanted_triangular    ULMFiT's schedule
+    train.gradual_unfreezing=true        epoch e trains the head and the top e + 1 layers
+    train.early_stopping=P               stop after P validations without improvement, keep the best
+Validation reports the task's metrics: accuracy, macro-F1 and Matthews correlation (classification),
+Pearson/Spearman (regression), entity precision/recall/F1 (tagging), exact match and F1 (QA).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tformer.config import RunConfig
+from tformer.encoder_tokenization import EncoderTokenizer
+from tformer.errors import TformerError
+from tformer.models.bert import BertForPreTraining, BertModel
+from tformer.models.heads import EncoderForTask, HeadConfig
+from tformer.training import checkpoint
+
+# BERT's fine-tuning recipe (Devlin et al. 2019, appendix A.3): AdamW, lr 2e-5..5e-5 (higher for small
+# models), warmup 10% then linear decay, batch 32, 2-4 epochs, dropout 0.1.
+FINETUNE_TRAIN_DEFAULTS = dict(schedule="linear", lr=5e-5, min_lr=0.0, warmup_steps=0, adam_beta2=0.999,
+                               adam_eps=1e-8, weight_decay=0.01, clip_norm=1.0, label_smoothing=0.0, batch_size=32,
+                               max_epochs=3, max_steps=0, eval_every=0, log_every=50)
+WARMUP_FRACTION = 0.1
+
+
+def finetune_run_defaults() -> RunConfig:
+    run = RunConfig(model={})
+    for key, value in FINETUNE_TRAIN_DEFAULTS.items():
+        setattr(run.train, key, value)
+    return run
+
+
+def load_pretrained_encoder(path: str | Path) -> tuple[BertModel, EncoderTokenizer]:
+    """The encoder of a pretrained directory (tformer's or Hugging Face's), without pretraining heads."""
+    from tformer.tasks.masked_lm import load_encoder
+
+    model, tokenizer = load_encoder(path)
+    encoder = model.bert if isinstance(model, BertForPreTraining) else model
+    if not encoder.config.pooler:
+        pass  # "pooler" pooling falls back to [CLS] (EncoderForTask)
+    return encoder, tokenizer
+
+
+def _pad(rows: list[list[int]], value: int) -> Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def length_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Batches of similar length (little padding) in a random order: shuffle, sort within chunks of 50
+    batches, cut, shuffle the batches. Reproducible from the seed."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches += [part[k : k + batch_size] for k in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class FineTuneTask:
+    """Trainer protocol (see tformer.training.loop.Task) for one labelled data set and a pretrained encoder."""
+
+    def __init__(self, run: RunConfig, encoder: BertModel, tokenizer: EncoderTokenizer, train_data: Any,
+                 valid_data: Any = None, head: HeadConfig | None = None, model: EncoderForTask | None = None):
+        from tformer import transfer
+
+        self.run = run
+        d, t = run.data, run.train
+        self.kind = d.task
+        self.tokenizer = tokenizer
+        if d.max_tokens < 4:
+            raise TformerError(f"data.max_tokens must be at least 4, not {d.max_tokens}")
+        self.max_tokens = min(d.max_tokens, encoder.config.max_tokens)
+        if model is None:
+            labels = self._labels(train_data) if self.kind in ("classification", "tagging") else []
+            head = head or HeadConfig(task=self.kind, labels=labels, pooling=run.model.get("pooling", "pooler"),
+                                      dropout=float(run.model.get("classifier_dropout", encoder.config.dropout)))
+            torch.manual_seed(t.seed)
+            model = EncoderForTask(encoder, head)
+        self.model = model
+        self.labels = model.head_config.labels
+        self.label_index = {label: i for i, label in enumerate(self.labels)}
+        self.train_set = self.encode(train_data, "train")
+        self.valid_data = valid_data
+        self.valid_set = self.encode(valid_data, "valid") if valid_data is not None else None
+        # Strategies
+        if t.strategy == "feature_extraction":
+            transfer.freeze_encoder(model)
+        elif t.freeze_layers:
+            try:
+                transfer.freeze_lower_layers(model, t.freeze_layers)
+            except ValueError as exc:
+                raise TformerError(f"train.freeze_layers={t.freeze_layers}: {exc}") from None
+        self.unfreezer = transfer.GradualUnfreezer(model) if t.gradual_unfreezing else None
+        self.selection_metric = {"classification": ("accuracy", "max"), "regression": ("pearson", "max"),
+                                 "tagging": ("f1", "max"), "qa": ("f1", "max")}[self.kind]
+
+    # -- data ------------------------------------------------------------------------------------------
+
+    def _question_budget(self) -> int:
+        """QA: question tokens kept (64, as BERT's run_squad), fewer for short windows."""
+        return min(64, self.max_tokens // 3)
+
+    def _where(self, split: str) -> str:
+        """The file a split came from, for error messages."""
+        return {"train": self.run.data.train_file, "valid": self.run.data.valid_file}.get(split) or split
+
+    def _labels(self, data) -> list[str]:
+        if self.kind == "classification":
+            from tformer.data.labeled import LabelVocab
+
+            return LabelVocab.from_examples(data).to_list()
+        tags = sorted({tag for sentence in data for tag in sentence.tags})
+        if "O" in tags:  # "O" first: id 0 is the outside tag, as in most NER label lists
+            tags.remove("O")
+            tags.insert(0, "O")
+        return tags
+
+    def encode(self, data, split: str) -> list[dict]:
+        """Each example as token ids (+ labels) of at most max_tokens tokens."""
+        tok = self.tokenizer
+        if self.kind in ("classification", "regression"):
+            texts = [e.text for e in data]
+            pairs = [e.pair or "" for e in data] if any(e.pair is not None for e in data) else None
+            encoded = tok.encode_batch(texts, pairs, max_length=self.max_tokens, truncation="warn")
+            out = []
+            for e, enc in zip(data, encoded):
+                item = {"ids": enc.ids, "type_ids": enc.type_ids}
+                if e.label is not None:
+                    if self.kind == "regression":
+                        item["label"] = float(e.label)
+                    else:
+                        if str(e.label) not in self.label_index:
+                            raise TformerError(f"label {e.label!r} at {self._where(split)}:{e.line} was not among "
+                                               f"the training labels ({', '.join(self.labels)})")
+                        item["label"] = self.label_index[str(e.label)]
+                out.append(item)
+            return out
+        if self.kind == "tagging":
+            return [self._encode_tagged(s, split) for s in data]
+        from tformer.data.squad import make_features
+
+        features = make_features(tok, data, max_length=self.max_tokens, stride=self.run.data.doc_stride, max_question_tokens=self._question_budget(),
+                                 training=split == "train")
+        return [{"ids": f.ids, "type_ids": f.type_ids, "start": f.start, "end": f.end} for f in features] \
+            if split == "train" else features
+
+    def _encode_tagged(self, sentence, split: str) -> dict:
+        """Sub-tokens of the words; each word's tag on its first sub-token, -100 on the rest (never scored)."""
+        tok = self.tokenizer
+        enc = tok.backend.encode(sentence.tokens, is_pretokenized=True, add_special_tokens=False)
+        ids, labels, first = [tok.cls_id], [-100], []
+        previous = None
+        budget = self.max_tokens - 1
+        for token_id, word in zip(enc.ids, enc.word_ids):
+            if len(ids) >= budget:
+                break
+            if word != previous:
+                tag = sentence.tags[word]
+                if tag not in self.label_index:
+                    raise TformerError(f"tag {tag!r} at {self._where(split)}:{sentence.line} was not among the "
+                                       f"training tags ({', '.join(self.labels)})")
+                labels.append(self.label_index[tag])
+                first.append(len(ids))
+            else:
+                labels.append(-100)
+            ids.append(token_id)
+            previous = word
+        ids.append(tok.sep_id)
+        labels.append(-100)
+        return {"ids": ids, "type_ids": [0] * len(ids), "labels": labels, "n_words": len(sentence.tokens),
+                "first": first}
+
+    def train_batches(self, epoch: int, seed: int) -> list[list[int]]:
+        return length_batches([len(x["ids"]) for x in self.train_set], self.run.train.batch_size,
+                              seed * 1_000_003 + epoch)
+
+    def _collate(self, items: list[dict], device: torch.device) -> dict[str, Tensor]:
+        tok = self.tokenizer
+        ids = _pad([x["ids"] for x in items], tok.pad_id)
+        batch = {"ids": ids, "type_ids": _pad([x["type_ids"] for x in items], 0),
+                 "attention_mask": _pad([[1] * len(x["ids"]) for x in items], 0).bool()}
+        if "label" in items[0]:
+            dtype = torch.float if self.kind == "regression" else torch.long
+            batch["labels"] = torch.tensor([x["label"] for x in items], dtype=dtype)
+        if "labels" in items[0]:
+            batch["labels"] = _pad([x["labels"] for x in items], -100)
+        if "start" in items[0]:
+            batch["start"] = torch.tensor([x["start"] for x in items])
+            batch["end"] = torch.tensor([x["end"] for x in items])
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    def collate(self, batch: list[int], device: torch.device) -> dict[str, Tensor]:
+        return self._collate([self.train_set[i] for i in batch], device)
+
+    def count_tokens(self, batch: dict[str, Tensor]) -> int:
+        """What the loss sums over: examples (sentence tasks, QA) or tagged words."""
+        if self.kind == "tagging":
+            return max(int((batch["labels"] != -100).sum()), 1)
+        return batch["ids"].size(0)
+
+    def input_tokens(self, batch: dict[str, Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def _forward(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        mask = batch["attention_mask"]
+        return model(batch["ids"], batch["type_ids"], None if bool(mask.all()) else mask)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        logits = self._forward(model, batch).float()
+        if self.kind == "classification":
+            loss = F.cross_entropy(logits, batch["labels"], reduction="sum")
+        elif self.kind == "regression":
+            loss = F.mse_loss(logits, batch["labels"], reduction="sum")
+        elif self.kind == "tagging":
+            loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
+                                   reduction="sum")
+        else:  # qa: mean of the start and end cross-entropies
+            start, end = logits.unbind(-1)
+            start = start.masked_fill(~batch["attention_mask"], float("-inf"))
+            end = end.masked_fill(~batch["attention_mask"], float("-inf"))
+            loss = (F.cross_entropy(start, batch["start"], reduction="sum")
+                    + F.cross_entropy(end, batch["end"], reduction="sum")) / 2
+        return loss, {}
+
+    # -- strategies the trainer asks for -----------------------------------------------------------------
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        from tformer import transfer
+
+        t = self.run.train
+        return transfer.layerwise_parameter_groups(self.model, head_lr_scale=1.0, encoder_lr_scale=t.encoder_lr_scale,
+                                                   layer_decay=t.layer_decay, weight_decay=weight_decay)
+
+    def on_epoch_start(self, epoch: int) -> str | None:
+        if self.unfreezer is None:
+            return None
+        names = self.unfreezer.on_epoch_start(epoch)
+        return f"epoch {epoch}: trainable now {', '.join(names)}" if names else None
+
+    # -- evaluation --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_logits(self, model: nn.Module, items: list[dict]) -> list[Tensor]:
+        """Logits per item, in order (batched by length)."""
+        device = next(model.parameters()).device
+        out: list[Tensor | None] = [None] * len(items)
+        order = sorted(range(len(items)), key=lambda i: len(items[i]["ids"]))
+        bs = max(self.run.train.batch_size, 64)
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            batch = self._collate([{"ids": items[i]["ids"], "type_ids": items[i]["type_ids"]} for i in idx], device)
+            logits = self._forward(model, batch).float().cpu()
+            for k, i in enumerate(idx):
+                out[i] = logits[k, : len(items[i]["ids"])] if logits.dim() > 2 else logits[k]
+        return out  # type: ignore[return-value]
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        if self.valid_set is None:
+            return {}
+        return self.evaluate(model, self.valid_data, self.valid_set)
+
+    def evaluate(self, model: nn.Module, data, items) -> dict[str, float]:
+        from tformer import metrics
+
+        was_training = model.training
+        model.eval()
+        try:
+            if self.kind == "qa":
+                return self._evaluate_qa(model, data, items)
+            logits = self.predict_logits(model, [{"ids": x["ids"], "type_ids": x["type_ids"]} for x in items])
+        finally:
+            model.train(was_training)
+        if self.kind == "classification":
+            pred = [int(l.argmax()) for l in logits]
+            gold = [x["label"] for x in items]
+            loss = float(F.cross_entropy(torch.stack(logits), torch.tensor(gold)))
+            return {"loss": loss, "accuracy": metrics.accuracy(pred, gold), "macro_f1": metrics.macro_f1(pred, gold),
+                    "mcc": metrics.matthews_corrcoef(pred, gold)}
+        if self.kind == "regression":
+            pred = [float(l) for l in logits]
+            gold = [x["label"] for x in items]
+            return {"mse": sum((p - g) ** 2 for p, g in zip(pred, gold)) / len(gold),
+                    "pearson": metrics.pearson(pred, gold), "spearman": metrics.spearman(pred, gold)}
+        # tagging: word-level tags from each word's first sub-token; words cut by truncation count as "O"
+        pred_tags, gold_tags = [], []
+        for sentence, x, l in zip(data, items, logits):
+            ids = l.argmax(-1).tolist()
+            tags = [self.labels[ids[p]] for p in x["first"]]
+            tags += ["O"] * (len(sentence.tags) - len(tags))
+            pred_tags.append(tags)
+            gold_tags.append(list(sentence.tags))
+        scores = metrics.entity_prf(pred_tags, gold_tags, scheme=self.run.model.get("tag_scheme", "BIO"))
+        words = sum(len(g) for g in gold_tags)
+        correct = sum(p == g for ps, gs in zip(pred_tags, gold_tags) for p, g in zip(ps, gs))
+        return {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
+                "tag_accuracy": correct / max(words, 1)}
+
+    def _evaluate_qa(self, model: nn.Module, examples, features) -> dict[str, float]:
+        from tformer.data.squad import best_spans, squad_scores
+
+        logits = self.predict_logits(model, [{"ids": f.ids, "type_ids": f.type_ids} for f in features])
+        width = max(l.size(0) for l in logits)
+        start = torch.full((len(logits), width), float("-inf"))
+        end = torch.full((len(logits), width), float("-inf"))
+        for i, l in enumerate(logits):
+            start[i, : l.size(0)], end[i, : l.size(0)] = l[:, 0], l[:, 1]
+        predictions = best_spans(start, end, features, examples, max_answer_length=self.run.data.max_answer_length)
+        scores = squad_scores(predictions, examples)
+        return {"exact_match": scores["exact_match"], "f1": scores["f1"]}
+
+    def predict(self, model: nn.Module, data) -> list[dict]:
+        """JSON-ready predictions for unlabelled (or labelled) data in the training format."""
+        model.eval()
+        if self.kind == "qa":
+            from tformer.data.squad import best_spans, make_features
+
+            features = make_features(self.tokenizer, data, max_length=self.max_tokens,
+                                     stride=self.run.data.doc_stride, max_question_tokens=self._question_budget(), training=False)
+            logits = self.predict_logits(model, [{"ids": f.ids, "type_ids": f.type_ids} for f in features])
+            width = max(l.size(0) for l in logits)
+            start = torch.full((len(logits), width), float("-inf"))
+            end = torch.full((len(logits), width), float("-inf"))
+            for i, l in enumerate(logits):
+                start[i, : l.size(0)], end[i, : l.size(0)] = l[:, 0], l[:, 1]
+            answers = best_spans(start, end, features, data, max_answer_length=self.run.data.max_answer_length)
+            return [{"id": e.id, "question": e.question, "answer": answers.get(e.id, "")} for e in data]
+        if self.kind == "tagging":
+            # Input tags (if any) are not read: every word gets a placeholder tag the model knows.
+            items = [self._encode_tagged(replace(s, tags=[self.labels[0]] * len(s.tokens)), "input") for s in data]
+            logits = self.predict_logits(model, items)
+            out = []
+            for s, x, l in zip(data, items, logits):
+                ids = l.argmax(-1).tolist()
+                tags = [self.labels[ids[p]] for p in x["first"]] + ["O"] * (len(s.tokens) - len(x["first"]))
+                out.append({"tokens": s.tokens, "tags": tags})
+            return out
+        items = self.encode([replace(e, label=None) for e in data], "input")
+        logits = self.predict_logits(model, items)
+        if self.kind == "regression":
+            return [{"text": e.text, **({"pair": e.pair} if e.pair else {}), "score": round(float(l), 6)}
+                    for e, l in zip(data, logits)]
+        out = []
+        for e, l in zip(data, logits):
+            p = torch.softmax(l, -1)
+            record = {"text": e.text, **({"pair": e.pair} if e.pair else {}), "label": self.labels[int(p.argmax())],
+                      "probabilities": {label: round(float(v), 6) for label, v in zip(self.labels, p)}}
+            out.append(record)
+        return out
+
+    def save(self, path: Path, model: nn.Module, trainer_state: dict | None = None,
+             optimizer_state: dict | None = None) -> None:
+        config = {**model.to_dict(), "tformer_run": self.run.to_dict()}
+        checkpoint.save_model(path, model, config, self.tokenizer, None, trainer_state, optimizer_state)
+
+
+# -- building and using -------------------------------------------------------------------------------------
+
+
+def read_task_file(run: RunConfig, path: str, labelled: bool = True):
+    """The examples of one file, in the format of run.data.task."""
+    d = run.data
+    if d.task in ("classification", "regression"):
+        from tformer.data.labeled import read_classification
+
+        return read_classification(path, text_column=d.text_column, pair_column=d.pair_column or None,
+                                   label_column=d.label_column if labelled else None,
+                                   **({"label_type": "float"} if d.task == "regression" else {}))
+    if d.task == "tagging":
+        from tformer.data.labeled import read_conll
+
+        return read_conll(path)
+    from tformer.data.squad import read_squad
+
+    return read_squad(path)
+
+
+def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) -> FineTuneTask:
+    d, t = run.data, run.train
+    if not d.train_file:
+        raise TformerError("fine-tuning needs data.train_file (--train FILE)")
+    pretrained = run.model.get("pretrained")
+    if not pretrained:
+        raise TformerError("fine-tuning needs a pretrained encoder (--model DIR)")
+    train_data = read_task_file(run, d.train_file)
+    valid_data = read_task_file(run, d.valid_file) if d.valid_file else None
+    if resume_dir is not None and (Path(resume_dir) / checkpoint.CONFIG).is_file():
+        model, tokenizer = load_finetuned(resume_dir)
+        task = FineTuneTask(run, model.bert, tokenizer, train_data, valid_data, model=model.train())
+    else:
+        encoder, tokenizer = load_pretrained_encoder(pretrained)
+        task = FineTuneTask(run, encoder.train(), tokenizer, train_data, valid_data)
+    if t.max_steps == 0 and t.max_epochs:
+        # Schedules that decay to the end need the end: epochs x batches per epoch.
+        steps = t.max_epochs * math.ceil(len(task.train_batches(0, t.seed)) / max(t.accum_steps, 1))
+        run.train = t = replace(t, max_steps=steps)
+    if t.warmup_steps == 0 and t.schedule == "linear":
+        run.train = replace(t, warmup_steps=int(WARMUP_FRACTION * t.max_steps))
+    return task
+
+
+def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tuple[EncoderForTask, EncoderTokenizer]:
+    path = Path(path)
+    data = checkpoint.read_config(path)
+    if data.get("model_type") != "encoder_for_task":
+        raise TformerError(f"{path}: not a fine-tuned model (model_type {data.get('model_type')!r})")
+    try:
+        model = EncoderForTask.from_dict(data)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise TformerError(f"{path / checkpoint.CONFIG}: {exc}") from None
+    checkpoint.load_weights(path, model)
+    return model.to(device).eval(), EncoderTokenizer.load(path / checkpoint.TOKENIZER)
+
+
+__all__ = ["FineTuneTask", "build_finetune_task", "load_finetuned", "finetune_run_defaults", "length_batches"]
+
+
+# -- feature extraction: a frozen encoder's vectors and a classifier fitted on them ----------------------------
+
+
+def fit_logistic_regression(features: Tensor, labels: Tensor, n_classes: int, l2: float = 1e-4,
+                            max_iter: int = 200) -> nn.Linear:
+    """Multinomial logistic regression on fixed features, fitted by full-batch L-BFGS to the minimum of
+    mean cross-entropy + l2 * |W|^2 (the features are standardised first; the returned layer undoes it)."""
+    x = features.float()
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = (x - mean) / std
+    layer = nn.Linear(x.size(1), n_classes)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    opt = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(layer(z), labels) + l2 * layer.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():  # fold the standardisation into the layer: W (x - m) / s + b
+        w = layer.weight / std
+        layer.bias -= (w * mean).sum(1)
+        layer.weight.copy_(w)
+    return layer
+
+
+class DistillationTask(FineTuneTask):
+    """Train a small student on a fine-tuned teacher's softened predictions (Hinton et al. 2015):
+        L = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, y)
+    The teacher runs without gradient in eval mode; the student is used at T = 1 afterwards, as any classifier.
+    Classification only."""
+
+    def __init__(self, run: RunConfig, student: EncoderForTask, teacher: EncoderForTask, tokenizer: EncoderTokenizer,
+                 train_data, valid_data=None, temperature: float = 2.0, alpha: float = 0.5):
+        if run.data.task != "classification":
+            raise TformerError("distillation is implemented for classification")
+        super().__init__(run, student.bert, tokenizer, train_data, valid_data, model=student)
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.temperature, self.alpha = temperature, alpha
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        from tformer.transfer import distillation_loss
+
+        student = self._forward(model, batch).float()
+        with torch.no_grad():
+            teacher = self._forward(self.teacher.to(student.device), batch).float()
+        n = batch["ids"].size(0)
+        soft = distillation_loss(student, teacher, self.temperature) * n  # the trainer divides by n
+        hard = F.cross_entropy(student, batch["labels"], reduction="sum")
+        return self.alpha * soft + (1 - self.alpha) * hard, {}

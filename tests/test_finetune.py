@@ -1,0 +1,323 @@
+"""Fine-tuning a pretrained encoder end to end: heads, strategies, distillation, formats, CLI (tiny models)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from tformer.cli import main
+from tformer.config import load_config
+from tformer.encoder_tokenization import train_wordpiece
+from tformer.errors import TformerError
+from tformer.models.bert import BertConfig, BertForPreTraining
+from tformer.models.gpt import GPT, GPTConfig
+from tformer.models.heads import EncoderForTask, GPTForClassification, HeadConfig
+from tformer.tasks.finetune import (DistillationTask, build_finetune_task, finetune_run_defaults,
+                                    fit_logistic_regression, load_finetuned)
+from tformer.training import checkpoint
+from tformer.training.loop import train
+from tformer.transfer import student_from_teacher
+
+GOOD = ["good", "great", "fine", "lovely", "superb"]
+BAD = ["bad", "awful", "poor", "dull", "terrible"]
+FILL = ["the", "film", "was", "very", "plot", "and", "acting", "a", "story", "quite"]
+ANIMALS = ["cat", "dog", "horse", "cow"]
+
+
+def sentence(rng, polar):
+    words = [rng.choice(FILL) for _ in range(rng.randint(2, 8))]
+    words.insert(rng.randrange(len(words) + 1), rng.choice(polar))
+    return " ".join(words)
+
+
+def sentiment_rows(n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        rows.append((sentence(rng, GOOD if label else BAD), str(label)))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny 'pretrained' encoder directory (random weights, a WordPiece vocabulary of the test words)."""
+    path = tmp_path_factory.mktemp("pretrained")
+    texts = [" ".join(GOOD + BAD + FILL + ANIMALS + ["sleeps", "in", "garden", "barn", "where", "does", "?", "."])] * 3
+    tok = train_wordpiece(texts, vocab_size=300, min_frequency=1)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.vocab_size, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_len=64,
+                        dropout=0.0, attention_dropout=0.0, pad_id=tok.pad_id)
+    model = BertForPreTraining(config)
+    checkpoint.save_model(path, model, model.config.to_dict(), tok)
+    return path
+
+
+def write_tsv(path, rows, header=("sentence", "label")):
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def run_for(tmp_path, pretrained, task="classification", **overrides):
+    train_rows = sentiment_rows(160, 0)
+    valid_rows = sentiment_rows(40, 1)
+    train_file = write_tsv(tmp_path / "train.tsv", train_rows)
+    valid_file = write_tsv(tmp_path / "valid.tsv", valid_rows)
+    items = [f"data.task={task}", f"data.train_file={train_file}", f"data.valid_file={valid_file}",
+             "train.lr=3e-3", "train.max_epochs=10", "train.batch_size=16"]
+    items += [f"{k}={v}" for k, v in overrides.items()]
+    run = load_config(None, items, base=finetune_run_defaults())
+    run.model["pretrained"] = str(pretrained)
+    return run
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed(before, model, prefix):
+    return any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n.startswith(prefix))
+
+
+def test_sentence_classification_learns_and_reports_metrics(tmp_path, pretrained):
+    run = run_for(tmp_path, pretrained)
+    task = build_finetune_task(run)
+    assert task.labels == ["0", "1"]
+    assert run.train.max_steps == 10 * 10 and run.train.warmup_steps == 10  # epochs x batches; 10% warmup
+    state = train(task, run.train, tmp_path / "out", quiet=True)
+    valid = state.last_valid
+    assert valid["accuracy"] >= 0.9 and valid["macro_f1"] >= 0.9 and valid["mcc"] >= 0.8
+    model, tok = load_finetuned(tmp_path / "out")
+    records = task.predict(model, [type(e)(text="a lovely film", pair=None, label=None, line=1)
+                                   for e in task.valid_data[:1]])
+    assert records[0]["label"] == "1" and records[0]["probabilities"]["1"] > 0.5
+
+
+def test_feature_extraction_trains_only_the_head(tmp_path, pretrained):
+    run = run_for(tmp_path, pretrained, **{"train.strategy": "feature_extraction", "train.max_epochs": 1})
+    task = build_finetune_task(run)
+    before = snapshot(task.model)
+    train(task, run.train, tmp_path / "out", quiet=True)
+    assert not changed(before, task.model, "bert.") and changed(before, task.model, "head.")
+
+
+def test_freezing_lower_layers(tmp_path, pretrained):
+    run = run_for(tmp_path, pretrained, **{"train.freeze_layers": 1, "train.max_epochs": 1})
+    task = build_finetune_task(run)
+    before = snapshot(task.model)
+    train(task, run.train, tmp_path / "out", quiet=True)
+    assert not changed(before, task.model, "bert.embeddings.")
+    assert not changed(before, task.model, "bert.encoder.layers.0.")
+    assert changed(before, task.model, "bert.encoder.layers.1.") and changed(before, task.model, "head.")
+
+
+def test_discriminative_learning_rates_reach_the_optimizer(tmp_path, pretrained):
+    run = run_for(tmp_path, pretrained, **{"train.encoder_lr_scale": 0.5, "train.layer_decay": 0.25})
+    task = build_finetune_task(run)
+    groups = task.parameter_groups(0.01)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    m = task.model
+    assert scale_of[id(m.head.weight)] == 1.0
+    assert scale_of[id(m.bert.encoder.layers[1].ff.w1.weight)] == pytest.approx(0.5)  # top layer
+    assert scale_of[id(m.bert.encoder.layers[0].ff.w1.weight)] == pytest.approx(0.5 * 0.25)
+    assert scale_of[id(m.bert.embeddings.tok_embed.weight)] == pytest.approx(0.5 * 0.25**2)
+
+
+def test_gradual_unfreezing_trains_the_top_layer_first(tmp_path, pretrained):
+    run = run_for(tmp_path, pretrained, **{"train.gradual_unfreezing": "true", "train.max_epochs": 1})
+    task = build_finetune_task(run)
+    before = snapshot(task.model)
+    train(task, run.train, tmp_path / "out", quiet=True)  # epoch 0 only: head + top layer
+    assert changed(before, task.model, "head.") and changed(before, task.model, "bert.encoder.layers.1.")
+    assert not changed(before, task.model, "bert.encoder.layers.0.")
+    assert not changed(before, task.model, "bert.embeddings.")
+
+
+def test_slanted_triangular_schedule_runs(tmp_path, pretrained):
+    from tformer.training.loop import learning_rate
+
+    run = run_for(tmp_path, pretrained, **{"train.schedule": "slanted_triangular", "train.max_steps": 100,
+                                           "train.lr": 0.01})
+    rates = [learning_rate(run.train, s, 32) for s in range(0, 101)]
+    assert max(rates) == pytest.approx(0.01) and rates.index(max(rates)) == 10
+    assert rates[0] == pytest.approx(0.01 / 32) and rates[100] == pytest.approx(0.01 / 32)
+
+
+def test_early_stopping_stops_and_keeps_the_best(tmp_path, pretrained):
+    # lr 0: the metric never improves after the first validation, so training stops after `patience` more.
+    run = run_for(tmp_path, pretrained, **{"train.lr": 0.0, "train.early_stopping": 2, "train.eval_every": 2,
+                                           "train.max_epochs": 5})
+    task = build_finetune_task(run)
+    state = train(task, run.train, tmp_path / "out", quiet=True)
+    assert state.step == 6  # validations at 2 (best), 4, 6 -> stop
+    saved = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert saved["trainer"]["step"] == 2  # the best checkpoint is the one on disk
+
+
+def test_sentence_pairs_regression_and_tagging(tmp_path, pretrained):
+    rng = random.Random(0)
+    # pairs: label 1 when both sentences name the same animal
+    rows = []
+    for i in range(200):
+        a = rng.choice(ANIMALS)
+        b = a if i % 2 else rng.choice([x for x in ANIMALS if x != a])
+        rows.append({"first": f"the {a} sleeps", "second": f"a {b} in the barn", "y": str(i % 2)})
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = load_config(None, ["data.task=classification", f"data.train_file={tmp_path / 'pairs.jsonl'}",
+                             f"data.valid_file={tmp_path / 'pairs.jsonl'}", "data.text_column=first",
+                             "data.pair_column=second", "data.label_column=y", "train.lr=3e-3", "train.max_epochs=15",
+                             "train.batch_size=16"], base=finetune_run_defaults())
+    run.model["pretrained"] = str(pretrained)
+    task = build_finetune_task(run)
+    item = task.train_set[0]
+    assert 1 in item["type_ids"]  # segment B
+    state = train(task, run.train, tmp_path / "pairs", quiet=True)
+    assert state.last_valid["accuracy"] > 0.6
+
+    # regression: the score is the number of positive words
+    rows = []
+    for i in range(200):
+        k = i % 3
+        words = [rng.choice(FILL) for _ in range(4)] + [rng.choice(GOOD) for _ in range(k)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), str(float(k))))
+    write_tsv(tmp_path / "reg.tsv", rows, ("text", "score"))
+    run = load_config(None, ["data.task=regression", f"data.train_file={tmp_path / 'reg.tsv'}",
+                             f"data.valid_file={tmp_path / 'reg.tsv'}", "data.text_column=text",
+                             "data.label_column=score", "train.lr=3e-3", "train.max_epochs=10", "train.batch_size=16"],
+                      base=finetune_run_defaults())
+    run.model["pretrained"] = str(pretrained)
+    state = train(build_finetune_task(run), run.train, tmp_path / "reg", quiet=True)
+    assert state.last_valid["pearson"] > 0.8
+
+    # tagging: animals are entities (B-ANI), CoNLL columns with -DOCSTART-
+    lines = ["-DOCSTART- -X- O", ""]
+    for i in range(150):
+        words = [rng.choice(FILL) for _ in range(4)]
+        words.insert(rng.randrange(5), rng.choice(ANIMALS))
+        lines += [f"{w} X {'B-ANI' if w in ANIMALS else 'O'}" for w in words] + [""]
+    (tmp_path / "ner.txt").write_text("\n".join(lines) + "\n")
+    run = load_config(None, ["data.task=tagging", f"data.train_file={tmp_path / 'ner.txt'}",
+                             f"data.valid_file={tmp_path / 'ner.txt'}", "train.lr=3e-3", "train.max_epochs=6",
+                             "train.batch_size=16"], base=finetune_run_defaults())
+    run.model["pretrained"] = str(pretrained)
+    task = build_finetune_task(run)
+    assert task.labels[0] == "O"
+    x = task.train_set[0]
+    assert sum(label != -100 for label in x["labels"]) == 5  # one label per word, on its first sub-token
+    state = train(task, run.train, tmp_path / "ner", quiet=True)
+    assert state.last_valid["f1"] > 0.9
+
+
+def test_extractive_qa_learns_to_point_at_the_answer(tmp_path, pretrained):
+    rng = random.Random(0)
+    places = ["garden", "barn"]
+    data = []
+    for i in range(120):
+        animal, place = rng.choice(ANIMALS), rng.choice(places)
+        filler = " ".join(rng.choice(FILL) for _ in range(rng.randint(0, 4)))
+        context = f"{filler} the {animal} sleeps in the {place} ."
+        data.append({"title": "t", "paragraphs": [{"context": context, "qas": [
+            {"id": f"q{i}", "question": f"where does the {animal} sleep ?",
+             "answers": [{"text": place, "answer_start": context.index(f"the {place}") + 4}]}]}]})
+    (tmp_path / "qa.json").write_text(json.dumps({"version": "1.1", "data": data}))
+    run = load_config(None, ["data.task=qa", f"data.train_file={tmp_path / 'qa.json'}",
+                             f"data.valid_file={tmp_path / 'qa.json'}", "data.max_tokens=24", "data.doc_stride=8",
+                             "train.lr=3e-3", "train.max_epochs=15", "train.batch_size=16"], base=finetune_run_defaults())
+    run.model["pretrained"] = str(pretrained)
+    state = train(build_finetune_task(run), run.train, tmp_path / "qa", quiet=True)
+    assert state.last_valid["exact_match"] > 80 and state.last_valid["f1"] >= state.last_valid["exact_match"]
+
+
+def test_cli_finetune_predict_evaluate_and_errors(tmp_path, pretrained, capsys):
+    train_file = write_tsv(tmp_path / "train.tsv", sentiment_rows(120, 0))
+    valid_file = write_tsv(tmp_path / "valid.tsv", sentiment_rows(30, 1))
+    out = tmp_path / "clf"
+    assert main(["finetune", "--model", str(pretrained), "--train", str(train_file), "--valid", str(valid_file),
+                 "--out", str(out), "--epochs", "10", "--lr", "3e-3", "--batch-size", "16", "train.log_every=1000"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["valid"]["accuracy"] > 0.8
+    assert main(["evaluate", "--model", str(out), "--data", str(valid_file)]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["accuracy"] == pytest.approx(result["valid"]["accuracy"], abs=1e-4)
+    unlabeled = tmp_path / "new.tsv"
+    unlabeled.write_text("sentence\nwhat a superb film\nan awful plot\n")
+    assert main(["predict", "--model", str(out), "--input", str(unlabeled)]) == 0
+    preds = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["label"] for p in preds] == ["1", "0"]
+    # a label training never saw, at a named line
+    bad = write_tsv(tmp_path / "bad.tsv", [("a fine film", "1"), ("so so", "neutral")])
+    assert main(["evaluate", "--model", str(out), "--data", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.tsv:3" in err and "neutral" in err
+    # a missing column
+    assert main(["finetune", "--model", str(pretrained), "--train", str(train_file), "--out", str(tmp_path / "x"),
+                 "--text-column", "review"]) == 2
+    assert "review" in capsys.readouterr().err
+
+
+def test_distillation_student_from_every_other_layer(tmp_path, pretrained):
+    run = run_for(tmp_path, pretrained)
+    teacher_task = build_finetune_task(run)
+    train(teacher_task, run.train, tmp_path / "teacher", quiet=True)
+    teacher = teacher_task.model.eval()
+    student = student_from_teacher(teacher, every=2)
+    assert student.bert.config.n_layers == 1
+    assert torch.equal(student.bert.encoder.layers[0].ff.w1.weight, teacher.bert.encoder.layers[0].ff.w1.weight)
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
+    distill = DistillationTask(run, student, teacher, teacher_task.tokenizer, teacher_task.valid_data,
+                               teacher_task.valid_data, temperature=2.0, alpha=0.5)
+    distill.train_set = teacher_task.train_set
+    state = train(distill, run.train, tmp_path / "student", quiet=True)
+    assert state.last_valid["accuracy"] >= 0.85
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_gpt1_classification_head_with_auxiliary_lm_loss():
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=20, max_len=16, d_model=32, n_heads=2, n_layers=1, dropout=0.0,
+                        attention_dropout=0.0))
+    model = GPTForClassification(gpt, n_labels=2, lm_weight=0.5, dropout=0.0)
+    ids = torch.randint(3, 20, (8, 10))
+    ids[:4, 2] = 1  # class 1: token 1 appears
+    labels = torch.tensor([1] * 4 + [0] * 4)
+    lengths = torch.full((8,), 10)
+    loss, parts = model.loss(ids, lengths, labels)
+    assert loss.item() == pytest.approx(parts["task"].item() + 0.5 * parts["lm"].item(), rel=1e-5)
+    model.lm_weight = 0.0
+    logits, _ = model(ids, lengths)
+    assert model.loss(ids, lengths, labels)[0].item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+    model.lm_weight = 0.5
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        model.loss(ids, lengths, labels)[0].backward()
+        opt.step()
+    assert (model(ids, lengths)[0].argmax(-1) == labels).all()
+    assert gpt.tok_embed.weight.grad is not None  # the decoder itself is fine-tuned
+
+
+def test_logistic_regression_on_frozen_features():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 16, generator=g) * 3 + 5
+    w = torch.randn(16, generator=g)
+    y = (x @ w > (x @ w).median()).long()
+    layer = fit_logistic_regression(x, y, 2, l2=1e-4)
+    assert (layer(x).argmax(-1) == y).float().mean() > 0.97
+
+
+def test_bad_options_are_one_line_errors(tmp_path, pretrained):
+    run = run_for(tmp_path, pretrained, **{"train.freeze_layers": 1})
+    run.model["pretrained"] = str(tmp_path / "nowhere")
+    with pytest.raises(TformerError, match="nowhere"):
+        build_finetune_task(run)
+    run = run_for(tmp_path, pretrained, **{"data.label_column": "missing"})
+    with pytest.raises(TformerError, match="missing"):
+        build_finetune_task(run)
+    head = HeadConfig("classification", ["only"])
+    with pytest.raises(ValueError, match="at least 2 labels"):
+        EncoderForTask(BertConfig(vocab_size=10, d_model=8, n_heads=2, n_layers=1, d_ff=8), head)
