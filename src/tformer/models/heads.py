@@ -47,14 +47,11 @@ class HeadConfig:
 
 
 def _pool(hidden: Tensor, pooled: Tensor | None, mask: Tensor | None, pooling: Pooling) -> Tensor:
-    if pooling == "pooler" and pooled is not None:
-        return pooled
-    if pooling == "mean":
-        if mask is None:
-            return hidden.mean(1)
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-    return hidden[:, 0]  # [CLS]
+    from tformer.tasks.encoding import pool
+
+    if pooling == "pooler" and pooled is None:
+        pooling = "cls"  # encoders saved without a pooler
+    return pool(hidden, mask, pooling, pooled)
 
 
 class EncoderForTask(nn.Module):

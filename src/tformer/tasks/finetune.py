@@ -321,16 +321,22 @@ class FineTuneTask:
         return {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
                 "tag_accuracy": correct / max(words, 1)}
 
-    def _evaluate_qa(self, model: nn.Module, examples, features) -> dict[str, float]:
-        from tformer.data.squad import best_spans, squad_scores
+    def _answers(self, model: nn.Module, features, examples) -> dict[str, str]:
+        """QA: the best answer text per example id, over all of its windows."""
+        from tformer.data.squad import best_spans
 
         logits = self.predict_logits(model, [{"ids": f.ids, "type_ids": f.type_ids} for f in features])
         width = max(l.size(0) for l in logits)
-        start = torch.full((len(logits), width), float("-inf"))
+        start = torch.full((len(logits), width), float("-inf"))  # windows differ in length: pad with -inf
         end = torch.full((len(logits), width), float("-inf"))
         for i, l in enumerate(logits):
             start[i, : l.size(0)], end[i, : l.size(0)] = l[:, 0], l[:, 1]
-        predictions = best_spans(start, end, features, examples, max_answer_length=self.run.data.max_answer_length)
+        return best_spans(start, end, features, examples, max_answer_length=self.run.data.max_answer_length)
+
+    def _evaluate_qa(self, model: nn.Module, examples, features) -> dict[str, float]:
+        from tformer.data.squad import squad_scores
+
+        predictions = self._answers(model, features, examples)
         scores = squad_scores(predictions, examples)
         return {"exact_match": scores["exact_match"], "f1": scores["f1"]}
 
@@ -338,17 +344,11 @@ class FineTuneTask:
         """JSON-ready predictions for unlabelled (or labelled) data in the training format."""
         model.eval()
         if self.kind == "qa":
-            from tformer.data.squad import best_spans, make_features
+            from tformer.data.squad import make_features
 
             features = make_features(self.tokenizer, data, max_length=self.max_tokens,
                                      stride=self.run.data.doc_stride, max_question_tokens=self._question_budget(), training=False)
-            logits = self.predict_logits(model, [{"ids": f.ids, "type_ids": f.type_ids} for f in features])
-            width = max(l.size(0) for l in logits)
-            start = torch.full((len(logits), width), float("-inf"))
-            end = torch.full((len(logits), width), float("-inf"))
-            for i, l in enumerate(logits):
-                start[i, : l.size(0)], end[i, : l.size(0)] = l[:, 0], l[:, 1]
-            answers = best_spans(start, end, features, data, max_answer_length=self.run.data.max_answer_length)
+            answers = self._answers(model, features, data)
             return [{"id": e.id, "question": e.question, "answer": answers.get(e.id, "")} for e in data]
         if self.kind == "tagging":
             # Input tags (if any) are not read: every word gets a placeholder tag the model knows.
