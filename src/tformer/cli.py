@@ -130,10 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     si.add_argument("--truncation", choices=["warn", "error"], default="warn")
     si.add_argument("--device", default="auto")
 
-    ft = sub.add_parser("finetune", help="fine-tune a pretrained encoder: classification, regression, tagging, QA",
+    ft = sub.add_parser("finetune", help="fine-tune a pretrained encoder (classification, regression, tagging, QA) "
+                                         "or GPT (classification, GPT-1 head)",
                         description="Any section.key=value option also works (for example train.lr=1e-4 "
-                                    "train.layer_decay=0.38 train.schedule=slanted_triangular).")
-    ft.add_argument("--model", required=True, help="pretrained encoder directory (tformer or Hugging Face BERT format)")
+                                    "train.layer_decay=0.38 train.schedule=slanted_triangular; for a GPT model "
+                                    "model.lm_weight=0.5, the weight of the auxiliary language-modelling loss).")
+    ft.add_argument("--model", required=True, help="pretrained directory: a BERT-family encoder (tformer or Hugging "
+                                                   "Face format) or a GPT language model (tformer or GPT-2)")
     ft.add_argument("--train", required=True, help="TSV/CSV/JSONL (classification), CoNLL (tagging), SQuAD JSON (qa)")
     ft.add_argument("--valid", help="validation file, same format")
     ft.add_argument("--task", choices=["classification", "regression", "tagging", "qa"], default="classification")
@@ -234,32 +237,33 @@ def cmd_translate(args) -> None:
 
 
 def _finetuned(args):
+    """(model, tokenizer, its saved run options) of a fine-tuned directory."""
     from tformer.config import config_from_dict
-    from tformer.tasks.finetune import FineTuneTask, load_finetuned
+    from tformer.tasks.finetune import load_finetuned
     from tformer.training.checkpoint import read_config
 
     model, tokenizer = load_finetuned(args.model, _device(args.device))
     run = config_from_dict(read_config(args.model).get("tformer_run", {}))
-    return model, tokenizer, run, FineTuneTask
+    return model, tokenizer, run
 
 
 def cmd_evaluate_finetuned(args) -> None:
-    from tformer.tasks.finetune import read_task_file
+    from tformer.tasks.finetune import read_task_file, task_for_model
 
-    model, tokenizer, run, FineTuneTask = _finetuned(args)
+    model, tokenizer, run = _finetuned(args)
     data = read_task_file(run, args.data)
     run.data.valid_file = args.data  # errors name this file
-    task = FineTuneTask(run, model.bert, tokenizer, [], data, model=model)
+    task = task_for_model(run, model, tokenizer, [], data)
     scores = task.evaluate(model, data, task.valid_set)
     print(json.dumps({k: round(v, 4) for k, v in scores.items()}))
 
 
 def cmd_predict(args) -> None:
-    from tformer.tasks.finetune import read_task_file
+    from tformer.tasks.finetune import read_task_file, task_for_model
 
-    model, tokenizer, run, FineTuneTask = _finetuned(args)
+    model, tokenizer, run = _finetuned(args)
     data = read_task_file(run, args.input, labelled=False)
-    task = FineTuneTask(run, model.bert, tokenizer, [], None, model=model)
+    task = task_for_model(run, model, tokenizer, [], None)
     records = task.predict(model, data)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if args.output == "-":

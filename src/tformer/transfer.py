@@ -11,10 +11,11 @@
     distillation           a student trained on the teacher's softened outputs (Hinton et al. 2015); DistilBERT's
                            triple loss and its student made of every other teacher layer (Sanh et al. 2019)
 
-The functions work on a BertModel or any model that holds one as `.bert` or `.encoder` (BertForPreTraining,
-tformer.models.heads.EncoderForTask). "The head" is every parameter of the model outside that encoder.
-Encoder layers are numbered l = 1..N from the bottom, the embeddings below layer 1. Encoder parameters that
-belong to no layer (the pooler, a pre-LN final LayerNorm) sit on top of layer N and go with it.
+The functions work on a pretrained network, a BertModel or a GPT decoder, or on any model that holds one as
+`.bert`, `.encoder` or `.gpt` (BertForPreTraining, tformer.models.heads.EncoderForTask, GPTForClassification).
+"The head" is every parameter of the model outside that network. Layers are numbered l = 1..N from the
+bottom, the embeddings (token and position) below layer 1. Parameters that belong to no layer (the pooler, a
+pre-LN final LayerNorm, an untied output matrix) sit on top of layer N and go with it.
 
 Shapes: B batch, T tokens, D = d_model, C classes, V vocabulary, M masked positions.
 """
@@ -30,20 +31,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tformer.models.bert import BertForPreTraining, BertModel
+from tformer.models.gpt import GPT
 from tformer.training.optim import parameter_groups
 
 # -- freezing ----------------------------------------------------------------------------------------------
 
 
-def find_encoder(model: nn.Module) -> BertModel:
-    """The pretrained BertModel in `model`: the model itself, or its `.bert` or `.encoder` attribute."""
-    if isinstance(model, BertModel):
+def find_encoder(model: nn.Module) -> BertModel | GPT:
+    """The pretrained network in `model`: the model itself, or its `.bert`, `.encoder` or `.gpt` attribute."""
+    if isinstance(model, (BertModel, GPT)):
         return model
-    for name in ("bert", "encoder"):
+    for name in ("bert", "encoder", "gpt"):
         candidate = getattr(model, name, None)
-        if isinstance(candidate, BertModel):
+        if isinstance(candidate, (BertModel, GPT)):
             return candidate
-    raise TypeError(f"{type(model).__name__} is not a BertModel and has no BertModel as .bert or .encoder")
+    raise TypeError(f"{type(model).__name__} is not a BertModel or GPT and holds none as .bert, .encoder or .gpt")
+
+
+def _embeddings(network: BertModel | GPT) -> nn.Module:
+    if isinstance(network, GPT):  # W_e and W_p, as one part (a list registers nothing on the model)
+        return nn.ModuleList([network.tok_embed, network.pos_embed])
+    return network.embeddings
+
+
+def _stack(network: BertModel | GPT) -> list[nn.Module]:
+    """The layers in the order they are applied (ALBERT: the same module N times)."""
+    if isinstance(network, GPT):
+        return list(network.decoder.layers)
+    return network.encoder.stack()
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -65,11 +80,12 @@ def encoder_layers(model: nn.Module) -> list[nn.Module]:
 
     A shared encoder (ALBERT) gives the same layer module N times."""
     encoder = find_encoder(model)
-    return [encoder.embeddings, *encoder.encoder.stack()]
+    return [_embeddings(encoder), *_stack(encoder)]
 
 
-def _is_shared(encoder: BertModel) -> bool:
-    return len(encoder.encoder.layers) < encoder.encoder.n_layers
+def _is_shared(encoder: BertModel | GPT) -> bool:
+    stack = _stack(encoder)
+    return len({id(layer) for layer in stack}) < len(stack)
 
 
 def freeze_lower_layers(model: nn.Module, n: int) -> list[str]:
@@ -80,7 +96,7 @@ def freeze_lower_layers(model: nn.Module, n: int) -> list[str]:
     A shared encoder (ALBERT) applies one layer's parameters at every depth, so it can only be frozen whole:
     n strictly between 0 and N raises ValueError."""
     encoder = find_encoder(model)
-    big_n = encoder.encoder.n_layers
+    big_n = len(_stack(encoder))
     if not 0 <= n <= big_n:
         raise ValueError(f"can freeze 0 to {big_n} layers, not {n}")
     if _is_shared(encoder) and 0 < n < big_n:
@@ -101,7 +117,7 @@ def freeze_encoder(model: nn.Module) -> None:
     freeze(find_encoder(model))
 
 
-def _encoder_parts(encoder: BertModel) -> list[tuple[str, list[nn.Parameter]]]:
+def _encoder_parts(encoder: BertModel | GPT) -> list[tuple[str, list[nn.Parameter]]]:
     """[("embeddings", params), ("layer1", params), ..., ("layerN", params)], each parameter in exactly one part.
 
     Parameters are claimed from the top down: a shared layer's (ALBERT) belong to layer N, the highest depth
@@ -113,14 +129,14 @@ def _encoder_parts(encoder: BertModel) -> list[tuple[str, list[nn.Parameter]]]:
         seen.update(id(p) for p in params)
         return params
 
-    stack = encoder.encoder.stack()
+    stack = _stack(encoder)
     top_down = [(f"layer{l}", take(stack[l - 1])) for l in range(len(stack), 0, -1)]
-    embeddings = take(encoder.embeddings)
-    top_down[0][1].extend(take(encoder))  # everything left: pooler, final norm
+    embeddings = take(_embeddings(encoder))
+    top_down[0][1].extend(take(encoder))  # everything left: pooler, final norm, an untied output matrix
     return [("embeddings", embeddings), *reversed(top_down)]
 
 
-def _head_params(model: nn.Module, encoder: BertModel) -> list[nn.Parameter]:
+def _head_params(model: nn.Module, encoder: BertModel | GPT) -> list[nn.Parameter]:
     inside = {id(p) for p in encoder.parameters()}
     return [p for p in model.parameters() if id(p) not in inside]
 

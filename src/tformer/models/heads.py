@@ -21,11 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from tformer.models.bert import BertConfig, BertModel
+from tformer.models.gpt import GPT, GPTConfig
 from tformer.nn.dropout import Dropout
 from tformer.nn.linear import Linear
 
 TaskKind = Literal["classification", "regression", "tagging", "qa"]
-Pooling = Literal["pooler", "cls", "mean"]
+Pooling = Literal["pooler", "cls", "mean", "last"]  # "last": a decoder's last real token (GPT-1)
 
 
 @dataclass
@@ -93,27 +94,55 @@ class GPTForClassification(nn.Module):
     """GPT-1's fine-tuning (Radford et al. 2018, eq. 3-5): a linear head on the last real token's state, and
     the language-modelling loss on the same text kept as an auxiliary objective, L3 = L2 + lambda * L1."""
 
-    def __init__(self, gpt: nn.Module, n_labels: int, lm_weight: float = 0.5, dropout: float = 0.1):
+    def __init__(self, gpt: GPT | GPTConfig, n_labels: int = 0, lm_weight: float = 0.5, dropout: float = 0.1,
+                 labels: list[str] | None = None):
         super().__init__()
-        self.gpt = gpt
-        self.config = gpt.config
+        self.gpt = gpt if isinstance(gpt, GPT) else GPT(gpt)
+        self.config = self.gpt.config
+        labels = list(labels) if labels is not None else [str(i) for i in range(n_labels)]
+        if len(labels) < 2:
+            raise ValueError(f"a classification head needs at least 2 labels, got {labels}")
+        self.head_config = HeadConfig(task="classification", labels=labels, pooling="last", dropout=dropout)
         self.lm_weight = lm_weight
         self.dropout = Dropout(dropout)
-        self.head = Linear(gpt.config.d_model, n_labels)
+        self.head = Linear(self.config.d_model, len(labels))
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """ids (B, T) right-padded, lengths (B,) -> (class logits (B, C), next-token logits (B, T, V))."""
-        out = self.gpt(ids, return_hidden=True)
+    @staticmethod
+    def _has_next(ids: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T) bool: real positions followed by a real token, where a next-token loss exists."""
+        return torch.arange(ids.size(1), device=ids.device)[None, :] < (lengths[:, None] - 1)
+
+    def forward(self, ids: Tensor, lengths: Tensor, lm: bool = True) -> tuple[Tensor, Tensor | None]:
+        """ids (B, T) right-padded, lengths (B,) -> (class logits (B, C), next-token logits (K, V) at the K
+        positions of _has_next, or None with lm=False). Right padding needs no mask: causal attention never
+        lets a real token see the padding after it."""
+        keep = self._has_next(ids, lengths) if lm else torch.zeros_like(ids, dtype=torch.bool)
+        out = self.gpt(ids, keep=keep, return_hidden=True)
         last = out.hidden[torch.arange(ids.size(0), device=ids.device), lengths - 1]  # (B, D)
-        return self.head(self.dropout(last)), out.logits
+        return self.head(self.dropout(last)), (out.logits if lm else None)
 
     def loss(self, ids: Tensor, lengths: Tensor, labels: Tensor) -> tuple[Tensor, dict]:
         """Mean classification loss + lm_weight x mean next-token loss over the real tokens."""
-        logits, lm_logits = self(ids, lengths)
-        task = nn.functional.cross_entropy(logits, labels)
-        t = ids.size(1)
-        real = torch.arange(t, device=ids.device)[None, :] < (lengths[:, None] - 1)  # positions with a next token
-        lm = nn.functional.cross_entropy(lm_logits[:, :-1][real[:, :-1]], ids[:, 1:][real[:, :-1]])
+        return self.loss_from_outputs(*self(ids, lengths, lm=self.lm_weight > 0), ids, lengths, labels)
+
+    def loss_from_outputs(self, logits: Tensor, lm_logits: Tensor | None, ids: Tensor, lengths: Tensor,
+                          labels: Tensor) -> tuple[Tensor, dict]:
+        """The loss of `loss` from a forward's outputs (a DDP-wrapped model runs forward through the wrapper)."""
+        task = nn.functional.cross_entropy(logits.float(), labels)
+        if lm_logits is None:
+            return task, {"task": task.detach()}
+        targets = ids.roll(-1, dims=1)[self._has_next(ids, lengths)]  # the token after each kept position
+        lm = nn.functional.cross_entropy(lm_logits.float(), targets)
         return task + self.lm_weight * lm, {"task": task.detach(), "lm": lm.detach()}
+
+    def to_dict(self) -> dict:
+        return {"model_type": "gpt_for_classification", "gpt": self.config.to_dict(),
+                "head": asdict(self.head_config), "lm_weight": self.lm_weight}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GPTForClassification":
+        head = data["head"]
+        return cls(GPTConfig.from_dict(data["gpt"]), lm_weight=data.get("lm_weight", 0.5),
+                   dropout=head.get("dropout", 0.1), labels=head["labels"])

@@ -10,6 +10,8 @@ train with the trainer, the transfer strategies (tformer.transfer) chosen by opt
     train.schedule=slanted_triangular    ULMFiT's schedule
     train.gradual_unfreezing=true        epoch e trains the head and the top e + 1 layers
     train.early_stopping=P               stop after P validations without improvement, keep the best
+A pretrained GPT instead of an encoder gives sentence (pair) classification with GPT-1's head and auxiliary
+language-modelling loss (tformer.tasks.finetune_gpt); the strategies apply to its layers alike.
 Validation reports the task's metrics: accuracy, macro-F1 and Matthews correlation (classification),
 Pearson/Spearman (regression), entity precision/recall/F1 (tagging), exact match and F1 (QA).
 """
@@ -39,6 +41,7 @@ FINETUNE_TRAIN_DEFAULTS = dict(schedule="linear", lr=5e-5, min_lr=0.0, warmup_st
                                adam_eps=1e-8, weight_decay=0.01, clip_norm=1.0, label_smoothing=0.0, batch_size=32,
                                max_epochs=3, max_steps=0, eval_every=0, log_every=50)
 WARMUP_FRACTION = 0.1
+GPT_MODEL_TYPES = ("gpt", "gpt2")  # pretrained decoders: fine-tuned with the GPT-1 head (tasks.finetune_gpt)
 
 
 def finetune_run_defaults() -> RunConfig:
@@ -95,13 +98,12 @@ class FineTuneTask:
         self.tokenizer = tokenizer
         if d.max_tokens < 4:
             raise TformerError(f"data.max_tokens must be at least 4, not {d.max_tokens}")
-        self.max_tokens = min(d.max_tokens, encoder.config.max_tokens)
+        self.max_tokens = min(d.max_tokens, self._context_size(encoder))
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
         if model is None:
             labels = self._labels(train_data) if self.kind in ("classification", "tagging") else []
-            head = head or HeadConfig(task=self.kind, labels=labels, pooling=run.model.get("pooling", "pooler"),
-                                      dropout=float(run.model.get("classifier_dropout", encoder.config.dropout)))
             torch.manual_seed(t.seed)
-            model = EncoderForTask(encoder, head)
+            model = self._new_model(encoder, labels, head)
         self.model = model
         self.labels = model.head_config.labels
         self.label_index = {label: i for i, label in enumerate(self.labels)}
@@ -119,6 +121,17 @@ class FineTuneTask:
         self.unfreezer = transfer.GradualUnfreezer(model) if t.gradual_unfreezing else None
         self.selection_metric = {"classification": ("accuracy", "max"), "regression": ("pearson", "max"),
                                  "tagging": ("f1", "max"), "qa": ("f1", "max")}[self.kind]
+
+    # -- the model -------------------------------------------------------------------------------------
+
+    def _context_size(self, encoder: nn.Module) -> int:
+        return encoder.config.max_tokens
+
+    def _new_model(self, encoder: nn.Module, labels: list[str], head: HeadConfig | None) -> nn.Module:
+        run = self.run
+        head = head or HeadConfig(task=self.kind, labels=labels, pooling=run.model.get("pooling", "pooler"),
+                                  dropout=float(run.model.get("classifier_dropout", encoder.config.dropout)))
+        return EncoderForTask(encoder, head)
 
     # -- data ------------------------------------------------------------------------------------------
 
@@ -152,13 +165,7 @@ class FineTuneTask:
             for e, enc in zip(data, encoded):
                 item = {"ids": enc.ids, "type_ids": enc.type_ids}
                 if e.label is not None:
-                    if self.kind == "regression":
-                        item["label"] = float(e.label)
-                    else:
-                        if str(e.label) not in self.label_index:
-                            raise TformerError(f"label {e.label!r} at {self._where(split)}:{e.line} was not among "
-                                               f"the training labels ({', '.join(self.labels)})")
-                        item["label"] = self.label_index[str(e.label)]
+                    item["label"] = self._label_id(e, split)
                 out.append(item)
             return out
         if self.kind == "tagging":
@@ -169,6 +176,15 @@ class FineTuneTask:
                                  training=split == "train")
         return [{"ids": f.ids, "type_ids": f.type_ids, "start": f.start, "end": f.end} for f in features] \
             if split == "train" else features
+
+    def _label_id(self, example, split: str) -> int | float:
+        """A sentence example's target: the label's id (classification) or the number (regression)."""
+        if self.kind == "regression":
+            return float(example.label)
+        if str(example.label) not in self.label_index:
+            raise TformerError(f"label {example.label!r} at {self._where(split)}:{example.line} was not among "
+                               f"the training labels ({', '.join(self.labels)})")
+        return self.label_index[str(example.label)]
 
     def _encode_tagged(self, sentence, split: str) -> dict:
         """Sub-tokens of the words; each word's tag on its first sub-token, -100 on the rest (never scored)."""
@@ -201,8 +217,7 @@ class FineTuneTask:
                               seed * 1_000_003 + epoch)
 
     def _collate(self, items: list[dict], device: torch.device) -> dict[str, Tensor]:
-        tok = self.tokenizer
-        ids = _pad([x["ids"] for x in items], tok.pad_id)
+        ids = _pad([x["ids"] for x in items], self.pad_id)
         batch = {"ids": ids, "type_ids": _pad([x["type_ids"] for x in items], 0),
                  "attention_mask": _pad([[1] * len(x["ids"]) for x in items], 0).bool()}
         if "label" in items[0]:
@@ -407,11 +422,22 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
     pretrained = run.model.get("pretrained")
     if not pretrained:
         raise TformerError("fine-tuning needs a pretrained encoder (--model DIR)")
+    from_gpt = checkpoint.read_config(pretrained).get("model_type") in GPT_MODEL_TYPES
+    if from_gpt:
+        from tformer.tasks.finetune_gpt import require_classification
+
+        require_classification(d.task)  # before reading the files
     train_data = read_task_file(run, d.train_file)
     valid_data = read_task_file(run, d.valid_file) if d.valid_file else None
     if resume_dir is not None and (Path(resume_dir) / checkpoint.CONFIG).is_file():
         model, tokenizer = load_finetuned(resume_dir)
-        task = FineTuneTask(run, model.bert, tokenizer, train_data, valid_data, model=model.train())
+        task = task_for_model(run, model.train(), tokenizer, train_data, valid_data)
+    elif from_gpt:
+        from tformer.tasks.finetune_gpt import GPTClassificationTask
+        from tformer.tasks.language_modeling import load_lm
+
+        gpt, tokenizer = load_lm(pretrained)
+        task = GPTClassificationTask(run, gpt.train(), tokenizer, train_data, valid_data)
     else:
         encoder, tokenizer = load_pretrained_encoder(pretrained)
         task = FineTuneTask(run, encoder.train(), tokenizer, train_data, valid_data)
@@ -424,20 +450,43 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
     return task
 
 
-def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tuple[EncoderForTask, EncoderTokenizer]:
+def task_for_model(run: RunConfig, model: nn.Module, tokenizer, train_data, valid_data=None) -> FineTuneTask:
+    """The task that trains, evaluates and predicts with a fine-tuned model of either kind."""
+    from tformer.models.heads import GPTForClassification
+
+    if isinstance(model, GPTForClassification):
+        from tformer.tasks.finetune_gpt import GPTClassificationTask
+
+        return GPTClassificationTask(run, model.gpt, tokenizer, train_data, valid_data, model=model)
+    return FineTuneTask(run, model.bert, tokenizer, train_data, valid_data, model=model)
+
+
+def load_finetuned(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, tokenizer) of a fine-tuned directory: an EncoderForTask with its EncoderTokenizer,
+    or a GPTForClassification with its language-model Tokenizer."""
+    from tformer.models.heads import GPTForClassification
+    from tformer.tokenization import Tokenizer
+
     path = Path(path)
     data = checkpoint.read_config(path)
-    if data.get("model_type") != "encoder_for_task":
+    kinds = {"encoder_for_task": EncoderForTask, "gpt_for_classification": GPTForClassification}
+    kind = kinds.get(data.get("model_type"))
+    if kind is None:
         raise TformerError(f"{path}: not a fine-tuned model (model_type {data.get('model_type')!r})")
     try:
-        model = EncoderForTask.from_dict(data)
+        model = kind.from_dict(data)
     except (TypeError, ValueError, KeyError) as exc:
         raise TformerError(f"{path / checkpoint.CONFIG}: {exc}") from None
     checkpoint.load_weights(path, model)
-    return model.to(device).eval(), EncoderTokenizer.load(path / checkpoint.TOKENIZER)
+    if kind is GPTForClassification:
+        tokenizer = Tokenizer.load(path / checkpoint.TOKENIZER, required=())
+    else:
+        tokenizer = EncoderTokenizer.load(path / checkpoint.TOKENIZER)
+    return model.to(device).eval(), tokenizer
 
 
-__all__ = ["FineTuneTask", "build_finetune_task", "load_finetuned", "finetune_run_defaults", "length_batches"]
+__all__ = ["FineTuneTask", "build_finetune_task", "load_finetuned", "task_for_model", "finetune_run_defaults",
+           "length_batches"]
 
 
 # -- feature extraction: a frozen encoder's vectors and a classifier fitted on them ----------------------------

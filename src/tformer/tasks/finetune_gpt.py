@@ -1,0 +1,107 @@
+"""Fine-tuning a pretrained GPT language model as a classifier, the GPT-1 way (Radford et al. 2018, section 3).
+
+Input transformation (section 3.3): every example becomes one token sequence for the decoder,
+    single sentence    <s> text <e>
+    sentence pair      <s> text <d> pair <e>
+with the start, delimiter and extract tokens all the tokenizer's end-of-text token (<|endoftext|>, or </s>)
+when it has one; a character vocabulary without one uses a newline as delimiter and no start or extract token.
+The classifier reads the decoder state at the last token (tformer.models.heads.GPTForClassification) and the
+loss is L_task + lambda * L_LM, lambda = model.lm_weight (GPT-1 used 0.5; 0 turns the auxiliary loss off).
+
+Everything else (reading the files, label checks, length-bucketed batches, the transfer strategies, metrics,
+`tformer predict` and `tformer evaluate`) is the encoder fine-tuning's (tformer.tasks.finetune).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from tformer.config import RunConfig
+from tformer.errors import TformerError
+from tformer.models.gpt import GPT
+from tformer.models.heads import GPTForClassification, HeadConfig
+from tformer.tasks.finetune import FineTuneTask
+from tformer.tokenization import Tokenizer
+
+GPT1_LM_WEIGHT = 0.5  # lambda of GPT-1's L3 = L2 + lambda * L1
+
+
+def require_classification(task: str) -> None:
+    if task != "classification":
+        raise TformerError(f"a GPT model fine-tunes for classification (the GPT-1 head), not --task {task}: "
+                           f"use a BERT-family encoder for {task}")
+
+
+class GPTClassificationTask(FineTuneTask):
+    """Sentence (pair) classification with a GPT decoder; see the module docstring."""
+
+    def __init__(self, run: RunConfig, gpt: GPT, tokenizer: Tokenizer, train_data, valid_data=None,
+                 model: GPTForClassification | None = None):
+        require_classification(run.data.task)
+        self.separator_id = tokenizer.eos_id
+        self.newline_id = tokenizer.backend.token_to_id("\n") if self.separator_id is None else None
+        super().__init__(run, gpt, tokenizer, train_data, valid_data, model=model)
+
+    def _context_size(self, encoder: nn.Module) -> int:
+        return encoder.config.max_len
+
+    def _new_model(self, encoder: nn.Module, labels: list[str], head: HeadConfig | None) -> nn.Module:
+        m = self.run.model
+        return GPTForClassification(encoder, labels=labels, lm_weight=float(m.get("lm_weight", GPT1_LM_WEIGHT)),
+                                    dropout=float(m.get("classifier_dropout", encoder.config.dropout)))
+
+    def encode(self, data, split: str) -> list[dict]:
+        tok, sep = self.tokenizer, self.separator_id
+        start_end = [sep] if sep is not None else []
+        delimiter = [sep] if sep is not None else ([self.newline_id] if self.newline_id is not None else [])
+        out, cut = [], 0
+        for e in data:
+            where = f"{self._where(split)}:{e.line}"
+            tok.check_chars(e.text, where)
+            text = tok.backend.encode(e.text, add_special_tokens=False).ids
+            pair = None
+            if e.pair is not None:
+                tok.check_chars(e.pair, where)
+                pair = tok.backend.encode(e.pair, add_special_tokens=False).ids
+            budget = self.max_tokens - 2 * len(start_end) - (len(delimiter) if pair is not None else 0)
+            if len(text) + len(pair or []) > budget:
+                cut += 1
+                text, pair = _truncate_longest_first(text, pair, budget)
+            ids = start_end + text + (delimiter + pair if pair is not None else []) + start_end
+            if not ids:
+                raise TformerError(f"{where}: the text is empty")
+            item = {"ids": ids, "type_ids": [0] * len(ids)}
+            if e.label is not None:
+                item["label"] = self._label_id(e, split)
+            out.append(item)
+        if cut:
+            warnings.warn(f"{self._where(split)}: {cut} of {len(out)} inputs were longer than {self.max_tokens} "
+                          f"tokens and were cut", stacklevel=2)
+        return out
+
+    def _forward(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return model(batch["ids"], batch["attention_mask"].sum(1), lm=False)[0]
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        core = model.module if hasattr(model, "module") else model  # under DDP, forward goes through the wrapper
+        ids, lengths = batch["ids"], batch["attention_mask"].sum(1)
+        outputs = model(ids, lengths, lm=core.lm_weight > 0)
+        loss, parts = core.loss_from_outputs(*outputs, ids, lengths, batch["labels"])
+        return loss * ids.size(0), parts  # the trainer divides by count_tokens: the examples
+
+
+def _truncate_longest_first(text: list[int], pair: list[int] | None, budget: int) -> tuple[list[int], list[int] | None]:
+    """Drop tokens from the end of the longer segment until both fit in `budget` (at least 1 token each)."""
+    text, pair = list(text), (list(pair) if pair is not None else None)
+    while len(text) + len(pair or []) > max(budget, 1 + (pair is not None)):
+        if pair is not None and len(pair) > len(text):
+            pair.pop()
+        else:
+            text.pop()
+    return text, pair
+
+
+__all__ = ["GPTClassificationTask", "GPT1_LM_WEIGHT", "require_classification"]
