@@ -8,7 +8,13 @@ fed to both models, whose weights are identical at the start (checked: same logi
     hf        BertForSequenceClassification(input_ids, attention_mask, token_type_ids, labels).loss
 Steps are interleaved in rounds so machine drift hits both alike; tokens/s counts real (unpadded) tokens.
 
-    python benchmarks/speed_finetune.py --steps 10 --rounds 4
+--order picks how sentences are grouped into the batches both models get:
+    bucketed   tformer's batcher: similar lengths together, little padding (what `tformer finetune` does)
+    random     consecutive sentences of a shuffled training set, each batch padded to its longest sentence
+               (a random sampler and padding collator: transformers' Trainer without group_by_length)
+tformer's encoder drops the padding inside the model (tformer.nn.masks.Unpadded); transformers computes it.
+
+    python benchmarks/speed_finetune.py --steps 10 --rounds 4 [--order random]
 Prints a line and, last, one JSON object.
 """
 
@@ -72,6 +78,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--order", choices=["bucketed", "random"], default="bucketed")
     args = p.parse_args()
     keep_freed_memory_for_reuse()
     from transformers import BertConfig as HFConfig, BertForSequenceClassification
@@ -93,7 +100,12 @@ def main() -> int:
     state["classifier.weight"], state["classifier.bias"] = ours.head.weight, ours.head.bias
     missing, unexpected = theirs.load_state_dict(state, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
-    batches = [task.collate(b, torch.device("cpu")) for b in task.train_batches(0, 1)]
+    if args.order == "bucketed":
+        order = task.train_batches(0, 1)
+    else:
+        shuffled = torch.randperm(len(data), generator=torch.Generator().manual_seed(1)).tolist()
+        order = [shuffled[i : i + 32] for i in range(0, len(shuffled), 32)]
+    batches = [task.collate(b, torch.device("cpu")) for b in order]
     ours.eval(), theirs.eval()
     with torch.no_grad():
         b = batches[0]
@@ -135,6 +147,7 @@ def main() -> int:
     out = {"command": "python benchmarks/speed_finetune.py " + " ".join(sys.argv[1:]),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
                       f"torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"), "encoder": source,
+           "order": args.order,
            "tokens": tokens, "padded_tokens": padded,
            "tformer_tok_s": tokens / seconds["tformer"], "hf_tok_s": tokens / seconds["hf"],
            "hf_attention": theirs.config._attn_implementation}

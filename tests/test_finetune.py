@@ -257,6 +257,14 @@ def test_cli_finetune_predict_evaluate_and_errors(tmp_path, pretrained, capsys):
     assert main(["finetune", "--model", str(pretrained), "--train", str(train_file), "--out", str(tmp_path / "x"),
                  "--text-column", "review"]) == 2
     assert "review" in capsys.readouterr().err
+    # a fine-tuned model trains on from where it was (a random start would be near 50% after this)
+    assert main(["finetune", "--model", str(out), "--train", str(train_file), "--valid", str(valid_file),
+                 "--out", str(tmp_path / "more"), "--epochs", "1", "--lr", "1e-6", "train.log_every=1000"]) == 0
+    more = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert more["valid"]["accuracy"] == pytest.approx(result["valid"]["accuracy"], abs=0.05)
+    assert main(["finetune", "--model", str(out), "--train", str(train_file), "--out", str(tmp_path / "y"),
+                 "--task", "regression"]) == 2
+    assert "fine-tuned for 'classification'" in capsys.readouterr().err
 
 
 def test_distillation_student_from_every_other_layer(tmp_path, pretrained):

@@ -42,6 +42,7 @@ FINETUNE_TRAIN_DEFAULTS = dict(schedule="linear", lr=5e-5, min_lr=0.0, warmup_st
                                max_epochs=3, max_steps=0, eval_every=0, log_every=50)
 WARMUP_FRACTION = 0.1
 GPT_MODEL_TYPES = ("gpt", "gpt2")  # pretrained decoders: fine-tuned with the GPT-1 head (tasks.finetune_gpt)
+FINETUNED_MODEL_TYPES = ("encoder_for_task", "gpt_for_classification")
 
 
 def finetune_run_defaults() -> RunConfig:
@@ -422,15 +423,23 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
     pretrained = run.model.get("pretrained")
     if not pretrained:
         raise TformerError("fine-tuning needs a pretrained encoder (--model DIR)")
-    from_gpt = checkpoint.read_config(pretrained).get("model_type") in GPT_MODEL_TYPES
+    # The checks on the starting model come before reading the (possibly large) files.
+    source = checkpoint.read_config(pretrained)
+    from_gpt = source.get("model_type") in GPT_MODEL_TYPES
     if from_gpt:
         from tformer.tasks.finetune_gpt import require_classification
 
-        require_classification(d.task)  # before reading the files
+        require_classification(d.task)
+    # A fine-tuned model trains on, head included: more data, or a second schedule.
+    finetuned = source.get("model_type") in FINETUNED_MODEL_TYPES
+    if finetuned and source.get("head", {}).get("task") != d.task:
+        raise TformerError(f"{pretrained} is fine-tuned for {source.get('head', {}).get('task')!r}, not --task "
+                           f"{d.task}: start from the pretrained model instead")
     train_data = read_task_file(run, d.train_file)
     valid_data = read_task_file(run, d.valid_file) if d.valid_file else None
-    if resume_dir is not None and (Path(resume_dir) / checkpoint.CONFIG).is_file():
-        model, tokenizer = load_finetuned(resume_dir)
+    resuming = resume_dir is not None and (Path(resume_dir) / checkpoint.CONFIG).is_file()
+    if resuming or finetuned:
+        model, tokenizer = load_finetuned(resume_dir if resuming else pretrained)
         task = task_for_model(run, model.train(), tokenizer, train_data, valid_data)
     elif from_gpt:
         from tformer.tasks.finetune_gpt import GPTClassificationTask
