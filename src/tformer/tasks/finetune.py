@@ -173,7 +173,8 @@ class FineTuneTask:
             return [self._encode_tagged(s, split) for s in data]
         from tformer.data.squad import make_features
 
-        features = make_features(tok, data, max_length=self.max_tokens, stride=self.run.data.doc_stride, max_question_tokens=self._question_budget(),
+        features = make_features(tok, data, max_length=self.max_tokens, stride=self.run.data.doc_stride,
+                                 max_question_tokens=self._question_budget(),
                                  training=split == "train")
         return [{"ids": f.ids, "type_ids": f.type_ids, "start": f.start, "end": f.end} for f in features] \
             if split == "train" else features
@@ -363,7 +364,8 @@ class FineTuneTask:
             from tformer.data.squad import make_features
 
             features = make_features(self.tokenizer, data, max_length=self.max_tokens,
-                                     stride=self.run.data.doc_stride, max_question_tokens=self._question_budget(), training=False)
+                                     stride=self.run.data.doc_stride, max_question_tokens=self._question_budget(),
+                                     training=False)
             answers = self._answers(model, features, data)
             return [{"id": e.id, "question": e.question, "answer": answers.get(e.id, "")} for e in data]
         if self.kind == "tagging":
