@@ -190,8 +190,6 @@ def cmd_train(args) -> None:
     from tformer.tasks.masked_lm import build_mlm_task, mlm_run_defaults
     from tformer.tasks.translation import build_task
     from tformer.training.checkpoint import read_config
-    from tformer.training import distributed
-    from tformer.training.loop import train
 
     overrides = [f"{_SHORTCUTS[k]}={v}" for k in _SHORTCUTS if (v := getattr(args, k)) is not None]
     overrides += list(args.overrides)
@@ -208,11 +206,19 @@ def cmd_train(args) -> None:
         # Language models start from their own defaults (cosine schedule, AdamW, ...), then the file and
         # the command line; read them again over that base.
         run = load_config(args.config, overrides, base=lm_run_defaults() if kind == "gpt" else mlm_run_defaults())
+    builder = {"gpt": build_lm_task, "encoder": build_mlm_task}.get(kind, build_task)
+    _train_and_report(builder, run, out, args.resume)
+
+
+def _train_and_report(builder, run, out: Path, resume: bool) -> None:
+    """Build the task (on every process), train it, print one JSON summary line from the main process."""
+    from tformer.training import distributed
+    from tformer.training.loop import train
+
     info = distributed.setup(run.train.device)
     try:
-        builder = {"gpt": build_lm_task, "encoder": build_mlm_task}.get(kind, build_task)
-        task = builder(run, out if args.resume else None)
-        state = train(task, run.train, out, resume=args.resume, info=info)
+        task = builder(run, out if resume else None)
+        state = train(task, run.train, out, resume=resume, info=info)
         if info.is_main:
             print(json.dumps({"steps": state.step, "epochs": state.epoch, "seconds": round(state.elapsed_s, 1),
                               "valid": state.last_valid, "model": str(out)}))
@@ -275,9 +281,7 @@ def cmd_predict(args) -> None:
 def cmd_finetune(args) -> None:
     from tformer.config import config_from_dict, load_config
     from tformer.tasks.finetune import build_finetune_task, finetune_run_defaults
-    from tformer.training import distributed
     from tformer.training.checkpoint import read_config
-    from tformer.training.loop import train
 
     flags = {"task": "data.task", "train": "data.train_file", "valid": "data.valid_file",
              "text_column": "data.text_column", "pair_column": "data.pair_column", "label_column": "data.label_column",
@@ -294,15 +298,7 @@ def cmd_finetune(args) -> None:
         base = config_from_dict(read_config(out).get("tformer_run", {}))
     run = load_config(args.config, overrides, base=base)
     run.model["pretrained"] = str(args.model)
-    info = distributed.setup(run.train.device)
-    try:
-        task = build_finetune_task(run, out if args.resume else None)
-        state = train(task, run.train, out, resume=args.resume, info=info)
-        if info.is_main:
-            print(json.dumps({"steps": state.step, "epochs": state.epoch, "seconds": round(state.elapsed_s, 1),
-                              "valid": state.last_valid, "model": str(out)}))
-    finally:
-        distributed.teardown(info)
+    _train_and_report(build_finetune_task, run, out, args.resume)
 
 
 def cmd_evaluate(args) -> None:

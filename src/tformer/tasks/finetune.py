@@ -58,9 +58,7 @@ def load_pretrained_encoder(path: str | Path) -> tuple[BertModel, EncoderTokeniz
 
     model, tokenizer = load_encoder(path)
     encoder = model.bert if isinstance(model, BertForPreTraining) else model
-    if not encoder.config.pooler:
-        pass  # "pooler" pooling falls back to [CLS] (EncoderForTask)
-    return encoder, tokenizer
+    return encoder, tokenizer  # without a pooler, "pooler" pooling falls back to [CLS] (EncoderForTask)
 
 
 def _pad(rows: list[list[int]], value: int) -> Tensor:
