@@ -61,9 +61,44 @@ class Unpadded:
 
     def unpad(self, x: Tensor) -> Tensor:
         """(B, T, ...) -> (N, ...)."""
-        return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.index)
+        return _GatherRows.apply(x.reshape(self.batch * self.length, *x.shape[2:]), self.index)
 
     def pad(self, x: Tensor) -> Tensor:
         """(N, ...) -> (B, T, ...), zeros at padding."""
-        full = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(0, self.index, x)
+        full = _ScatterRows.apply(x, self.index, self.batch * self.length)
         return full.view(self.batch, self.length, *x.shape[1:])
+
+
+# Gathering and scattering rows at distinct positions are each other's gradient. torch's own backward for
+# index_select accumulates (scatter-add, for indices that may repeat), which on CPU costs several times a
+# plain copy; `index` here never repeats, so a copy is exact.
+
+
+def _scatter_rows(rows: Tensor, index: Tensor, n: int) -> Tensor:
+    """(N, ...) rows -> (n, ...) with rows[i] at index[i] and zeros elsewhere."""
+    return rows.new_zeros(n, *rows.shape[1:]).index_copy_(0, index, rows)
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.n = x.size(0)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        return _scatter_rows(grad, index, ctx.n), None
+
+
+class _ScatterRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows: Tensor, index: Tensor, n: int) -> Tensor:
+        ctx.save_for_backward(index)
+        return _scatter_rows(rows, index, n)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.index_select(0, index), None, None
