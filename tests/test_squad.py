@@ -286,3 +286,34 @@ def test_dev_gold_answers_score_100():
     assert squad_scores({e.id: e.answers[0] for e in examples}, examples) == {"exact_match": 100.0, "f1": 100.0}
     wrong = {e.id: e.answers[0] for e in examples[1:]} | {examples[0].id: "zebra"}
     assert squad_scores(wrong, examples)["exact_match"] == pytest.approx(100 * (len(examples) - 1) / len(examples))
+
+
+def test_max_context_marks_each_token_once_where_it_is_most_central(tmp_path, wordpiece):
+    examples = read_squad(_write(tmp_path, TINY))
+    question_len = len(wordpiece.encode_plain(examples[1].question))
+    features = [f for f in make_features(wordpiece, examples, max_length=question_len + 3 + 10, stride=6,
+                                         max_question_tokens=question_len) if f.example_index == 1]
+    assert len(features) > 3
+    marked: dict[tuple[int, int], list[int]] = {}
+    for w, f in enumerate(features):
+        assert len(f.max_context) == len(f.ids)
+        for o, flag in zip(f.offsets, f.max_context):
+            assert not (flag and o is None)  # only context tokens are ever marked
+            if flag:
+                marked.setdefault(o, []).append(w)
+    n_context = len(wordpiece.backend.encode(CONTEXT, add_special_tokens=False).ids)
+    assert len(marked) == n_context and all(len(ws) == 1 for ws in marked.values())
+    # Windows of 10 tokens every 4: the 6 shared tokens split 3/3, each to the window where it is less near an edge.
+    second = [o for o, flag in zip(features[1].offsets, features[1].max_context) if o is not None]
+    flags = [flag for o, flag in zip(features[1].offsets, features[1].max_context) if o is not None]
+    assert flags == [False] * 3 + [True] * 4 + [False] * 3 and len(second) == 10
+    # Restricting starts to max-context tokens: a span starting at a window's edge is found only in the window
+    # where its start is central; without the rule, the edge window's higher score wins.
+    start = np.zeros((len(features), max(len(f.ids) for f in features)))
+    end = np.zeros_like(start)
+    first_ctx = features[1].offsets.index(next(o for o in features[1].offsets if o is not None))
+    start[1, first_ctx], end[1, first_ctx] = 9.0, 9.0  # edge token of window 1 (central in window 0)
+    edge_text = CONTEXT[slice(*features[1].offsets[first_ctx])]
+    assert best_spans(start, end, features, examples)["q2"] == edge_text
+    restricted = best_spans(start, end, features, examples, max_context=True)["q2"]
+    assert restricted != edge_text

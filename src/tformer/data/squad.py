@@ -52,6 +52,8 @@ class QAFeature:
     special tokens, so that only context tokens can be chosen as answer boundaries. start/end are the token
     indices of the (first) gold answer in `ids`; when the answer does not lie wholly inside this window they are
     both 0, the [CLS] (<s>) position, which is what BERT does with SQuAD v1.1 training windows.
+    max_context[i] is True when this window is, of all the example's windows holding context token i, the one
+    where that token has the most context on its nearer side (BERT's rule; see make_features).
     """
 
     example_index: int  # into the list of examples given to make_features
@@ -60,6 +62,7 @@ class QAFeature:
     offsets: list[tuple[int, int] | None]
     start: int
     end: int
+    max_context: list[bool] | None = None
 
 
 # -- reading ---------------------------------------------------------------------------------------------
@@ -161,6 +164,10 @@ def make_features(tokenizer: EncoderTokenizer, examples: Sequence[QAExample], ma
     A window that does not hold the whole answer gets start = end = 0 (the [CLS] position), as in BERT's
     SQuAD v1.1 training. training=True requires every example to have an answer; with training=False examples
     without answers get 0, 0.
+
+    A context token that lies in several windows is marked (`max_context`) in the one where it sits farthest
+    from a window edge: the score min(tokens to its left, tokens to its right) + 0.01 * window length, the
+    first window winning ties, as in BERT's run_squad. n_best_answers can restrict answer starts to those.
     """
     n_special = 3 if tokenizer.style == "wordpiece" else 4
     if max_question_tokens < 1 or stride < 0:
@@ -186,6 +193,7 @@ def make_features(tokenizer: EncoderTokenizer, examples: Sequence[QAExample], ma
         span = _answer_tokens(example, ctx_offsets) if example.answers else None
         window = max_length - len(q_ids) - n_special
         first = 0
+        spans: list[tuple[int, int]] = []  # this example's windows as context-token ranges [first, last)
         while True:
             last = min(first + window, len(ctx_ids))  # this window is context tokens [first, last)
             ids = head + ctx_ids[first:last] + [sep]
@@ -196,10 +204,27 @@ def make_features(tokenizer: EncoderTokenizer, examples: Sequence[QAExample], ma
             if span is not None and first <= span[0] and span[1] < last:
                 start, end = span[0] - first + len(head), span[1] - first + len(head)
             features.append(QAFeature(index, ids, type_ids, offsets, start, end))
+            spans.append((first, last))
             if last >= len(ctx_ids):
                 break
             first += window - stride
+        _mark_max_context(features[len(features) - len(spans):], spans, len(head))
     return features
+
+
+def _mark_max_context(windows: Sequence[QAFeature], spans: Sequence[tuple[int, int]], head: int) -> None:
+    """Set each window's `max_context` flags (see make_features); `head` tokens precede the context."""
+    best: dict[int, tuple[float, int]] = {}  # context token -> (score, window)
+    for w, (first, last) in enumerate(spans):
+        for j in range(first, last):
+            score = min(j - first, last - 1 - j) + 0.01 * (last - first)
+            if j not in best or score > best[j][0]:
+                best[j] = (score, w)
+    for w, (feature, (first, last)) in enumerate(zip(windows, spans)):
+        flags = [False] * len(feature.ids)
+        for j in range(first, last):
+            flags[head + j - first] = best[j][1] == w
+        feature.max_context = flags
 
 
 def _trim_offsets(context: str, offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -239,7 +264,8 @@ class QAAnswer:
 
 
 def n_best_answers(start_logits, end_logits, features: Sequence[QAFeature], examples: Sequence[QAExample],
-                   n_best: int = 20, max_answer_length: int = 30) -> dict[str, list[QAAnswer]]:
+                   n_best: int = 20, max_answer_length: int = 30,
+                   max_context: bool = False) -> dict[str, list[QAAnswer]]:
     """The `n_best` best answer spans of each example, best first, over all of its windows.
 
     start_logits, end_logits: (F, T) tensors or arrays, row f for features[f] (T >= its length; positions past
@@ -248,6 +274,8 @@ def n_best_answers(start_logits, end_logits, features: Sequence[QAFeature], exam
     e - s + 1 <= max_answer_length tokens; a pair scores start_logit[s] + end_logit[e]. A character span found
     in two overlapping windows is kept once, with its better score. Probabilities are a softmax over the scores
     of the candidates returned. An example without any candidate gets [].
+    max_context=True keeps, as BERT does, only spans whose start token is in its max-context window (see
+    make_features); features without flags are left unrestricted.
     """
     start_logits, end_logits = _as_array(start_logits), _as_array(end_logits)
     if start_logits.shape != end_logits.shape or start_logits.ndim != 2 or len(start_logits) != len(features):
@@ -261,10 +289,11 @@ def n_best_answers(start_logits, end_logits, features: Sequence[QAFeature], exam
         in_context = np.array([o is not None for o in feature.offsets])
         starts = np.where(in_context, start_logits[f, :n], -np.inf)
         ends = np.where(in_context, end_logits[f, :n], -np.inf)
-        k = min(n_best, int(in_context.sum()))
-        top_s = np.argsort(-starts, kind="stable")[:k]
-        top_e = np.argsort(-ends, kind="stable")[:k]
-        scores = starts[top_s][:, None] + ends[top_e][None, :]  # (k, k): start top_s[i], end top_e[j]
+        if max_context and feature.max_context is not None:
+            starts = np.where(np.array(feature.max_context), starts, -np.inf)
+        top_s = np.argsort(-starts, kind="stable")[:min(n_best, int(np.isfinite(starts).sum()))]
+        top_e = np.argsort(-ends, kind="stable")[:min(n_best, int(in_context.sum()))]
+        scores = starts[top_s][:, None] + ends[top_e][None, :]  # start top_s[i], end top_e[j]
         length = top_e[None, :] - top_s[:, None] + 1
         scores = np.where((length >= 1) & (length <= max_answer_length), scores, -np.inf)
         # Only this window's n_best pairs can reach the example's n_best.
@@ -292,9 +321,9 @@ def n_best_answers(start_logits, end_logits, features: Sequence[QAFeature], exam
 
 
 def best_spans(start_logits, end_logits, features: Sequence[QAFeature], examples: Sequence[QAExample],
-               n_best: int = 20, max_answer_length: int = 30) -> dict[str, str]:
+               n_best: int = 20, max_answer_length: int = 30, max_context: bool = False) -> dict[str, str]:
     """The best answer text of each example (see n_best_answers), "" when it has no valid span."""
-    ranked = n_best_answers(start_logits, end_logits, features, examples, n_best, max_answer_length)
+    ranked = n_best_answers(start_logits, end_logits, features, examples, n_best, max_answer_length, max_context)
     return {qid: answers[0].text if answers else "" for qid, answers in ranked.items()}
 
 

@@ -346,7 +346,8 @@ class FineTuneTask:
         end = torch.full((len(logits), width), float("-inf"))
         for i, l in enumerate(logits):
             start[i, : l.size(0)], end[i, : l.size(0)] = l[:, 0], l[:, 1]
-        return best_spans(start, end, features, examples, max_answer_length=self.run.data.max_answer_length)
+        return best_spans(start, end, features, examples, max_answer_length=self.run.data.max_answer_length,
+                          max_context=self.run.data.max_context)
 
     def _evaluate_qa(self, model: nn.Module, examples, features) -> dict[str, float]:
         from tformer.data.squad import squad_scores
