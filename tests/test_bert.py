@@ -89,7 +89,7 @@ def test_pytorch_model_bin_is_read_with_weights_only(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours(ids, types, mask).hidden[mask],
                                    hf(input_ids=ids, attention_mask=mask.long(), token_type_ids=types)
-                                   .last_hidden_state[mask], atol=1e-5, rtol=0)
+                                   .hidden[mask], atol=1e-5, rtol=0)
 
 
 def test_bad_checkpoints_give_one_line_errors(tmp_path):
@@ -193,7 +193,7 @@ def test_real_minilm_matches_transformers(minilm_dir):
     b = tok(sentences, padding=True, return_tensors="pt")
     mask = b["attention_mask"].bool()
     with torch.no_grad():
-        ref = hf(**b).last_hidden_state
+        ref = hf(**b).hidden
         out = ours(b["input_ids"], b["token_type_ids"], mask).hidden
     assert (out - ref)[mask].abs().max() < 1e-5
 
@@ -247,3 +247,35 @@ def test_unpadded_path_matches_the_padded_path_in_values_and_gradients():
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
     for name in a_grads:
         torch.testing.assert_close(a_grads[name], b_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_unpadding_only_pays_when_there_is_enough_padding(monkeypatch):
+    """A batch with a few padded positions runs padded (packing would cost more than it saves); the same
+    numbers come out either way."""
+    import tformer.models.bert as bert_module
+
+    built = []
+
+    class Spy(bert_module.Unpadded):
+        def __init__(self, mask):
+            built.append(mask.shape)
+            super().__init__(mask)
+
+    monkeypatch.setattr(bert_module, "Unpadded", Spy)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=60, d_model=32, n_heads=4, n_layers=1, d_ff=48, max_len=32,
+                                 dropout=0.0, attention_dropout=0.0)).eval()
+    ids = torch.randint(5, 60, (4, 25))
+    little = torch.ones(4, 25, dtype=torch.bool)
+    little[0, -2:] = False  # 2% padding: stays padded
+    much = little.clone()
+    much[1:, 15:] = False  # 32% padding: packed
+    with torch.no_grad():
+        a = model(ids, attention_mask=little).hidden
+        assert built == []
+        b = model(ids, attention_mask=much).hidden
+        assert built == [(4, 25)]
+        model.unpad = False
+        c = model(ids, attention_mask=much).hidden
+    torch.testing.assert_close(b[much], c[much], atol=1e-5, rtol=1e-5)
+    assert a.shape == b.shape == (4, 25, 32)

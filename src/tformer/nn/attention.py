@@ -117,9 +117,9 @@ def scaled_dot_product_attention(
                                          is_causal=is_causal)
     if mask is not None:
         # Fully masked rows: some kernels give NaN, the explicit path gives 0; make both give 0.
-        # Training batches never have one, so the check is cheap and the fill rarely runs.
+        # On a CPU the check is cheap and the fill rarely runs; on a GPU asking would wait for the device, so fill.
         empty = ~mask.any(dim=-1, keepdim=True)
-        if bool(empty.any()):
+        if out.device.type != "cpu" or bool(empty.any()):
             out = out.masked_fill(empty, 0.0)
     return out, None
 
