@@ -89,7 +89,7 @@ def test_pytorch_model_bin_is_read_with_weights_only(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours(ids, types, mask).hidden[mask],
                                    hf(input_ids=ids, attention_mask=mask.long(), token_type_ids=types)
-                                   .hidden[mask], atol=1e-5, rtol=0)
+                                   .last_hidden_state[mask], atol=1e-5, rtol=0)
 
 
 def test_bad_checkpoints_give_one_line_errors(tmp_path):
@@ -193,7 +193,7 @@ def test_real_minilm_matches_transformers(minilm_dir):
     b = tok(sentences, padding=True, return_tensors="pt")
     mask = b["attention_mask"].bool()
     with torch.no_grad():
-        ref = hf(**b).hidden
+        ref = hf(**b).last_hidden_state
         out = ours(b["input_ids"], b["token_type_ids"], mask).hidden
     assert (out - ref)[mask].abs().max() < 1e-5
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tformer.nn.dropout import Dropout
-from tformer.nn.feedforward import ACTIVATIONS
+from tformer.nn.activations import ACTIVATIONS
 from tformer.nn.init import init_bert_
 from tformer.nn.layers import Encoder
 from tformer.nn.linear import Linear

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tformer.nn.activations import ACTIVATIONS
 from tformer.nn.dropout import Dropout
 from tformer.nn.linear import Linear
-
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 class PositionwiseFeedForward(nn.Module):
