@@ -36,7 +36,8 @@ class _GeluTanh(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> Tensor:
         x, s = ctx.saved_tensors
         d = (x * x).mul_(3 * _C3).add_(_C1).mul_(x)  # x u'(x)
-        return d.mul_(torch.rsub(s, 1.0)).mul_(s).add_(s).mul_(grad)
+        d.addcmul_(d, s, value=-1.0)  # x u' (1 - s), element by element in place
+        return d.add_(1.0).mul_(s).mul_(grad)  # s (1 + x u' (1 - s)) grad: one buffer, no other temporaries
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
