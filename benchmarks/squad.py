@@ -44,7 +44,6 @@ def main() -> int:
     if not Path(args.dev).is_file():
         print(f"skipped: {args.dev} is absent")
         return 0
-    torch.set_num_threads(torch.get_num_threads())
     model, tokenizer = load_finetuned(args.model)
     run = config_from_dict(read_config(args.model).get("tformer_run", {}))
     examples = read_squad(args.dev)
@@ -55,13 +54,8 @@ def main() -> int:
                              max_question_tokens=task._question_budget(), training=False)
     began = time.perf_counter()
     with torch.inference_mode():
-        logits = task.predict_logits(model, [{"ids": f.ids, "type_ids": f.type_ids} for f in features])
+        start, end = task.qa_logits(model, features)
     seconds = time.perf_counter() - began
-    width = max(l.size(0) for l in logits)
-    start = torch.full((len(logits), width), float("-inf"))
-    end = torch.full((len(logits), width), float("-inf"))
-    for i, l in enumerate(logits):
-        start[i, : l.size(0)], end[i, : l.size(0)] = l[:, 0], l[:, 1]
     result = {"model": args.model, "questions": len(examples), "windows": len(features),
               "forward_seconds": round(seconds, 1)}
     for name, max_context in (("all_windows", False), ("max_context", True)):

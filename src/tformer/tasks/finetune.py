@@ -336,16 +336,21 @@ class FineTuneTask:
         return {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
                 "tag_accuracy": correct / max(words, 1)}
 
-    def _answers(self, model: nn.Module, features, examples) -> dict[str, str]:
-        """QA: the best answer text per example id, over all of its windows."""
-        from tformer.data.squad import best_spans
-
+    def qa_logits(self, model: nn.Module, features) -> tuple[Tensor, Tensor]:
+        """QA: (F, T) start and end logits of every window, -inf past each window's end."""
         logits = self.predict_logits(model, [{"ids": f.ids, "type_ids": f.type_ids} for f in features])
         width = max(l.size(0) for l in logits)
         start = torch.full((len(logits), width), float("-inf"))  # windows differ in length: pad with -inf
         end = torch.full((len(logits), width), float("-inf"))
         for i, l in enumerate(logits):
             start[i, : l.size(0)], end[i, : l.size(0)] = l[:, 0], l[:, 1]
+        return start, end
+
+    def _answers(self, model: nn.Module, features, examples) -> dict[str, str]:
+        """QA: the best answer text per example id, over all of its windows."""
+        from tformer.data.squad import best_spans
+
+        start, end = self.qa_logits(model, features)
         return best_spans(start, end, features, examples, max_answer_length=self.run.data.max_answer_length,
                           max_context=self.run.data.max_context)
 
