@@ -40,8 +40,12 @@ class _GeluTanh(torch.autograd.Function):
         return d.add_(1.0).mul_(s).mul_(grad)  # s (1 + x u' (1 - s)) grad: one buffer, no other temporaries
 
 
+# Below this many elements (a decoding step of a few tokens) one kernel's call overhead beats five passes.
+_MIN_ELEMENTS = 4096
+
+
 def gelu_tanh(x: Tensor) -> Tensor:
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.numel() < _MIN_ELEMENTS:
         return F.gelu(x, approximate="tanh")
     if torch.is_grad_enabled() and x.requires_grad:
         return _GeluTanh.apply(x)
