@@ -38,3 +38,8 @@ def test_gelu_tanh_gradient_is_exact_and_inference_path_leaves_input_alone():
     assert out[0] == 0.0 and out[-1] == 30.0  # saturates cleanly at both ends
     assert torch.equal(gelu_tanh(y[:10]), F.gelu(y[:10], approximate="tanh"))  # few elements: torch's kernel
     assert ACTIVATIONS["gelu_tanh"] is gelu_tanh
+
+
+def test_gelu_tanh_large_inputs_take_torchs_kernel():
+    x = torch.randn((1 << 20) + 1)
+    assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))

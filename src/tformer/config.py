@@ -57,7 +57,7 @@ class DataConfig:
     max_tokens: int = 128  # per input, special tokens included (longer inputs are truncated with a warning)
     doc_stride: int = 128  # qa: tokens shared by consecutive windows of a long context
     max_answer_length: int = 30  # qa: the longest answer span considered, in tokens
-    max_context: bool = False  # qa: an answer may start only in the window where its first token is most central
+    max_context: bool = True  # qa: an answer starts only in the window where its first token is most central (BERT)
 
 
 @dataclass
