@@ -1,6 +1,7 @@
 """Units of training: the label-smoothed loss, the learning-rate schedules, the run configuration."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -322,3 +323,12 @@ def test_allocator_tuning_is_idempotent():
     assert keep_freed_memory_for_reuse() == first
     if sys.platform.startswith("linux"):
         assert first is True
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_names_a_known_preset(path):
+    from tformer.registry import list_models
+
+    run = load_config(path, [])
+    assert run.model["preset"] in list_models()
