@@ -28,6 +28,7 @@ import torch
 
 from tformer.config import config_from_dict
 from tformer.data.squad import best_spans, make_features, read_squad, squad_scores
+from tformer.errors import TformerError
 from tformer.tasks.finetune import load_finetuned, task_for_model
 from tformer.training.checkpoint import read_config
 
@@ -44,9 +45,13 @@ def main() -> int:
     if not Path(args.dev).is_file():
         print(f"skipped: {args.dev} is absent")
         return 0
-    model, tokenizer = load_finetuned(args.model)
-    run = config_from_dict(read_config(args.model).get("tformer_run", {}))
-    examples = read_squad(args.dev)
+    try:
+        model, tokenizer = load_finetuned(args.model)
+        run = config_from_dict(read_config(args.model).get("tformer_run", {}))
+        examples = read_squad(args.dev)
+    except TformerError as exc:
+        print(f"squad.py: error: {exc}", file=sys.stderr)
+        return 1
     if args.limit:
         examples = examples[: args.limit]
     task = task_for_model(run, model, tokenizer, [], None)

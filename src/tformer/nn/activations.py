@@ -24,12 +24,17 @@ _C1 = 2 * math.sqrt(2 / math.pi)  # u = _C1 x + _C3 x^3
 _C3 = _C1 * 0.044715
 
 
+def _sigmoid_u(x: Tensor) -> Tensor:
+    """sigmoid(_C1 x + _C3 x^3) in one new buffer."""
+    return torch.sigmoid_((x * x).mul_(_C3).add_(_C1).mul_(x))
+
+
 class _GeluTanh(torch.autograd.Function):
     """x sigmoid(u(x)); d/dx = s + x u'(x) s (1 - s), with s = sigmoid(u) kept from the forward."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        s = torch.sigmoid_((x * x).mul_(_C3).add_(_C1).mul_(x))
+        s = _sigmoid_u(x)
         ctx.save_for_backward(x, s)
         return x * s
 
@@ -52,7 +57,7 @@ def gelu_tanh(x: Tensor) -> Tensor:
         return F.gelu(x, approximate="tanh")
     if torch.is_grad_enabled() and x.requires_grad:
         return _GeluTanh.apply(x)
-    return torch.sigmoid_((x * x).mul_(_C3).add_(_C1).mul_(x)).mul_(x)
+    return _sigmoid_u(x).mul_(x)
 
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}
