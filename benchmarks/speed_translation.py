@@ -7,7 +7,8 @@ activation dropout) train on the identical list of batches, interleaved round-ro
 hits all of them alike:
 
   tformer           tformer.models.transformer.Transformer; loss as TranslationTask.loss computes it
-                    (logits only at non-padding positions, label_smoothed_cross_entropy, / tokens).
+                    (model(..., targets=tgt_out): the output projection and the label-smoothed loss fused,
+                    only at non-padding positions, / tokens).
   marian            transformers.MarianMTModel from a MarianConfig of the same shape (random weights,
                     no download), its default attention implementation, use_cache=False (as HF itself
                     does when it computes a loss); F.cross_entropy(label_smoothing=0.1, ignore_index=pad).
@@ -71,7 +72,6 @@ from tformer.models.transformer import Transformer, TransformerConfig
 from tformer.nn.positional import sinusoidal_table
 from tformer.runtime import keep_freed_memory_for_reuse
 from tformer.interop.marian import copy_tformer_to_marian, make_marian
-from tformer.training.losses import label_smoothed_cross_entropy
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "multi30k"
@@ -214,11 +214,9 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 def tformer_loss(model: Transformer, b: dict[str, Tensor]) -> tuple[Tensor, int]:
-    keep = b["tgt_out"] != PAD
-    logits = model(b["src"], b["tgt_in"], keep=keep).logits
-    loss, _, n = label_smoothed_cross_entropy(logits, b["tgt_out"][keep], 0.1)
-    n = int(n)
-    return loss / n, n
+    out = model(b["src"], b["tgt_in"], targets=b["tgt_out"], label_smoothing=0.1)  # as TranslationTask.loss
+    n = int(out.n_tokens)
+    return out.loss / n, n
 
 
 def marian_logits(model, b: dict[str, Tensor]) -> Tensor:

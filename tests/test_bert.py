@@ -252,16 +252,16 @@ def test_unpadded_path_matches_the_padded_path_in_values_and_gradients():
 def test_unpadding_only_pays_when_there_is_enough_padding(monkeypatch):
     """A batch with a few padded positions runs padded (packing would cost more than it saves); the same
     numbers come out either way."""
-    import tformer.models.bert as bert_module
+    import tformer.nn.masks as masks_module
 
     built = []
 
-    class Spy(bert_module.Unpadded):
+    class Spy(masks_module.Unpadded):
         def __init__(self, mask):
             built.append(mask.shape)
             super().__init__(mask)
 
-    monkeypatch.setattr(bert_module, "Unpadded", Spy)
+    monkeypatch.setattr(masks_module, "Unpadded", Spy)
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=60, d_model=32, n_heads=4, n_layers=1, d_ff=48, max_len=32,
                                  dropout=0.0, attention_dropout=0.0)).eval()

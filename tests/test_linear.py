@@ -1,10 +1,12 @@
-"""The decoding fast path of tformer's Linear gives nn.Linear's numbers and follows weight updates."""
+"""tformer's Linear and linear give F.linear's numbers on every path: decoding few rows, oneDNN, BLAS."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from tformer.nn.linear import Linear
+import tformer.nn.linear as linear_module
+from tformer.nn.linear import Linear, linear
 
 
 def test_few_rows_without_grad_match_f_linear_and_follow_updates():
@@ -32,3 +34,72 @@ def test_training_and_many_rows_take_the_ordinary_path():
     with torch.no_grad():
         out = layer(torch.randn(1, 8))
     assert layer._decode_weight is not None and out.shape == (1, 8)
+
+
+# -- the oneDNN path for large fp32 products on a CPU ----------------------------------------------------
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+@pytest.fixture
+def onednn_for_small_products(monkeypatch):
+    monkeypatch.setattr(linear_module, "_onednn_choice", True)
+    monkeypatch.setattr(linear_module, "ONEDNN_MIN_ROWS", 4)
+    monkeypatch.setattr(linear_module, "ONEDNN_MIN_SIDE", 4)
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_path_gives_f_linear_values_and_gradients(onednn_for_small_products, bias):
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    w = torch.randn(40, 24, requires_grad=True)
+    b = torch.randn(40, requires_grad=True) if bias else None
+    y = linear(x, w, b)
+    assert y.grad_fn is not None and "OneDNN" in type(y.grad_fn.next_functions[0][0]).__name__
+    g = torch.randn_like(y)
+    y.backward(g)
+    grads = [t.grad.clone() for t in (x, w, b) if t is not None]
+    for t in (x, w, b):
+        if t is not None:
+            t.grad = None
+    ref = torch.nn.functional.linear(x, w, b)
+    ref.backward(g)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    for got, t in zip(grads, [t for t in (x, w, b) if t is not None]):
+        torch.testing.assert_close(got, t.grad, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_onednn_path_only_where_it_was_measured_to_pay(onednn_for_small_products, monkeypatch):
+    calls = []
+    monkeypatch.setattr(linear_module, "_onednn_linear", lambda *a: calls.append(1) or torch.nn.functional.linear(*a))
+    w = torch.randn(8, 8)
+    linear(torch.randn(16, 8), w)
+    assert calls == [1]
+    linear(torch.randn(16, 8, dtype=torch.float64), w.double())  # not fp32
+    linear(torch.randn(2, 8), w)  # too few rows
+    monkeypatch.setattr(linear_module, "ONEDNN_MAX_SIDE", 7)
+    linear(torch.randn(16, 8), w)  # a side over the maximum
+    assert calls == [1]
+    monkeypatch.setattr(linear_module, "ONEDNN_MAX_SIDE", 4096)
+    monkeypatch.setattr(linear_module, "_onednn_choice", False)  # BLAS measured faster on this CPU
+    linear(torch.randn(16, 8), w)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("setting, expected", [("blas", False), ("onednn", True)])
+def test_the_choice_can_be_fixed_by_environment(monkeypatch, setting, expected):
+    monkeypatch.setattr(linear_module, "_onednn_choice", None)
+    monkeypatch.setenv("TFORMER_CPU_MATMUL", setting)
+    if expected and not torch.backends.mkldnn.is_available():
+        expected = False
+    assert linear_module.onednn_is_faster() is expected
+
+
+def test_the_measurement_returns_a_ratio(monkeypatch):
+    monkeypatch.setattr(linear_module, "_onednn_choice", None)
+    monkeypatch.delenv("TFORMER_CPU_MATMUL", raising=False)
+    ratio = linear_module._measure_onednn_speedup(rows=64, d_in=16, d_out=32, repeats=2)
+    assert ratio >= 0.0
+    assert isinstance(linear_module.onednn_is_faster(), bool)

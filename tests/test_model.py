@@ -260,10 +260,43 @@ def test_pre_ln_stack_ends_with_final_norm():
     assert not torch.allclose(std, torch.ones_like(std), atol=1e-2)
     # ...and the final norm normalises the stack's output.
     memory, src_mask = model.encode(src)
-    mean, std = _row_stats(memory)
+    mean, std = _row_stats(memory[src != 0])  # padding rows are zeros: nothing reads them
     assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-5)
     assert torch.allclose(std, torch.ones_like(std), atol=1e-3)
     hidden, _, _ = model.decode_hidden(tgt, memory, src_mask)
     mean, std = _row_stats(hidden)
     assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-5)
     assert torch.allclose(std, torch.ones_like(std), atol=1e-3)
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_encoder_on_real_tokens_only_gives_the_padded_numbers(norm_position, monkeypatch):
+    """A padded source batch runs the encoder on its real tokens (Unpadded); logits and gradients equal
+    the plain padded path's, and a batch without enough padding stays padded."""
+    import tformer.nn.masks as masks_module
+
+    built = []
+
+    class Spy(masks_module.Unpadded):
+        def __init__(self, mask):
+            built.append(mask.shape)
+            super().__init__(mask)
+
+    monkeypatch.setattr(masks_module, "Unpadded", Spy)
+    model = _tiny(norm_position=norm_position, dropout=0.0)
+    src, tgt = _batch()  # 5 of 21 source positions are padding
+    results = []
+    for unpad in (True, False):
+        model.unpad = unpad
+        model.zero_grad()
+        logits = model(src, tgt).logits
+        logits[tgt != 0].sum().backward()
+        results.append((logits[tgt != 0].detach(), [p.grad.clone() for p in model.parameters()]))
+    assert built == [(3, 7)]
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    model.unpad = True
+    full = torch.randint(4, 23, (3, 7))
+    model(full, tgt)
+    assert built == [(3, 7)]  # no padding, no packing

@@ -31,7 +31,7 @@ from tformer.nn.activations import ACTIVATIONS
 from tformer.nn.init import init_bert_
 from tformer.nn.layers import Encoder
 from tformer.nn.linear import Linear
-from tformer.nn.masks import Unpadded
+from tformer.nn.masks import UNPAD_MIN_PADDING, unpad_if_worthwhile
 from tformer.nn.positional import LearnedPositionalEmbedding
 
 SentenceObjective = Literal["nsp", "sop", "none"]
@@ -147,10 +147,6 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(hidden[:, 0]))
 
 
-# Packing and re-padding cost a few gathers per layer; below this share of padding (length-bucketed batches
-# have about 3%) they cost more than the padded rows they save (measured in benchmarks/speed_finetune.py).
-UNPAD_MIN_PADDING = 0.08
-
 
 class BertModel(nn.Module):
     """The encoder: embeddings, N post-LN layers, pooler. No pretraining heads (see BertForPreTraining)."""
@@ -176,11 +172,11 @@ class BertModel(nn.Module):
         mask = attention_mask[:, None, None, :] if attention_mask is not None else None  # (B, 1, 1, T)
         states: list[Tensor] | None = [] if output_hidden_states else None
         unpadded = None
-        if attention_mask is not None and self.unpad and \
-                int(attention_mask.sum()) <= (1.0 - UNPAD_MIN_PADDING) * attention_mask.numel():
+        if attention_mask is not None and self.unpad:
             # Padding is dropped from everything but the attention scores: same numbers, less work.
-            unpadded = Unpadded(attention_mask)
-            x = unpadded.unpad(x)
+            unpadded = unpad_if_worthwhile(attention_mask, UNPAD_MIN_PADDING)
+            if unpadded is not None:
+                x = unpadded.unpad(x)
         hidden, weights = self.encoder(x, mask, need_weights, hidden_states=states, unpadded=unpadded)
         if unpadded is not None:
             hidden = unpadded.pad(hidden)

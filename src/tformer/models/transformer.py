@@ -23,8 +23,9 @@ from tformer.nn.dropout import Dropout
 from tformer.nn.init import init_transformer_
 from tformer.nn.layers import Decoder, Encoder
 from tformer.nn.linear import Linear
-from tformer.nn.masks import causal_mask, padding_mask
+from tformer.nn.masks import causal_mask, unpad_if_worthwhile
 from tformer.nn.positional import make_positional
+from tformer.training.losses import linear_label_smoothed_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,13 @@ class TokenEmbedding(nn.Module):
 
 @dataclass
 class Seq2SeqOutput:
-    logits: Tensor  # (B, T, V)
+    logits: Tensor | None  # (B, T, V); None when the loss was asked for instead (targets=...)
     encoder_attentions: list[Tensor] | None = None  # per layer (B, H, S, S)
     decoder_attentions: list[Tensor] | None = None  # per layer (B, H, T, T)
     cross_attentions: list[Tensor] | None = None  # per layer (B, H, T, S)
+    loss: Tensor | None = None  # summed label-smoothed cross-entropy over the non-padding targets
+    nll: Tensor | None = None  # summed negative log-likelihood of those targets (no smoothing)
+    n_tokens: Tensor | None = None  # how many targets were scored
 
 
 class Transformer(nn.Module):
@@ -116,13 +120,25 @@ class Transformer(nn.Module):
         init_transformer_(self, c.d_model, c.pad_id)
         if c.tie_output:
             self.output.weight = tgt_emb.weight
+        self.unpad = True  # run the encoder on the real source tokens only (False: the plain padded path)
 
     # -- the two halves -------------------------------------------------------------------------------
 
     def encode(self, src: Tensor, need_weights: bool = False):
-        """src (B, S) ids -> memory (B, S, D), source mask (B, 1, 1, S) [, per-layer self-attention weights]."""
-        src_mask = padding_mask(src, self.config.pad_id)
-        memory, weights = self.encoder(self.src_embed(src), src_mask, need_weights)
+        """src (B, S) ids -> memory (B, S, D), source mask (B, 1, 1, S) [, per-layer self-attention weights].
+
+        When a batch has enough padding the encoder runs on its real tokens only, and memory is 0 at padding."""
+        real = src != self.config.pad_id
+        src_mask = real[:, None, None, :]  # (B, 1, 1, S)
+        x = self.src_embed(src)
+        # Padding is dropped from everything but the attention scores (same numbers, less work); the
+        # memory comes back padded with zeros there, which cross-attention never reads.
+        unpadded = unpad_if_worthwhile(real) if self.unpad else None
+        if unpadded is not None:
+            x = unpadded.unpad(x)
+        memory, weights = self.encoder(x, src_mask, need_weights, unpadded=unpadded)
+        if unpadded is not None:
+            memory = unpadded.pad(memory)
         return (memory, src_mask, weights) if need_weights else (memory, src_mask)
 
     def decode_hidden(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor, cache: DecoderCache | None = None,
@@ -149,18 +165,26 @@ class Transformer(nn.Module):
     def new_cache(self) -> DecoderCache:
         return DecoderCache(len(self.decoder.layers))
 
-    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None,
-                need_weights: bool = False) -> Seq2SeqOutput:
+    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None, need_weights: bool = False,
+                targets: Tensor | None = None, label_smoothing: float = 0.0) -> Seq2SeqOutput:
         """Teacher forcing: src (B, S), tgt_in (B, T) = <s> + target[:-1] -> logits (B, T, V).
 
         keep (B, T) bool: project to the vocabulary only where True and return logits (N, V) for those N
         positions. Training passes the non-padding positions, so no work goes into logits nobody scores.
+        targets (B, T) = target[1:] + </s>, padded: return the label-smoothed loss over the non-padding
+        targets instead of logits, with the output projection and the loss fused (no (N, V) logits kept).
         """
         if need_weights:
             memory, src_mask, enc_w = self.encode(src, need_weights=True)
         else:
             (memory, src_mask), enc_w = self.encode(src), None
         hidden, dec_w, cross_w = self.decode_hidden(tgt_in, memory, src_mask, need_weights=need_weights)
+        if targets is not None:
+            keep = targets != self.config.pad_id
+            loss, nll, n = linear_label_smoothed_cross_entropy(hidden[keep], self.output.weight, targets[keep],
+                                                               label_smoothing)
+            return Seq2SeqOutput(None, enc_w, dec_w if need_weights else None, cross_w if need_weights else None,
+                                 loss, nll, n)
         if keep is not None:
             hidden = hidden[keep]  # (N, D)
         return Seq2SeqOutput(self.output(hidden), enc_w, dec_w if need_weights else None,

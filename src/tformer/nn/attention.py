@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tformer.nn.cache import AttentionCache
-from tformer.nn.linear import Linear
+from tformer.nn.linear import Linear, linear
 from tformer.nn.dropout import dropout, keep_mask
 from tformer.nn.masks import Unpadded
 
@@ -190,7 +190,7 @@ class MultiHeadAttention(nn.Module):
     def _project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
         d = self.d_model
         bias = self.in_proj.bias[d:] if self.in_proj.bias is not None else None
-        k, v = F.linear(context, self.in_proj.weight[d:], bias).chunk(2, dim=-1)
+        k, v = linear(context, self.in_proj.weight[d:], bias).chunk(2, dim=-1)
         return self._split_heads(k), self._split_heads(v)
 
     def forward(
@@ -230,7 +230,7 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache.append(k, v)
         else:
             bias = self.in_proj.bias[:d] if self.in_proj.bias is not None else None
-            q = self._split_heads(F.linear(x, self.in_proj.weight[:d], bias))
+            q = self._split_heads(linear(x, self.in_proj.weight[:d], bias))
             if cache is not None:
                 if not cache.filled:
                     cache.set(*self._project_kv(context))

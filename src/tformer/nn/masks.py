@@ -40,6 +40,18 @@ def combine(*masks: Tensor | None) -> Tensor | None:
     return out
 
 
+# Packing and re-padding cost a few gathers per layer; below this share of padding (length-bucketed batches
+# often have about 3%) they cost more than the padded rows they save (measured in benchmarks/speed_finetune.py).
+UNPAD_MIN_PADDING = 0.08
+
+
+def unpad_if_worthwhile(mask: Tensor, min_padding: float = UNPAD_MIN_PADDING) -> "Unpadded | None":
+    """Unpadded(mask) when at least `min_padding` of the (B, T) batch is padding, else None (stay padded)."""
+    if int(mask.sum()) > (1.0 - min_padding) * mask.numel():
+        return None
+    return Unpadded(mask)
+
+
 class Unpadded:
     """The real tokens of a padded (B, T) batch, packed into N rows without the padding.
 
