@@ -9,7 +9,7 @@ vocabulary), tformer's random weights are copied into GPT2LMHeadModel (`tformer.
 script checks in eval mode that the two give the same logits before timing. Each trains on the identical
 list of random Shakespeare blocks, with the same fused AdamW; steps are interleaved in rounds (a few steps
 of one, then of the other) so machine drift hits both alike.
-    tformer   GPT(...)(x, targets=y).loss (label-smoothed cross-entropy, epsilon 0), as LanguageModelingTask.loss.
+    tformer   GPT(...)(x).logits -> label_smoothed_cross_entropy(epsilon=0), as LanguageModelingTask.loss.
     hf        GPT2LMHeadModel(input_ids=x).logits -> F.cross_entropy (its default attention: sdpa).
 
 Part 2, generation: a 6-layer 384-wide model (1024 positions so 16 + 256 tokens fit), a 16-token prompt,
@@ -34,9 +34,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tformer.nn.linear import onednn_is_faster
 from tformer.interop.gpt2 import tformer_config_to_gpt2, tformer_state_to_gpt2
 from tformer.models.gpt import GPT, GPTConfig
 from tformer.runtime import keep_freed_memory_for_reuse
+from tformer.training.losses import label_smoothed_cross_entropy
 from tformer.training.optim import parameter_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,8 +94,8 @@ def train_speed(name: str, shape: dict, ids: torch.Tensor, vocab: int, steps: in
     batches = [(ids[s[:, None] + torch.arange(T)], ids[s[:, None] + torch.arange(1, T + 1)]) for s in starts]
 
     def step_ours(opt, x, y):
-        out = ours(x, targets=y)  # as LanguageModelingTask.loss
-        (out.loss / y.numel()).backward()
+        loss, _, n = label_smoothed_cross_entropy(ours(x).logits, y, 0.0)
+        (loss / y.numel()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -175,6 +177,7 @@ def main() -> int:
     result = {"command": "python benchmarks/speed_gpt.py " + " ".join(sys.argv[1:]),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
                          f"torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
+              "tformer_cpu_matmul": "onednn" if onednn_is_faster() else "blas",
               "train": [], "generate": []}
     import transformers
 

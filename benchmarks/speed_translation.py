@@ -7,8 +7,7 @@ activation dropout) train on the identical list of batches, interleaved round-ro
 hits all of them alike:
 
   tformer           tformer.models.transformer.Transformer; loss as TranslationTask.loss computes it
-                    (model(..., targets=tgt_out): the output projection and the label-smoothed loss fused,
-                    only at non-padding positions, / tokens).
+                    (logits only at non-padding positions, label_smoothed_cross_entropy, / tokens).
   marian            transformers.MarianMTModel from a MarianConfig of the same shape (random weights,
                     no download), its default attention implementation, use_cache=False (as HF itself
                     does when it computes a loss); F.cross_entropy(label_smoothing=0.1, ignore_index=pad).
@@ -69,9 +68,11 @@ from tformer.data.batching import collate_translation, pad, token_batches
 from tformer.generation.search import strip_after_eos as strip
 from tformer.generation.search import translate_ids
 from tformer.models.transformer import Transformer, TransformerConfig
+from tformer.nn.linear import onednn_is_faster
 from tformer.nn.positional import sinusoidal_table
 from tformer.runtime import keep_freed_memory_for_reuse
 from tformer.interop.marian import copy_tformer_to_marian, make_marian
+from tformer.training.losses import label_smoothed_cross_entropy
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "multi30k"
@@ -214,9 +215,11 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 def tformer_loss(model: Transformer, b: dict[str, Tensor]) -> tuple[Tensor, int]:
-    out = model(b["src"], b["tgt_in"], targets=b["tgt_out"], label_smoothing=0.1)  # as TranslationTask.loss
-    n = int(out.n_tokens)
-    return out.loss / n, n
+    keep = b["tgt_out"] != PAD
+    logits = model(b["src"], b["tgt_in"], keep=keep).logits
+    loss, _, n = label_smoothed_cross_entropy(logits, b["tgt_out"][keep], 0.1)
+    n = int(n)
+    return loss / n, n
 
 
 def marian_logits(model, b: dict[str, Tensor]) -> Tensor:
@@ -537,8 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         hf_version = None
     env = {"torch": torch.__version__, "transformers": hf_version, "threads": torch.get_num_threads(),
-           "python": platform.python_version(), "cpu_count": os.cpu_count()}
-    log(f"torch {env['torch']}, transformers {hf_version}, {env['threads']} threads, {env['cpu_count']} CPUs")
+           "python": platform.python_version(), "cpu_count": os.cpu_count(),
+           "tformer_cpu_matmul": "onednn" if onednn_is_faster() else "blas"}
+    log(f"torch {env['torch']}, transformers {hf_version}, {env['threads']} threads, {env['cpu_count']} CPUs; "
+        f"tformer's large CPU products: {env['tformer_cpu_matmul']} (tformer.nn.linear.onednn_is_faster)")
 
     n_batches = args.warmup + args.steps
     if args.skip_train and (args.skip_generate or args.model is not None):

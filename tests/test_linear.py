@@ -97,9 +97,9 @@ def test_the_choice_can_be_fixed_by_environment(monkeypatch, setting, expected):
     assert linear_module.onednn_is_faster() is expected
 
 
-def test_the_measurement_returns_a_ratio(monkeypatch):
-    monkeypatch.setattr(linear_module, "_onednn_choice", None)
+def test_by_default_amd_cpus_take_onednn(monkeypatch):
     monkeypatch.delenv("TFORMER_CPU_MATMUL", raising=False)
-    ratio = linear_module._measure_onednn_speedup(rows=64, d_in=16, d_out=32, repeats=2)
-    assert ratio >= 0.0
-    assert isinstance(linear_module.onednn_is_faster(), bool)
+    for vendor, expected in [("AuthenticAMD", True), ("GenuineIntel", False), ("", False)]:
+        monkeypatch.setattr(linear_module, "_onednn_choice", None)
+        monkeypatch.setattr(linear_module, "_cpu_vendor", lambda v=vendor: v)
+        assert linear_module.onednn_is_faster() is (expected and torch.backends.mkldnn.is_available())

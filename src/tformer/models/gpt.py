@@ -25,7 +25,6 @@ from tformer.nn.layers import Decoder
 from tformer.nn.linear import Linear
 from tformer.nn.masks import causal_mask, combine
 from tformer.nn.positional import LearnedPositionalEmbedding
-from tformer.training.losses import linear_label_smoothed_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -75,12 +74,9 @@ class GPTConfig:
 
 @dataclass
 class LMOutput:
-    logits: Tensor | None  # (B, T, V), or (N, V) for the positions `keep` selected; None with targets=...
+    logits: Tensor  # (B, T, V), or (N, V) for the positions `keep` selected
     hidden: Tensor | None = None  # (B, T, D) final states, when asked for
     attentions: list[Tensor] | None = None  # per layer (B, H, T, S)
-    loss: Tensor | None = None  # with targets: summed label-smoothed cross-entropy
-    nll: Tensor | None = None  # with targets: summed negative log-likelihood (no smoothing)
-    n_tokens: Tensor | None = None  # with targets: how many were scored
 
 
 class GPT(nn.Module):
@@ -105,8 +101,7 @@ class GPT(nn.Module):
 
     def forward(self, ids: Tensor, attention_mask: Tensor | None = None, positions: Tensor | None = None,
                 cache: DecoderCache | None = None, keep: Tensor | None = None, need_weights: bool = False,
-                return_hidden: bool = False, targets: Tensor | None = None,
-                label_smoothing: float = 0.0) -> LMOutput:
+                return_hidden: bool = False) -> LMOutput:
         """Next-token logits for ids (B, T).
 
         attention_mask (B, S) bool, True at real tokens of everything seen so far (cached + new): batched
@@ -114,8 +109,6 @@ class GPT(nn.Module):
         position of each new token (left-padded rows start counting at their first real token); default
         cache length .. cache length + T - 1. With a cache, ids are only the new tokens.
         keep (B, T) bool: project to the vocabulary only there (training skips what no loss reads).
-        targets (B, T) next-token ids: return the label-smoothed loss over them (at `keep` when given)
-        instead of logits, the output projection fused with the loss (no (B, T, V) logits kept).
         """
         b, t = ids.shape
         offset = cache.length if cache is not None else 0
@@ -136,10 +129,6 @@ class GPT(nn.Module):
         hidden, self_w, _ = self.decoder(x, self_mask=mask, cache=cache, need_weights=need_weights,
                                          is_causal=is_causal)
         selected = hidden[keep] if keep is not None else hidden
-        if targets is not None:
-            loss, nll, n = linear_label_smoothed_cross_entropy(
-                selected, self.output.weight, targets[keep] if keep is not None else targets, label_smoothing)
-            return LMOutput(None, hidden if return_hidden else None, self_w if need_weights else None, loss, nll, n)
         return LMOutput(self.output(selected), hidden if return_hidden else None,
                         self_w if need_weights else None)
 

@@ -25,7 +25,6 @@ from tformer.nn.layers import Decoder, Encoder
 from tformer.nn.linear import Linear
 from tformer.nn.masks import causal_mask, unpad_if_worthwhile
 from tformer.nn.positional import make_positional
-from tformer.training.losses import linear_label_smoothed_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -92,13 +91,10 @@ class TokenEmbedding(nn.Module):
 
 @dataclass
 class Seq2SeqOutput:
-    logits: Tensor | None  # (B, T, V); None when the loss was asked for instead (targets=...)
+    logits: Tensor  # (B, T, V)
     encoder_attentions: list[Tensor] | None = None  # per layer (B, H, S, S)
     decoder_attentions: list[Tensor] | None = None  # per layer (B, H, T, T)
     cross_attentions: list[Tensor] | None = None  # per layer (B, H, T, S)
-    loss: Tensor | None = None  # summed label-smoothed cross-entropy over the non-padding targets
-    nll: Tensor | None = None  # summed negative log-likelihood of those targets (no smoothing)
-    n_tokens: Tensor | None = None  # how many targets were scored
 
 
 class Transformer(nn.Module):
@@ -165,26 +161,18 @@ class Transformer(nn.Module):
     def new_cache(self) -> DecoderCache:
         return DecoderCache(len(self.decoder.layers))
 
-    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None, need_weights: bool = False,
-                targets: Tensor | None = None, label_smoothing: float = 0.0) -> Seq2SeqOutput:
+    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None,
+                need_weights: bool = False) -> Seq2SeqOutput:
         """Teacher forcing: src (B, S), tgt_in (B, T) = <s> + target[:-1] -> logits (B, T, V).
 
         keep (B, T) bool: project to the vocabulary only where True and return logits (N, V) for those N
         positions. Training passes the non-padding positions, so no work goes into logits nobody scores.
-        targets (B, T) = target[1:] + </s>, padded: return the label-smoothed loss over the non-padding
-        targets instead of logits, with the output projection and the loss fused (no (N, V) logits kept).
         """
         if need_weights:
             memory, src_mask, enc_w = self.encode(src, need_weights=True)
         else:
             (memory, src_mask), enc_w = self.encode(src), None
         hidden, dec_w, cross_w = self.decode_hidden(tgt_in, memory, src_mask, need_weights=need_weights)
-        if targets is not None:
-            keep = targets != self.config.pad_id
-            loss, nll, n = linear_label_smoothed_cross_entropy(hidden[keep], self.output.weight, targets[keep],
-                                                               label_smoothing)
-            return Seq2SeqOutput(None, enc_w, dec_w if need_weights else None, cross_w if need_weights else None,
-                                 loss, nll, n)
         if keep is not None:
             hidden = hidden[keep]  # (N, D)
         return Seq2SeqOutput(self.output(hidden), enc_w, dec_w if need_weights else None,

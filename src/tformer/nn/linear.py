@@ -1,4 +1,4 @@
-"""nn.Linear with a faster path for decoding one token at a time on a CPU.
+"""nn.Linear and F.linear with faster CPU paths: decoding a few rows, and large products in oneDNN.
 
 y = x W^T + b reads the whole weight matrix for every token. With one or two rows of x (a decoding step at
 batch size 1 or 2) the product is a matrix-vector product limited by how fast W streams from memory, and
@@ -9,19 +9,14 @@ GPUs take the ordinary F.linear path; the numbers are the same either way.
 
 Large fp32 products on a CPU (training, encoding whole batches) go through `linear`, which can run the
 forward product and the input gradient in oneDNN instead of the BLAS library torch calls for F.linear
-(MKL in the official wheels). On an AMD EPYC (Zen 3) MKL reaches about 100 GFLOP/s on 2 cores for the
-shapes of a Transformer layer (4000 x 256 x 1024) where oneDNN reaches 115-135 (inside a training step
-the gain shrinks to 5-20% per product); on batches of under ~2000 rows or with a side under 256 MKL is as
-fast or faster. Which library wins depends on the CPU, so the
-choice is measured once per process (`onednn_is_faster`); TFORMER_CPU_MATMUL=onednn or =blas fixes it.
-The weight gradient stays with torch (MKL), which is faster there on every shape measured.
+(MKL in the official wheels), where that is faster: see `onednn_is_faster`. Only products of at least
+ONEDNN_MIN_ROWS rows with both sides between ONEDNN_MIN_SIDE and ONEDNN_MAX_SIDE qualify; smaller ones
+were as fast or faster in MKL. The weight gradient stays with torch (MKL), faster on every shape measured.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -44,41 +39,35 @@ _onednn_choice: bool | None = None
 
 
 def onednn_is_faster() -> bool:
-    """Whether oneDNN beats torch's BLAS on this CPU for a Transformer-layer product, measured once.
+    """Whether to send large fp32 CPU products to oneDNN: on AMD CPUs, unless TFORMER_CPU_MATMUL says.
 
-    TFORMER_CPU_MATMUL=onednn or =blas skips the measurement. Either answer gives the same numbers (to
-    float rounding); a wrong one only costs speed."""
+    MKL, the BLAS in torch's official wheels, is Intel's and picks slower kernels on other vendors' CPUs;
+    measured on an AMD EPYC (Zen 3) in isolation: 1.07-1.36x for oneDNN on the forward and input-gradient
+    products of a Transformer layer, and 2% of a whole translation training step (A/B, 40 interleaved
+    pairs). On Intel CPUs MKL is kept (not measured here). TFORMER_CPU_MATMUL=onednn or =blas decides
+    instead. Either answer gives the same numbers to float rounding; a wrong one only costs speed."""
     global _onednn_choice
     if _onednn_choice is None:
-        forced = os.environ.get("TFORMER_CPU_MATMUL", "auto").lower()
-        if not torch.backends.mkldnn.is_available() or forced == "blas":
+        setting = os.environ.get("TFORMER_CPU_MATMUL", "auto").lower()
+        if not torch.backends.mkldnn.is_available() or setting == "blas":
             _onednn_choice = False
-        elif forced == "onednn":
+        elif setting == "onednn":
             _onednn_choice = True
         else:
-            _onednn_choice = _measure_onednn_speedup() > 1.05
+            _onednn_choice = _cpu_vendor() == "AuthenticAMD"
     return _onednn_choice
 
 
-def _measure_onednn_speedup(rows: int = 2048, d_in: int = 256, d_out: int = 1024, repeats: int = 5) -> float:
-    """Median over interleaved repeats of BLAS time / oneDNN time for one forward product (~0.1 s)."""
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(rows, d_in, generator=g), torch.randn(d_out, d_in, generator=g)
-    b = torch.zeros(d_out)
+def _cpu_vendor() -> str:
+    """The vendor_id of /proc/cpuinfo (Linux), else ''."""
     try:
-        _onednn_linear(x, w, b)  # creates and caches the primitive
-    except RuntimeError:  # an op this build lacks
-        return 0.0
-    F.linear(x, w, b)
-    ratios = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        F.linear(x, w, b)
-        t1 = time.perf_counter()
-        _onednn_linear(x, w, b)
-        t2 = time.perf_counter()
-        ratios.append((t1 - t0) / max(t2 - t1, 1e-9))
-    return statistics.median(ratios)
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 class _OneDNNLinearFunction(torch.autograd.Function):

@@ -90,8 +90,9 @@ class LanguageModelingTask:
         return batch["y"].numel()
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        out = model(batch["x"], targets=batch["y"], label_smoothing=self.run.train.label_smoothing)
-        return out.loss, {"nll": out.nll, "tokens": out.n_tokens}
+        logits = model(batch["x"]).logits
+        loss, nll, n = label_smoothed_cross_entropy(logits, batch["y"], self.run.train.label_smoothing)
+        return loss, {"nll": nll, "tokens": n}
 
     def flops_per_token(self) -> float:
         return self.model.flops_per_token(self.run.data.block_size)

@@ -74,9 +74,10 @@ class TranslationTask:
         return int((batch["tgt_out"] != self.model.config.pad_id).sum())
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        out = model(batch["src"], batch["tgt_in"], targets=batch["tgt_out"],
-                    label_smoothing=self.run.train.label_smoothing)
-        return out.loss, {"nll": out.nll, "tokens": out.n_tokens}  # tensors: no device sync on the hot path
+        keep = batch["tgt_out"] != self.model.config.pad_id
+        logits = model(batch["src"], batch["tgt_in"], keep=keep).logits  # (N, V) at non-padding positions
+        loss, nll, n = label_smoothed_cross_entropy(logits, batch["tgt_out"][keep], self.run.train.label_smoothing)
+        return loss, {"nll": nll, "tokens": n}  # tensors: no device sync on the hot path
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
