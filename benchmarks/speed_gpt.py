@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tformer.nn.linear import onednn_is_faster
 from tformer.interop.gpt2 import tformer_config_to_gpt2, tformer_state_to_gpt2
 from tformer.models.gpt import GPT, GPTConfig
+from tformer.nn.linear import onednn_is_faster
 from tformer.runtime import keep_freed_memory_for_reuse
 from tformer.training.losses import label_smoothed_cross_entropy
 from tformer.training.optim import parameter_groups
