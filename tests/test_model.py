@@ -300,3 +300,28 @@ def test_encoder_on_real_tokens_only_gives_the_padded_numbers(norm_position, mon
     full = torch.randint(4, 23, (3, 7))
     model(full, tgt)
     assert built == [(3, 7)]  # no padding, no packing
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_onednn_products_give_the_blas_numbers_in_a_whole_model(monkeypatch):
+    """Every product of the model (fused QKV, cross-attention slices of in_proj, FFN) through oneDNN gives
+    the same logits and gradients as through torch's BLAS, in training and under inference_mode."""
+    import tformer.nn.linear as linear_module
+
+    monkeypatch.setattr(linear_module, "ONEDNN_MIN_ROWS", 4)
+    monkeypatch.setattr(linear_module, "ONEDNN_MIN_SIDE", 4)
+    model = _tiny(dropout=0.0)
+    src, tgt = _batch()
+    results = []
+    for choice in (True, False):
+        monkeypatch.setattr(linear_module, "_onednn_choice", choice)
+        model.zero_grad()
+        logits = model(src, tgt).logits
+        (logits[tgt != 0] ** 2).mean().backward()
+        with torch.inference_mode():
+            memory, _ = model.encode(src)
+        results.append((logits.detach(), memory, [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
