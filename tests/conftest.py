@@ -41,3 +41,19 @@ torch.set_num_threads(1)
 def _seeded():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def unpadded_batches(monkeypatch) -> list:
+    """The (B, T) shape of every batch packed into real tokens (tformer.nn.masks.Unpadded) during the test."""
+    import tformer.nn.masks as masks_module
+
+    built: list = []
+
+    class Spy(masks_module.Unpadded):
+        def __init__(self, mask):
+            built.append(tuple(mask.shape))
+            super().__init__(mask)
+
+    monkeypatch.setattr(masks_module, "Unpadded", Spy)
+    return built

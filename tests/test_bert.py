@@ -249,19 +249,10 @@ def test_unpadded_path_matches_the_padded_path_in_values_and_gradients():
         torch.testing.assert_close(a_grads[name], b_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_unpadding_only_pays_when_there_is_enough_padding(monkeypatch):
+def test_unpadding_only_pays_when_there_is_enough_padding(unpadded_batches):
     """A batch with a few padded positions runs padded (packing would cost more than it saves); the same
     numbers come out either way."""
-    import tformer.nn.masks as masks_module
-
-    built = []
-
-    class Spy(masks_module.Unpadded):
-        def __init__(self, mask):
-            built.append(mask.shape)
-            super().__init__(mask)
-
-    monkeypatch.setattr(masks_module, "Unpadded", Spy)
+    built = unpadded_batches
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=60, d_model=32, n_heads=4, n_layers=1, d_ff=48, max_len=32,
                                  dropout=0.0, attention_dropout=0.0)).eval()

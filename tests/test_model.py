@@ -270,19 +270,10 @@ def test_pre_ln_stack_ends_with_final_norm():
 
 
 @pytest.mark.parametrize("norm_position", ["post", "pre"])
-def test_encoder_on_real_tokens_only_gives_the_padded_numbers(norm_position, monkeypatch):
+def test_encoder_on_real_tokens_only_gives_the_padded_numbers(norm_position, unpadded_batches):
     """A padded source batch runs the encoder on its real tokens (Unpadded); logits and gradients equal
     the plain padded path's, and a batch without enough padding stays padded."""
-    import tformer.nn.masks as masks_module
-
-    built = []
-
-    class Spy(masks_module.Unpadded):
-        def __init__(self, mask):
-            built.append(mask.shape)
-            super().__init__(mask)
-
-    monkeypatch.setattr(masks_module, "Unpadded", Spy)
+    built = unpadded_batches
     model = _tiny(norm_position=norm_position, dropout=0.0)
     src, tgt = _batch()  # 5 of 21 source positions are padding
     results = []
