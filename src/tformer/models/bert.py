@@ -147,7 +147,6 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(hidden[:, 0]))
 
 
-
 class BertModel(nn.Module):
     """The encoder: embeddings, N post-LN layers, pooler. No pretraining heads (see BertForPreTraining)."""
 

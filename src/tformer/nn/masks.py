@@ -45,7 +45,7 @@ def combine(*masks: Tensor | None) -> Tensor | None:
 UNPAD_MIN_PADDING = 0.08
 
 
-def unpad_if_worthwhile(mask: Tensor, min_padding: float = UNPAD_MIN_PADDING) -> "Unpadded | None":
+def unpad_if_worthwhile(mask: Tensor, min_padding: float = UNPAD_MIN_PADDING) -> Unpadded | None:
     """Unpadded(mask) when at least `min_padding` of the (B, T) batch is padding, else None (stay padded)."""
     if int(mask.sum()) > (1.0 - min_padding) * mask.numel():
         return None
