@@ -103,3 +103,11 @@ def test_by_default_amd_cpus_take_onednn(monkeypatch):
         monkeypatch.setattr(linear_module, "_onednn_choice", None)
         monkeypatch.setattr(linear_module, "_cpu_vendor", lambda v=vendor: v)
         assert linear_module.onednn_is_faster() is (expected and torch.backends.mkldnn.is_available())
+
+
+def test_an_unknown_setting_warns_and_falls_back_to_auto(monkeypatch):
+    monkeypatch.setattr(linear_module, "_onednn_choice", None)
+    monkeypatch.setattr(linear_module, "_cpu_vendor", lambda: "GenuineIntel")
+    monkeypatch.setenv("TFORMER_CPU_MATMUL", "mkl")
+    with pytest.warns(UserWarning, match="TFORMER_CPU_MATMUL='mkl'"):
+        assert linear_module.onednn_is_faster() is False

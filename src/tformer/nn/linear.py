@@ -17,6 +17,7 @@ were as fast or faster in MKL. The weight gradient stays with torch (MKL), faste
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,9 @@ def onednn_is_faster() -> bool:
         elif setting == "onednn":
             _onednn_choice = True
         else:
+            if setting != "auto":
+                warnings.warn(f"TFORMER_CPU_MATMUL={setting!r}: expected auto, onednn or blas; using auto",
+                              stacklevel=2)
             _onednn_choice = _cpu_vendor() == "AuthenticAMD"
     return _onednn_choice
 
