@@ -24,13 +24,21 @@ _C1 = 2 * math.sqrt(2 / math.pi)  # u = _C1 x + _C3 x^3
 _C3 = _C1 * 0.044715
 
 
+_C1_TENSOR = torch.tensor(_C1, dtype=torch.float64)  # 0-dim: torch.addcmul starts from it; takes x's dtype
+
+
 def _sigmoid_u(x: Tensor) -> Tensor:
-    """sigmoid(_C1 x + _C3 x^3) in one new buffer."""
-    return torch.sigmoid_((x * x).mul_(_C3).add_(_C1).mul_(x))
+    """sigmoid(_C1 x + _C3 x^3) in one new buffer, in three passes: (_C1 + _C3 x^2), times x, sigmoid."""
+    return torch.addcmul(_C1_TENSOR, x, x, value=_C3).mul_(x).sigmoid_()
 
 
 class _GeluTanh(torch.autograd.Function):
-    """x sigmoid(u(x)); d/dx = s + x u'(x) s (1 - s), with s = sigmoid(u) kept from the forward."""
+    """x sigmoid(u(x)); d/dx = s + s x u'(x) (1 - s), with s = sigmoid(u) kept from the forward.
+
+    Every pass over the activation counts: inside a training step it has just left the caches, and a pass
+    costs 2-4 times what it does in isolation. So each line is one fused pass (addcmul computes a + b c):
+    4 in the forward and 5 in the backward; written with plain mul/add it took 6 and 8, and the step 3% longer
+    (cpu-small GPT, interleaved A/B)."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
@@ -41,9 +49,9 @@ class _GeluTanh(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         x, s = ctx.saved_tensors
-        d = (x * x).mul_(3 * _C3).add_(_C1).mul_(x)  # x u'(x)
-        d.addcmul_(d, s, value=-1.0)  # x u' (1 - s), element by element in place
-        return d.add_(1.0).mul_(s).mul_(grad)  # s (1 + x u' (1 - s)) grad: one buffer, no other temporaries
+        d = torch.addcmul(_C1_TENSOR, x, x, value=3 * _C3).mul_(x)  # x u'(x) = x (_C1 + 3 _C3 x^2)
+        d.addcmul_(d, s, value=-1.0)  # x u' (1 - s)
+        return torch.addcmul(s, s, d, out=d).mul_(grad)  # (s + s x u' (1 - s)) grad, in d's buffer
 
 
 # Measured on 2 cores: below 4096 elements (a decoding step) one kernel call beats five; above 2^20 (4 MB of
