@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from tformer.interop.gpt2 import tformer_config_to_gpt2, tformer_state_to_gpt2
 from tformer.models.gpt import GPT, GPTConfig
-from tformer.nn.linear import onednn_is_faster
+from tformer.nn.linear import tuned_cpu_products
 from tformer.runtime import keep_freed_memory_for_reuse
 from tformer.training.losses import label_smoothed_cross_entropy
 from tformer.training.optim import parameter_groups
@@ -177,7 +177,7 @@ def main() -> int:
     result = {"command": "python benchmarks/speed_gpt.py " + " ".join(sys.argv[1:]),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
                          f"torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
-              "tformer_cpu_matmul": "onednn" if onednn_is_faster() else "blas",
+              "tformer_cpu_matmul": "onednn" if tuned_cpu_products() else "blas",
               "train": [], "generate": []}
     import transformers
 

@@ -68,7 +68,7 @@ from tformer.data.batching import collate_translation, pad, token_batches
 from tformer.generation.search import strip_after_eos as strip
 from tformer.generation.search import translate_ids
 from tformer.models.transformer import Transformer, TransformerConfig
-from tformer.nn.linear import onednn_is_faster
+from tformer.nn.linear import tuned_cpu_products
 from tformer.nn.positional import sinusoidal_table
 from tformer.runtime import keep_freed_memory_for_reuse
 from tformer.interop.marian import copy_tformer_to_marian, make_marian
@@ -541,9 +541,9 @@ def main(argv: list[str] | None = None) -> int:
         hf_version = None
     env = {"torch": torch.__version__, "transformers": hf_version, "threads": torch.get_num_threads(),
            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-           "tformer_cpu_matmul": "onednn" if onednn_is_faster() else "blas"}
+           "tformer_cpu_matmul": "onednn" if tuned_cpu_products() else "blas"}
     log(f"torch {env['torch']}, transformers {hf_version}, {env['threads']} threads, {env['cpu_count']} CPUs; "
-        f"tformer's large CPU products: {env['tformer_cpu_matmul']} (tformer.nn.linear.onednn_is_faster)")
+        f"tformer's large CPU products: {env['tformer_cpu_matmul']} (tformer.nn.linear.tuned_cpu_products)")
 
     n_batches = args.warmup + args.steps
     if args.skip_train and (args.skip_generate or args.model is not None):

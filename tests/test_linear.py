@@ -43,7 +43,7 @@ needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reas
 
 @pytest.fixture
 def onednn_for_small_products(monkeypatch):
-    monkeypatch.setattr(linear_module, "_onednn_choice", True)
+    monkeypatch.setattr(linear_module, "_tuned_choice", True)
     monkeypatch.setattr(linear_module, "ONEDNN_MIN_ROWS", 4)
     monkeypatch.setattr(linear_module, "ONEDNN_MIN_SIDE", 4)
 
@@ -83,31 +83,72 @@ def test_onednn_path_only_where_it_was_measured_to_pay(onednn_for_small_products
     linear(torch.randn(16, 8), w)  # a side over the maximum
     assert calls == [1]
     monkeypatch.setattr(linear_module, "ONEDNN_MAX_SIDE", 4096)
-    monkeypatch.setattr(linear_module, "_onednn_choice", False)  # BLAS measured faster on this CPU
+    monkeypatch.setattr(linear_module, "_tuned_choice", False)  # BLAS measured faster on this CPU
     linear(torch.randn(16, 8), w)
     assert calls == [1]
 
 
 @pytest.mark.parametrize("setting, expected", [("blas", False), ("onednn", True)])
 def test_the_choice_can_be_fixed_by_environment(monkeypatch, setting, expected):
-    monkeypatch.setattr(linear_module, "_onednn_choice", None)
+    monkeypatch.setattr(linear_module, "_tuned_choice", None)
     monkeypatch.setenv("TFORMER_CPU_MATMUL", setting)
-    if expected and not torch.backends.mkldnn.is_available():
-        expected = False
-    assert linear_module.onednn_is_faster() is expected
+    assert linear_module.tuned_cpu_products() is expected
 
 
-def test_by_default_amd_cpus_take_onednn(monkeypatch):
+def test_by_default_amd_cpus_take_the_tuned_paths(monkeypatch):
     monkeypatch.delenv("TFORMER_CPU_MATMUL", raising=False)
     for vendor, expected in [("AuthenticAMD", True), ("GenuineIntel", False), ("", False)]:
-        monkeypatch.setattr(linear_module, "_onednn_choice", None)
+        monkeypatch.setattr(linear_module, "_tuned_choice", None)
         monkeypatch.setattr(linear_module, "_cpu_vendor", lambda v=vendor: v)
-        assert linear_module.onednn_is_faster() is (expected and torch.backends.mkldnn.is_available())
+        assert linear_module.tuned_cpu_products() is expected
 
 
 def test_an_unknown_setting_warns_and_falls_back_to_auto(monkeypatch):
-    monkeypatch.setattr(linear_module, "_onednn_choice", None)
+    monkeypatch.setattr(linear_module, "_tuned_choice", None)
     monkeypatch.setattr(linear_module, "_cpu_vendor", lambda: "GenuineIntel")
     monkeypatch.setenv("TFORMER_CPU_MATMUL", "mkl")
     with pytest.warns(UserWarning, match="TFORMER_CPU_MATMUL='mkl'"):
-        assert linear_module.onednn_is_faster() is False
+        assert linear_module.tuned_cpu_products() is False
+
+
+# -- blocked gradients for products wider than ONEDNN_MAX_SIDE (a vocabulary projection) -----------------
+
+@pytest.fixture
+def blocked_for_small_products(monkeypatch):
+    monkeypatch.setattr(linear_module, "_tuned_choice", True)
+    monkeypatch.setattr(linear_module, "ONEDNN_MIN_ROWS", 4)
+    monkeypatch.setattr(linear_module, "ONEDNN_MIN_SIDE", 4)
+    monkeypatch.setattr(linear_module, "ONEDNN_MAX_SIDE", 30)
+    monkeypatch.setattr(linear_module, "GRAD_BLOCK", 8)  # 21 rows, 45 words: two whole blocks and a part
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_blocked_gradients_give_f_linear_values_and_gradients(blocked_for_small_products, bias):
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    w = torch.randn(45, 24, requires_grad=True)
+    b = torch.randn(45, requires_grad=True) if bias else None
+    y = linear(x, w, b)
+    assert "BlockedGrad" in type(y.grad_fn.next_functions[0][0]).__name__
+    g = torch.randn_like(y)
+    y.backward(g)
+    grads = [t.grad.clone() for t in (x, w, b) if t is not None]
+    for t in (x, w, b):
+        if t is not None:
+            t.grad = None
+    ref = torch.nn.functional.linear(x, w, b)
+    ref.backward(g)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    for got, t in zip(grads, [t for t in (x, w, b) if t is not None]):
+        torch.testing.assert_close(got, t.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_blocked_gradients_only_when_a_gradient_is_wanted_and_tuned(blocked_for_small_products, monkeypatch):
+    x, w = torch.randn(21, 24), torch.randn(45, 24, requires_grad=True)
+    assert "BlockedGrad" in type(linear(x, w).grad_fn).__name__  # a weight gradient alone is enough
+    with torch.no_grad():
+        assert linear(x, w).grad_fn is None
+    assert linear(x, w.detach()).grad_fn is None
+    assert "BlockedGrad" not in type(linear(torch.randn(21, 45), w.t()).grad_fn).__name__  # wide input side
+    monkeypatch.setattr(linear_module, "_tuned_choice", False)
+    assert "BlockedGrad" not in type(linear(x, w).grad_fn).__name__

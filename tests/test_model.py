@@ -294,18 +294,21 @@ def test_encoder_on_real_tokens_only_gives_the_padded_numbers(norm_position, unp
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
-def test_onednn_products_give_the_blas_numbers_in_a_whole_model(monkeypatch):
-    """Every product of the model (fused QKV, cross-attention slices of in_proj, FFN) through oneDNN gives
-    the same logits and gradients as through torch's BLAS, in training and under inference_mode."""
+def test_tuned_products_give_the_blas_numbers_in_a_whole_model(monkeypatch):
+    """Every layer product of the model (fused QKV, cross-attention slices of in_proj, FFN) through oneDNN,
+    and the vocabulary projection with blocked gradients, give the same logits and gradients as torch's
+    BLAS, in training and under inference_mode."""
     import tformer.nn.linear as linear_module
 
     monkeypatch.setattr(linear_module, "ONEDNN_MIN_ROWS", 4)
     monkeypatch.setattr(linear_module, "ONEDNN_MIN_SIDE", 4)
-    model = _tiny(dropout=0.0)
+    monkeypatch.setattr(linear_module, "ONEDNN_MAX_SIDE", 32)  # d_ff 32: layers in oneDNN; 40 words: blocked
+    monkeypatch.setattr(linear_module, "GRAD_BLOCK", 6)
+    model = _tiny(dropout=0.0, tgt_vocab_size=40)
     src, tgt = _batch()
     results = []
     for choice in (True, False):
-        monkeypatch.setattr(linear_module, "_onednn_choice", choice)
+        monkeypatch.setattr(linear_module, "_tuned_choice", choice)
         model.zero_grad()
         logits = model(src, tgt).logits
         (logits[tgt != 0] ** 2).mean().backward()

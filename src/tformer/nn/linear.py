@@ -1,4 +1,5 @@
-"""nn.Linear and F.linear with faster CPU paths: decoding a few rows, and large products in oneDNN.
+"""nn.Linear and F.linear with faster CPU paths: decoding a few rows, large products in oneDNN, and the
+gradients of vocabulary-sized products in blocks.
 
 y = x W^T + b reads the whole weight matrix for every token. With one or two rows of x (a decoding step at
 batch size 1 or 2) the product is a matrix-vector product limited by how fast W streams from memory, and
@@ -9,9 +10,14 @@ GPUs take the ordinary F.linear path; the numbers are the same either way.
 
 Large fp32 products on a CPU (training, encoding whole batches) go through `linear`, which can run the
 forward product and the input gradient in oneDNN instead of the BLAS library torch calls for F.linear
-(MKL in the official wheels), where that is faster: see `onednn_is_faster`. Only products of at least
+(MKL in the official wheels), where that is faster: see `tuned_cpu_products`. Only products of at least
 ONEDNN_MIN_ROWS rows with both sides between ONEDNN_MIN_SIDE and ONEDNN_MAX_SIDE qualify; smaller ones
 were as fast or faster in MKL. The weight gradient stays with torch (MKL), faster on every shape measured.
+
+Products wider than ONEDNN_MAX_SIDE (a vocabulary projection: 4000 rows x 256 -> 8000 words) stay in MKL,
+but their two gradient products run in blocks of GRAD_BLOCK rows: d x = grad W over 1024 rows of grad at a
+time, d W = grad^T x over 1024 output words at a time. MKL runs each about 1.15-1.3x faster that way than as one
+call (measured on an AMD EPYC, Zen 3, 2 threads); the forward product gained nothing from blocks.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ ONEDNN_MIN_ROWS = 2048  # oneDNN only for products with at least this many rows 
 ONEDNN_MIN_SIDE = 256  # ... input and output widths of at least this much ...
 ONEDNN_MAX_SIDE = 4096  # ... and at most this much: a vocabulary projection (4000 x 256 -> 8000) measured
 # 1.5x slower in oneDNN inside a training step, though not in isolation
+GRAD_BLOCK = 1024  # rows per product in the blocked gradients of wider products
 
 
 def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -36,30 +43,31 @@ def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-_onednn_choice: bool | None = None
+_tuned_choice: bool | None = None
 
 
-def onednn_is_faster() -> bool:
-    """Whether to send large fp32 CPU products to oneDNN: on AMD CPUs, unless TFORMER_CPU_MATMUL says.
+def tuned_cpu_products() -> bool:
+    """Whether large fp32 CPU products take the paths tuned here: on AMD CPUs, unless TFORMER_CPU_MATMUL says.
 
-    MKL, the BLAS in torch's official wheels, is Intel's and picks slower kernels on other vendors' CPUs;
-    measured on an AMD EPYC (Zen 3) in isolation: 1.07-1.36x for oneDNN on the forward and input-gradient
-    products of a Transformer layer, and 2% of a whole translation training step (A/B, 40 interleaved
-    pairs). On Intel CPUs MKL is kept (not measured here). TFORMER_CPU_MATMUL=onednn or =blas decides
+    Two paths, both measured on an AMD EPYC (Zen 3): layer-sized products in oneDNN (1.07-1.36x faster than
+    MKL in isolation for the forward and input-gradient products, 2% of a whole translation training step),
+    and the gradients of vocabulary-sized products in blocks (3% of the same step). MKL, the BLAS in torch's
+    official wheels, is Intel's and picks slower kernels on other vendors' CPUs. On Intel CPUs torch's own
+    paths are kept (not measured here). TFORMER_CPU_MATMUL=onednn (tuned) or =blas (torch's own) decides
     instead. Either answer gives the same numbers to float rounding; a wrong one only costs speed."""
-    global _onednn_choice
-    if _onednn_choice is None:
+    global _tuned_choice
+    if _tuned_choice is None:
         setting = os.environ.get("TFORMER_CPU_MATMUL", "auto").lower()
-        if not torch.backends.mkldnn.is_available() or setting == "blas":
-            _onednn_choice = False
+        if setting == "blas":
+            _tuned_choice = False
         elif setting == "onednn":
-            _onednn_choice = True
+            _tuned_choice = True
         else:
             if setting != "auto":
                 warnings.warn(f"TFORMER_CPU_MATMUL={setting!r}: expected auto, onednn or blas; using auto",
                               stacklevel=2)
-            _onednn_choice = _cpu_vendor() == "AuthenticAMD"
-    return _onednn_choice
+            _tuned_choice = _cpu_vendor() == "AuthenticAMD"
+    return _tuned_choice
 
 
 def _cpu_vendor() -> str:
@@ -99,16 +107,49 @@ class _OneDNNLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+class _BlockedGradLinearFunction(torch.autograd.Function):
+    """y = x W^T + b as F.linear computes it, with d x and d W each computed in blocks of GRAD_BLOCK rows."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty_like(x)
+            for i in range(0, grad.size(0), GRAD_BLOCK):
+                torch.mm(grad[i:i + GRAD_BLOCK], weight, out=grad_x[i:i + GRAD_BLOCK])
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.empty_like(weight)
+            for j in range(0, weight.size(0), GRAD_BLOCK):
+                torch.mm(grad[:, j:j + GRAD_BLOCK].t(), x, out=grad_w[j:j + GRAD_BLOCK])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear(x, weight, bias), through oneDNN for large fp32 products on CPUs where that is faster."""
+    """F.linear(x, weight, bias); large fp32 CPU products take the tuned paths where they are faster."""
     d_out, d_in = weight.shape
     if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and ONEDNN_MIN_SIDE <= min(d_in, d_out) and max(d_in, d_out) <= ONEDNN_MAX_SIDE
-            and x.numel() >= ONEDNN_MIN_ROWS * d_in
-            and not torch.is_autocast_enabled("cpu") and onednn_is_faster()):
-        rows = x.reshape(-1, d_in).contiguous()
-        y = _OneDNNLinearFunction.apply(rows, weight, bias)
-        return y.view(*x.shape[:-1], d_out)
+            and ONEDNN_MIN_SIDE <= min(d_in, d_out) and x.numel() >= ONEDNN_MIN_ROWS * d_in
+            and not torch.is_autocast_enabled("cpu") and tuned_cpu_products()):
+        function = None
+        if max(d_in, d_out) <= ONEDNN_MAX_SIDE:
+            if torch.backends.mkldnn.is_available():
+                function = _OneDNNLinearFunction
+        elif d_out > ONEDNN_MAX_SIDE and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            function = _BlockedGradLinearFunction
+        if function is not None:
+            y = function.apply(x.reshape(-1, d_in).contiguous(), weight, bias)
+            return y if x.dim() == 2 else y.view(*x.shape[:-1], d_out)
     return F.linear(x, weight, bias)
 
 
