@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train a small Transformer on a generated date-translation task (~3 min)")
     d.add_argument("--out", default="tformer-demo", help="output folder (model directory and heatmap)")
-    d.add_argument("--steps", type=int, default=1300, help="training steps (about 2 minutes on 2 CPU cores)")
+    d.add_argument("--steps", type=int, default=800, help="training steps (2-3 minutes on 2 CPU cores)")
     d.add_argument("--minutes", type=float, default=0.0, help="also stop after this many minutes (0: no limit)")
     d.add_argument("--seed", type=int, default=1)
 

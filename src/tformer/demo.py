@@ -50,7 +50,7 @@ def demo_config(steps: int, minutes: float, seed: int) -> RunConfig:
     return run
 
 
-def run_demo(out_dir: str | Path = "tformer-demo", steps: int = 1300, minutes: float = 0.0, n_train: int = 40000,
+def run_demo(out_dir: str | Path = "tformer-demo", steps: int = 800, minutes: float = 0.0, n_train: int = 40000,
              n_test: int = 1000, seed: int = 1, quiet: bool = False) -> DemoResult:
     out_dir = Path(out_dir)
     torch.set_num_threads(max(1, torch.get_num_threads()))
