@@ -36,6 +36,28 @@ def test_training_and_many_rows_take_the_ordinary_path():
     assert layer._decode_weight is not None and out.shape == (1, 8)
 
 
+def _assert_linear_matches_f_linear(d_out: int, bias: bool, function: str) -> None:
+    """linear() of a (3, 7, 24) input goes through the autograd Function named `function` and gives
+    F.linear's output and gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    w = torch.randn(d_out, 24, requires_grad=True)
+    b = torch.randn(d_out, requires_grad=True) if bias else None
+    y = linear(x, w, b)
+    assert function in type(y.grad_fn.next_functions[0][0]).__name__
+    g = torch.randn_like(y)
+    y.backward(g)
+    grads = [t.grad.clone() for t in (x, w, b) if t is not None]
+    for t in (x, w, b):
+        if t is not None:
+            t.grad = None
+    ref = torch.nn.functional.linear(x, w, b)
+    ref.backward(g)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    for got, t in zip(grads, [t for t in (x, w, b) if t is not None]):
+        torch.testing.assert_close(got, t.grad, atol=1e-5, rtol=1e-5)
+
+
 # -- the oneDNN path for large fp32 products on a CPU ----------------------------------------------------
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
@@ -51,23 +73,7 @@ def onednn_for_small_products(monkeypatch):
 @needs_onednn
 @pytest.mark.parametrize("bias", [True, False])
 def test_onednn_path_gives_f_linear_values_and_gradients(onednn_for_small_products, bias):
-    torch.manual_seed(0)
-    x = torch.randn(3, 7, 24, requires_grad=True)
-    w = torch.randn(40, 24, requires_grad=True)
-    b = torch.randn(40, requires_grad=True) if bias else None
-    y = linear(x, w, b)
-    assert y.grad_fn is not None and "OneDNN" in type(y.grad_fn.next_functions[0][0]).__name__
-    g = torch.randn_like(y)
-    y.backward(g)
-    grads = [t.grad.clone() for t in (x, w, b) if t is not None]
-    for t in (x, w, b):
-        if t is not None:
-            t.grad = None
-    ref = torch.nn.functional.linear(x, w, b)
-    ref.backward(g)
-    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
-    for got, t in zip(grads, [t for t in (x, w, b) if t is not None]):
-        torch.testing.assert_close(got, t.grad, atol=1e-5, rtol=1e-5)
+    _assert_linear_matches_f_linear(d_out=40, bias=bias, function="OneDNN")
 
 
 @needs_onednn
@@ -124,23 +130,7 @@ def blocked_for_small_products(monkeypatch):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_blocked_gradients_give_f_linear_values_and_gradients(blocked_for_small_products, bias):
-    torch.manual_seed(0)
-    x = torch.randn(3, 7, 24, requires_grad=True)
-    w = torch.randn(45, 24, requires_grad=True)
-    b = torch.randn(45, requires_grad=True) if bias else None
-    y = linear(x, w, b)
-    assert "BlockedGrad" in type(y.grad_fn.next_functions[0][0]).__name__
-    g = torch.randn_like(y)
-    y.backward(g)
-    grads = [t.grad.clone() for t in (x, w, b) if t is not None]
-    for t in (x, w, b):
-        if t is not None:
-            t.grad = None
-    ref = torch.nn.functional.linear(x, w, b)
-    ref.backward(g)
-    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
-    for got, t in zip(grads, [t for t in (x, w, b) if t is not None]):
-        torch.testing.assert_close(got, t.grad, atol=1e-5, rtol=1e-5)
+    _assert_linear_matches_f_linear(d_out=45, bias=bias, function="BlockedGrad")
 
 
 def test_blocked_gradients_only_when_a_gradient_is_wanted_and_tuned(blocked_for_small_products, monkeypatch):

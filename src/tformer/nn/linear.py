@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -82,29 +83,54 @@ def _cpu_vendor() -> str:
     return ""
 
 
+def _save_for_linear_grads(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _linear_grads(ctx, grad: Tensor, grad_input: Callable, grad_weight: Callable):
+    """(d x, d W, d b) of y = x W^T + b for 2-D x: grad_input(grad, W) and grad_weight(grad, x) as given."""
+    x, weight = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_x = grad_input(grad, weight) if ctx.needs_input_grad[0] else None
+    grad_w = grad_weight(grad, x) if ctx.needs_input_grad[1] else None
+    grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return grad_x, grad_w, grad_b
+
+
+def _onednn_grad_input(grad: Tensor, weight: Tensor) -> Tensor:
+    """d x = grad W in oneDNN, which wants the (in, out) matrix as its "weight"; the copy is a few MB at most."""
+    return _onednn_linear(grad, weight.t().contiguous(), None)
+
+
 class _OneDNNLinearFunction(torch.autograd.Function):
     """y = x W^T + b with the forward product and d x in oneDNN, d W and d b in torch."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        _save_for_linear_grads(ctx, x, weight, bias)
         return _onednn_linear(x, weight, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            # d x = grad W: oneDNN wants the (in, out) matrix as its "weight"; the copy is a few MB at most
-            grad_x = _onednn_linear(grad, weight.t().contiguous(), None)
-        if ctx.needs_input_grad[1]:
-            grad_w = grad.t().mm(x)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum(0)
-        return grad_x, grad_w, grad_b
+        return _linear_grads(ctx, grad, _onednn_grad_input, lambda g, x: g.t().mm(x))
+
+
+def _blocked_grad_input(grad: Tensor, weight: Tensor) -> Tensor:
+    """d x = grad W, GRAD_BLOCK rows of grad at a time."""
+    grad_x = grad.new_empty(grad.size(0), weight.size(1))
+    for i in range(0, grad.size(0), GRAD_BLOCK):
+        torch.mm(grad[i:i + GRAD_BLOCK], weight, out=grad_x[i:i + GRAD_BLOCK])
+    return grad_x
+
+
+def _blocked_grad_weight(grad: Tensor, x: Tensor) -> Tensor:
+    """d W = grad^T x, GRAD_BLOCK output rows (words) at a time."""
+    grad_w = grad.new_empty(grad.size(1), x.size(1))
+    for j in range(0, grad.size(1), GRAD_BLOCK):
+        torch.mm(grad[:, j:j + GRAD_BLOCK].t(), x, out=grad_w[j:j + GRAD_BLOCK])
+    return grad_w
 
 
 class _BlockedGradLinearFunction(torch.autograd.Function):
@@ -112,27 +138,13 @@ class _BlockedGradLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        _save_for_linear_grads(ctx, x, weight, bias)
         return F.linear(x, weight, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.empty_like(x)
-            for i in range(0, grad.size(0), GRAD_BLOCK):
-                torch.mm(grad[i:i + GRAD_BLOCK], weight, out=grad_x[i:i + GRAD_BLOCK])
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.empty_like(weight)
-            for j in range(0, weight.size(0), GRAD_BLOCK):
-                torch.mm(grad[:, j:j + GRAD_BLOCK].t(), x, out=grad_w[j:j + GRAD_BLOCK])
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum(0)
-        return grad_x, grad_w, grad_b
+        return _linear_grads(ctx, grad, _blocked_grad_input, _blocked_grad_weight)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
