@@ -31,7 +31,7 @@ from tformer.nn.activations import ACTIVATIONS
 from tformer.nn.init import init_bert_
 from tformer.nn.layers import Encoder
 from tformer.nn.linear import Linear
-from tformer.nn.masks import UNPAD_MIN_PADDING, unpad_if_worthwhile
+from tformer.nn.masks import unpad_if_worthwhile
 from tformer.nn.positional import LearnedPositionalEmbedding
 
 SentenceObjective = Literal["nsp", "sop", "none"]
@@ -173,7 +173,7 @@ class BertModel(nn.Module):
         unpadded = None
         if attention_mask is not None and self.unpad:
             # Padding is dropped from everything but the attention scores: same numbers, less work.
-            unpadded = unpad_if_worthwhile(attention_mask, UNPAD_MIN_PADDING)
+            unpadded = unpad_if_worthwhile(attention_mask)
             if unpadded is not None:
                 x = unpadded.unpad(x)
         hidden, weights = self.encoder(x, mask, need_weights, hidden_states=states, unpadded=unpadded)
