@@ -18,7 +18,8 @@ use_cache=True, do_sample=False)`; no end-of-text token, so both produce all 256
 
     python benchmarks/speed_gpt.py                    # everything
     python benchmarks/speed_gpt.py --skip-generate --steps 10
-Prints a table and, as the last line, one JSON object with every number.
+Prints a table (training: the ratio of total tokens/s, and of median step times) and, as the last line, one
+JSON object with every number.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -106,7 +108,7 @@ def train_speed(name: str, shape: dict, ids: torch.Tensor, vocab: int, steps: in
         opt.zero_grad(set_to_none=True)
 
     runners = {"tformer": (step_ours, adamw(ours.train())), "hf": (step_hf, adamw(theirs.train()))}
-    seconds = {k: 0.0 for k in runners}
+    step_seconds: dict[str, list[float]] = {k: [] for k in runners}
     for k, (fn, opt) in runners.items():  # warm-up: first-call allocations and kernel selection
         fn(opt, *batches[0])
         fn(opt, *batches[1])
@@ -114,14 +116,16 @@ def train_speed(name: str, shape: dict, ids: torch.Tensor, vocab: int, steps: in
         order = list(runners) if r % 2 == 0 else list(reversed(runners))
         for k in order:
             fn, opt = runners[k]
-            start = time.perf_counter()
             for i in range(steps):
+                start = time.perf_counter()
                 fn(opt, *batches[2 + r * steps + i])
-            seconds[k] += time.perf_counter() - start
+                step_seconds[k].append(time.perf_counter() - start)
     tokens = steps * rounds * B * T
     out = {"config": name, **shape, "hf_attention": attn,
-           "tformer_tok_s": tokens / seconds["tformer"], "hf_tok_s": tokens / seconds["hf"]}
+           "tformer_tok_s": tokens / sum(step_seconds["tformer"]), "hf_tok_s": tokens / sum(step_seconds["hf"])}
     out["ratio"] = out["tformer_tok_s"] / out["hf_tok_s"]
+    # The median step of each is less moved by the host's bursts than the totals (the same batches in both).
+    out["median_step_ratio"] = statistics.median(step_seconds["hf"]) / statistics.median(step_seconds["tformer"])
     return out
 
 
@@ -188,7 +192,7 @@ def main() -> int:
             r = train_speed(name, CONFIGS[name], ids, vocab, steps, args.rounds)
             result["train"].append(r)
             print(f"train {name:<10} tformer {r['tformer_tok_s']:>9,.0f} tok/s   hf {r['hf_tok_s']:>9,.0f} tok/s"
-                  f"   ratio {r['ratio']:.2f}", flush=True)
+                  f"   ratio {r['ratio']:.2f} (median step {r['median_step_ratio']:.2f})", flush=True)
     if not args.skip_generate:
         for batch in (1, 8):
             r = generation_speed(vocab, batch, args.new_tokens, args.repeats)
