@@ -97,6 +97,9 @@ class TrainConfig:
     layer_decay: float = 1.0  # discriminative rates: each lower layer gets this times the one above (ULMFiT 1/2.6)
     gradual_unfreezing: bool = False  # epoch e trains the head and the top e + 1 layers (ULMFiT)
     early_stopping: int = 0  # stop after this many validations without improvement (0: off); keeps the best
+    # The final model is the mean of the weights at the last N checkpoints (save_every steps apart, the end
+    # included), as the paper's base models (N=5); 0: off, the last weights.
+    average_checkpoints: int = 0
     cut_frac: float = 0.1  # slanted triangular: share of steps spent rising
     stlr_ratio: float = 32.0  # slanted triangular: peak / lowest learning rate
 

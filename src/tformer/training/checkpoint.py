@@ -26,10 +26,13 @@ TOKENIZER = "tokenizer.json"
 TARGET_TOKENIZER = "tokenizer.target.json"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
+# A folder of the run that every new checkpoint of the directory takes over from the one it replaces: the
+# weights of earlier checkpoints kept for averaging them (tformer.training.averaging).
+AVERAGING = "averaging"
 
 
-def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with tied weights stored once (safetensors refuses shared storage)."""
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict on the CPU with tied weights stored once (safetensors refuses shared storage)."""
     seen: dict[int, str] = {}
     out = {}
     for name, tensor in model.state_dict().items():
@@ -49,8 +52,11 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         for f in tmp.iterdir():  # flush file contents before the rename makes them visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if (path / AVERAGING).is_dir() and not (tmp / AVERAGING).exists():
+            os.replace(path / AVERAGING, tmp / AVERAGING)  # a rename: the snapshots are not copied
         old = path.with_name(f".{path.name}.old")
         if old.exists():
             shutil.rmtree(old)
@@ -60,13 +66,15 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
         if old.exists():
             shutil.rmtree(old)
     except BaseException:
+        if (tmp / AVERAGING).is_dir() and path.is_dir() and not (path / AVERAGING).exists():
+            os.replace(tmp / AVERAGING, path / AVERAGING)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def write_model_files(directory: Path, model: nn.Module, config: dict, tokenizer=None, target_tokenizer=None) -> None:
     (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    save_file(_unique_state_dict(model), str(directory / WEIGHTS), metadata={"format": "pt"})
+    save_file(unique_state_dict(model), str(directory / WEIGHTS), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(directory / TOKENIZER)
     if target_tokenizer is not None:
@@ -105,17 +113,25 @@ def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> Non
     weights = Path(path) / WEIGHTS
     if not weights.is_file():
         raise TformerError(f"{path}: no {WEIGHTS}")
+    load_state(model, read_weights(weights), weights, strict)
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
     try:
-        state = load_file(str(weights))
+        return load_file(str(file))
     except Exception as exc:
-        raise TformerError(f"{weights}: cannot read weights ({str(exc).splitlines()[0]})") from None
+        raise TformerError(f"{file}: cannot read weights ({str(exc).splitlines()[0]})") from None
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, strict: bool = True) -> None:
+    """Load a saved state dict (tied tensors stored once) into `model`; `source` names it in errors."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    # Keys dropped by _unique_state_dict are aliases of a saved tensor and are filled through the tie.
+    # Keys dropped by unique_state_dict are aliases of a saved tensor and are filled through the tie.
     current = model.state_dict()
     saved = {current[k].data_ptr() for k in state if k in current}
     missing = [k for k in missing if current[k].data_ptr() not in saved]
     if strict and (missing or unexpected):
-        raise TformerError(f"{weights}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise TformerError(f"{source}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def load_trainer_state(path: str | Path) -> tuple[dict | None, dict | None]:

@@ -25,6 +25,7 @@ from tformer.data.batching import shard
 from tformer.errors import TformerError
 from tformer.runtime import keep_freed_memory_for_reuse
 from tformer.training import checkpoint, distributed, schedules, throughput
+from tformer.training.averaging import CheckpointAverager
 from tformer.training.optim import make_adam
 
 # Where train.amp turns on bf16 autocast. Not on CPUs: there it is faster but changes the numbers a user
@@ -67,6 +68,7 @@ class TrainerState:
     tokens: int = 0
     elapsed_s: float = 0.0
     last_valid: dict | None = None
+    averaged: bool = False  # the saved weights are a checkpoint average (train.average_checkpoints)
 
 
 def learning_rate(cfg: TrainConfig, step: int, d_model: int) -> float:
@@ -134,6 +136,7 @@ class ProgressLog:
 def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
           info: distributed.DistInfo | None = None, quiet: bool = False) -> TrainerState:
     """Train task.model until max_steps / max_epochs / max_minutes; write the model directory to out_dir."""
+    averager = _checkpoint_averager(cfg, out_dir)
     info = info or distributed.setup(cfg.device)
     if info.device.type == "cpu":
         keep_freed_memory_for_reuse()
@@ -153,6 +156,15 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         _set_rng_state(opt_state["rng"])
     elif not resume:
         torch.manual_seed(cfg.seed + info.rank)
+    if state.step == 0 and info.is_main:
+        CheckpointAverager.discard(out_dir)
+    if state.averaged:
+        # A finished run saved the average of its checkpoints; training goes on from its last weights.
+        CheckpointAverager.restore_last(out_dir, model, state.step)
+        state.averaged = False
+        distributed.barrier(info)  # every process has read them before the snapshot may go
+    if averager is not None and info.is_main:
+        averager.forget_after(state.step, cfg.save_every)
     ddp = DistributedDataParallel(model) if info.enabled else model
     use_amp = cfg.amp and info.device.type in AMP_DEVICE_TYPES
     autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if use_amp \
@@ -169,10 +181,12 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             log.write(f"device matmul peak {peak_flops / 1e9:,.0f} GFLOP/s; "
                       f"{flops_per_token / 1e6:,.2f} MFLOP per training token")
 
-    def save() -> None:
+    def save(snapshot: bool = True) -> None:
         if info.is_main:
             trainer_meta = {"trainer": asdict(state), "train_config": asdict(cfg)}
             task.save(out_dir, model, trainer_meta, {"optimizer": optimizer.state_dict(), "rng": _rng_state()})
+            if averager is not None and snapshot:
+                averager.snapshot(model, state.step)
         distributed.barrier(info)
 
     def validate() -> None:
@@ -286,6 +300,26 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             if improved():
                 save()
         return state
+    if averager is not None and info.is_main:
+        averager.snapshot(model, state.step)
+        steps = averager.average_into(model)
+        state.averaged = True
+        log.write(f"final model: the mean of the weights at steps {', '.join(map(str, steps))}")
     validate()
-    save()
+    save(snapshot=False)  # the average is not a checkpoint of the run: a later average must not take it in
     return state
+
+
+def _checkpoint_averager(cfg: TrainConfig, out_dir: Path | str) -> CheckpointAverager | None:
+    n = cfg.average_checkpoints
+    if n == 0:
+        return None
+    if n < 2:
+        raise TformerError(f"train.average_checkpoints={n}: expected 0 (off) or at least 2")
+    if cfg.save_every <= 0:
+        raise TformerError("train.average_checkpoints needs train.save_every > 0 (the steps between the "
+                           "checkpoints it averages)")
+    if cfg.early_stopping:
+        raise TformerError("train.average_checkpoints and train.early_stopping both choose the final model; "
+                           "set one of them")
+    return CheckpointAverager(out_dir, n)

@@ -1,0 +1,131 @@
+"""Checkpoint averaging (train.average_checkpoints): the final model is the mean of the last N checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import copy_pairs, tiny_run
+from tformer.errors import TformerError
+from tformer.models.gpt import GPT, GPTConfig
+from tformer.tasks.translation import TranslationTask, load_translator
+from tformer.training import checkpoint
+from tformer.training.averaging import CheckpointAverager
+from tformer.training.loop import train
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_averager_keeps_the_last_n_and_loads_their_mean_through_tied_weights(tmp_path):
+    model = GPT(GPTConfig(vocab_size=20, max_len=8, d_model=8, n_heads=2, n_layers=1))  # output tied to input
+    averager = CheckpointAverager(tmp_path, 3)
+    states = []
+    for step in (5, 10, 15, 20):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        states.append(_params(model))
+        averager.snapshot(model, step)
+    assert [s for s, _ in averager.snapshots()] == [10, 15, 20]  # the oldest was dropped
+    assert averager.average_into(model) == [10, 15, 20]
+    for name, value in model.state_dict().items():
+        expected = sum(s[name].double() for s in states[1:]) / 3
+        torch.testing.assert_close(value, expected.float(), rtol=0, atol=1e-6)
+    assert model.output.weight is model.tok_embed.weight  # still tied
+    averager.forget_after(15, save_every=5)  # a checkpoint: kept
+    assert [s for s, _ in averager.snapshots()] == [10, 15]
+    averager.forget_after(15, save_every=10)  # the end of a run, between checkpoints: dropped
+    assert [s for s, _ in averager.snapshots()] == [10]
+
+
+def _run(**train_options):
+    torch.manual_seed(0)  # the model the task builds next starts from the same weights in every run
+    run = tiny_run(**{"max_steps": 20, "save_every": 5, "lr": 0.5, "warmup_steps": 5, **train_options})
+    run.model["dropout"] = 0.0
+    return run
+
+
+def test_final_model_is_the_mean_of_the_last_checkpoints(tmp_path, monkeypatch):
+    pairs = copy_pairs(80, seed=5)
+    # A run without averaging, its weights recorded at every checkpoint ...
+    plain_run = _run()
+    plain = TranslationTask(plain_run, pairs)
+    at_save = {}
+    original_save = TranslationTask.save
+
+    def recording_save(self, out_dir, model, trainer_meta, extra):
+        at_save[trainer_meta["trainer"]["step"]] = _params(model)
+        return original_save(self, out_dir, model, trainer_meta, extra)
+
+    monkeypatch.setattr(TranslationTask, "save", recording_save)
+    train(plain, plain_run.train, tmp_path / "plain", quiet=True)
+    monkeypatch.setattr(TranslationTask, "save", original_save)
+    assert sorted(at_save) == [5, 10, 15, 20]
+    # ... and the same run averaging the last 3: the weights at steps 10, 15 and 20.
+    averaged_run = _run(average_checkpoints=3)
+    averaged = TranslationTask(averaged_run, pairs)
+    stale = tmp_path / "avg" / "averaging" / "step-00000099.safetensors"  # from an earlier run in that folder
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    train(averaged, averaged_run.train, tmp_path / "avg", quiet=True)
+    assert not stale.exists()
+    model, _, _ = load_translator(tmp_path / "avg")
+    for name, value in model.state_dict().items():
+        expected = sum(at_save[s][name].double() for s in (10, 15, 20)) / 3
+        torch.testing.assert_close(value, expected.float(), rtol=0, atol=1e-6)
+    assert any(not torch.equal(value, at_save[20][name]) for name, value in model.state_dict().items())
+
+
+def test_resumed_run_averages_the_same_weights(tmp_path):
+    pairs = copy_pairs(80, seed=6)
+    whole_run = _run(average_checkpoints=3)
+    train(TranslationTask(whole_run, pairs), whole_run.train, tmp_path / "whole", quiet=True)
+
+    # Stopped at step 12 (between checkpoints), it saves the average of steps 5, 10 and 12 ...
+    first_run = _run(average_checkpoints=3)
+    first_run.train.max_steps = 12
+    train(TranslationTask(first_run, pairs), first_run.train, tmp_path / "split", quiet=True)
+    model, src_tok, tgt_tok = load_translator(tmp_path / "split")
+    # ... then resumed to 20 from its raw step-12 weights, it averages 10, 15 and 20 as the whole run does.
+    second_run = _run(average_checkpoints=3)
+    resumed = TranslationTask(second_run, pairs, src_tok=src_tok, tgt_tok=tgt_tok, model=model.train())
+    train(resumed, second_run.train, tmp_path / "split", resume=True, quiet=True)
+    steps = sorted(p.name for p in (tmp_path / "split" / "averaging").iterdir())
+    assert steps == ["step-00000010.safetensors", "step-00000015.safetensors", "step-00000020.safetensors"]
+    a, b = load_translator(tmp_path / "whole")[0].state_dict(), load_translator(tmp_path / "split")[0].state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"average_checkpoints": 1}, "train.average_checkpoints=1"),
+    ({"average_checkpoints": 3, "save_every": 0}, "train.save_every"),
+    ({"average_checkpoints": 3, "early_stopping": 2, "eval_every": 5}, "train.early_stopping"),
+])
+def test_bad_averaging_options_are_named(tmp_path, options, needle):
+    run = _run(**options)
+    with pytest.raises(TformerError, match=needle.replace(".", r"\.")):
+        train(TranslationTask(run, copy_pairs(20)), run.train, tmp_path / "m", quiet=True)
+
+
+def test_a_failed_save_leaves_the_snapshots_in_place(tmp_path, monkeypatch):
+    model = GPT(GPTConfig(vocab_size=20, max_len=8, d_model=8, n_heads=2, n_layers=1))
+    checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())
+    CheckpointAverager(tmp_path / "m", 2).snapshot(model, 5)
+    rename = checkpoint.os.replace
+
+    def failing_swap(src, dst):  # the snapshots have moved into the new directory; swapping it in fails
+        if src == tmp_path / "m":
+            raise OSError("disk full")
+        rename(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", failing_swap)
+    with pytest.raises(OSError):
+        checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())
+    monkeypatch.undo()
+    assert (tmp_path / "m" / "averaging" / "step-00000005.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())  # a good save takes the folder over
+    assert (tmp_path / "m" / "averaging" / "step-00000005.safetensors").is_file()
