@@ -43,6 +43,15 @@ def main() -> int:
 
     run = load_config(args.config, [f"data.train_text={args.data}"] + args.overrides, base=lm_run_defaults())
     task = build_lm_task(run)
+    history: list[float] = []  # every validation's loss, eval_every steps apart (the last at the end)
+    validate = task.validate
+
+    def recorded_validate(model):
+        metrics = validate(model)
+        history.append(round(metrics["loss"], 4))
+        return metrics
+
+    task.validate = recorded_validate
     start = time.perf_counter()
     state = train(task, run.train, args.out)
     wall = time.perf_counter() - start
@@ -55,6 +64,8 @@ def main() -> int:
         "parameters": task.model.num_parameters(),
         "steps": state.step,
         "valid_loss": round(state.last_valid["loss"], 4),
+        "valid_losses": history,
+        "eval_every": run.train.eval_every,
         "train_seconds": round(state.elapsed_s, 1),
         "wall_seconds": round(wall, 1),
         "tokens_per_s": round(state.tokens / max(state.elapsed_s, 1e-9)),
