@@ -34,9 +34,9 @@ def test_averager_keeps_the_last_n_and_loads_their_mean_through_tied_weights(tmp
         expected = sum(s[name].double() for s in states[1:]) / 3
         torch.testing.assert_close(value, expected.float(), rtol=0, atol=1e-6)
     assert model.output.weight is model.tok_embed.weight  # still tied
-    averager.forget_after(15, save_every=5)  # a checkpoint: kept
+    averager.continue_from(15, save_every=5)  # a checkpoint: kept
     assert [s for s, _ in averager.snapshots()] == [10, 15]
-    averager.forget_after(15, save_every=10)  # the end of a run, between checkpoints: dropped
+    averager.continue_from(15, save_every=10)  # the end of a run, between checkpoints: dropped
     assert [s for s, _ in averager.snapshots()] == [10]
 
 

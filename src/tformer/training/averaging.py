@@ -62,7 +62,7 @@ class CheckpointAverager:
         found = [(int(m.group(1)), f) for f in self.folder.iterdir() if (m := _NAME.fullmatch(f.name))]
         return sorted(found)
 
-    def forget_after(self, step: int, save_every: int) -> None:
+    def continue_from(self, step: int, save_every: int) -> None:
         """Before a run goes on from `step`: drops the snapshots from beyond it (an earlier checkpoint is
         resumed; the run will write its own), and the one at `step` itself unless `step` is one of the run's
         checkpoints (a multiple of save_every), as the weights at the end of a shorter run are."""
@@ -76,6 +76,8 @@ class CheckpointAverager:
         final = self.folder / _file_name(step)
         tmp = final.with_name(f".{final.name}.tmp")
         save_file(checkpoint.unique_state_dict(model), str(tmp), metadata={"format": "pt"})
+        with open(tmp, "rb") as fh:  # on disk before the rename makes it visible
+            os.fsync(fh.fileno())
         os.replace(tmp, final)
         for _, f in self.snapshots()[:-self.count]:
             f.unlink()

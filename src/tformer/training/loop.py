@@ -164,7 +164,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         state.averaged = False
         distributed.barrier(info)  # every process has read them before the snapshot may go
     if averager is not None and info.is_main:
-        averager.forget_after(state.step, cfg.save_every)
+        averager.continue_from(state.step, cfg.save_every)
     ddp = DistributedDataParallel(model) if info.enabled else model
     use_amp = cfg.amp and info.device.type in AMP_DEVICE_TYPES
     autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if use_amp \
