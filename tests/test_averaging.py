@@ -110,14 +110,15 @@ def test_bad_averaging_options_are_named(tmp_path, options, needle):
         train(TranslationTask(run, copy_pairs(20)), run.train, tmp_path / "m", quiet=True)
 
 
-def test_a_failed_save_leaves_the_snapshots_in_place(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing", ["old copy aside", "new copy in"])
+def test_a_failed_save_leaves_the_snapshots_with_the_old_copy(tmp_path, monkeypatch, failing):
     model = GPT(GPTConfig(vocab_size=20, max_len=8, d_model=8, n_heads=2, n_layers=1))
     checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())
     CheckpointAverager(tmp_path / "m", 2).snapshot(model, 5)
     rename = checkpoint.os.replace
 
-    def failing_swap(src, dst):  # the snapshots have moved into the new directory; swapping it in fails
-        if src == tmp_path / "m":
+    def failing_swap(src, dst):  # the snapshots have moved into the new copy; then one rename fails
+        if (src if failing == "old copy aside" else dst) == tmp_path / "m":
             raise OSError("disk full")
         rename(src, dst)
 
@@ -125,7 +126,10 @@ def test_a_failed_save_leaves_the_snapshots_in_place(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())
     monkeypatch.undo()
-    assert (tmp_path / "m" / "averaging" / "step-00000005.safetensors").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-    checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())  # a good save takes the folder over
-    assert (tmp_path / "m" / "averaging" / "step-00000005.safetensors").is_file()
+    old_copy = tmp_path / ("m" if failing == "old copy aside" else ".m.old")
+    assert (old_copy / "averaging" / "step-00000005.safetensors").is_file()
+    assert (old_copy / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    if failing == "old copy aside":
+        checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())  # a good save takes them over
+        assert (tmp_path / "m" / "averaging" / "step-00000005.safetensors").is_file()

@@ -49,6 +49,7 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    old = path.with_name(f".{path.name}.old")
     try:
         write(tmp)
         for f in tmp.iterdir():  # flush file contents before the rename makes them visible
@@ -57,7 +58,6 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
                     os.fsync(fh.fileno())
         if (path / AVERAGING).is_dir() and not (tmp / AVERAGING).exists():
             os.replace(path / AVERAGING, tmp / AVERAGING)  # a rename: the snapshots are not copied
-        old = path.with_name(f".{path.name}.old")
         if old.exists():
             shutil.rmtree(old)
         if path.exists():
@@ -66,8 +66,10 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
         if old.exists():
             shutil.rmtree(old)
     except BaseException:
-        if (tmp / AVERAGING).is_dir() and path.is_dir() and not (path / AVERAGING).exists():
-            os.replace(tmp / AVERAGING, path / AVERAGING)
+        # The snapshots go back to the old copy, wherever the failed swap left it.
+        home = path if path.is_dir() else old
+        if (tmp / AVERAGING).is_dir() and home.is_dir() and not (home / AVERAGING).exists():
+            os.replace(tmp / AVERAGING, home / AVERAGING)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
@@ -131,7 +133,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, s
     saved = {current[k].data_ptr() for k in state if k in current}
     missing = [k for k in missing if current[k].data_ptr() not in saved]
     if strict and (missing or unexpected):
-        raise TformerError(f"{source}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise TformerError(f"{source}: weights do not fit the model (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
 
 
 def load_trainer_state(path: str | Path) -> tuple[dict | None, dict | None]:
