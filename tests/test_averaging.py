@@ -99,6 +99,38 @@ def test_resumed_run_averages_the_same_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_a_run_stopped_while_saving_resumes_to_the_same_average(tmp_path, monkeypatch):
+    pairs = copy_pairs(80, seed=6)
+    whole_run = _run(average_checkpoints=3)
+    train(TranslationTask(whole_run, pairs), whole_run.train, tmp_path / "whole", quiet=True)
+
+    class Killed(Exception):
+        pass
+
+    original = CheckpointAverager.snapshot
+
+    def killed_at_step_10(self, model, step):
+        original(self, model, step)
+        if step == 10:
+            raise Killed()
+
+    monkeypatch.setattr(CheckpointAverager, "snapshot", killed_at_step_10)
+    first_run = _run(average_checkpoints=3)
+    with pytest.raises(Killed):
+        train(TranslationTask(first_run, pairs), first_run.train, tmp_path / "split", quiet=True)
+    monkeypatch.undo()
+    # The snapshot of step 10 is written, its checkpoint is not: the run resumes from step 5 and steps 10, 15
+    # and 20 are averaged, as in the run never stopped.
+    model, src_tok, tgt_tok = load_translator(tmp_path / "split")
+    assert checkpoint.load_trainer_state(tmp_path / "split")[0]["trainer"]["step"] == 5
+    second_run = _run(average_checkpoints=3)
+    resumed = TranslationTask(second_run, pairs, src_tok=src_tok, tgt_tok=tgt_tok, model=model.train())
+    train(resumed, second_run.train, tmp_path / "split", resume=True, quiet=True)
+    a, b = load_translator(tmp_path / "whole")[0].state_dict(), load_translator(tmp_path / "split")[0].state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 @pytest.mark.parametrize("options,needle", [
     ({"average_checkpoints": 1}, "train.average_checkpoints=1"),
     ({"average_checkpoints": 3, "save_every": 0}, "train.save_every"),
@@ -110,15 +142,18 @@ def test_bad_averaging_options_are_named(tmp_path, options, needle):
         train(TranslationTask(run, copy_pairs(20)), run.train, tmp_path / "m", quiet=True)
 
 
-@pytest.mark.parametrize("failing", ["old copy aside", "new copy in"])
+@pytest.mark.parametrize("failing", ["old copy aside", "new copy in", "new copy in, once"])
 def test_a_failed_save_leaves_the_snapshots_with_the_old_copy(tmp_path, monkeypatch, failing):
     model = GPT(GPTConfig(vocab_size=20, max_len=8, d_model=8, n_heads=2, n_layers=1))
     checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())
     CheckpointAverager(tmp_path / "m", 2).snapshot(model, 5)
     rename = checkpoint.os.replace
+    failures = []
 
     def failing_swap(src, dst):  # the snapshots have moved into the new copy; then one rename fails
-        if (src if failing == "old copy aside" else dst) == tmp_path / "m":
+        if (src if failing == "old copy aside" else dst) == tmp_path / "m" \
+                and not (failing.endswith("once") and failures):
+            failures.append((src, dst))
             raise OSError("disk full")
         rename(src, dst)
 
@@ -126,10 +161,58 @@ def test_a_failed_save_leaves_the_snapshots_with_the_old_copy(tmp_path, monkeypa
     with pytest.raises(OSError):
         checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())
     monkeypatch.undo()
-    old_copy = tmp_path / ("m" if failing == "old copy aside" else ".m.old")
+    # Where the old copy ends: in place, unless even the rename putting it back failed (then aside, where the
+    # next save or resume looks).
+    old_copy = tmp_path / (".m.old" if failing == "new copy in" else "m")
     assert (old_copy / "averaging" / "step-00000005.safetensors").is_file()
     assert (old_copy / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
-    if failing == "old copy aside":
-        checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())  # a good save takes them over
-        assert (tmp_path / "m" / "averaging" / "step-00000005.safetensors").is_file()
+    checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())  # a good save takes them over
+    assert (tmp_path / "m" / "averaging" / "step-00000005.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def _leave_as_a_killed_save_would(path, suffix="k1ll3d"):
+    """What a save killed between its two renames leaves: the old copy aside, the snapshots in the new copy."""
+    aside, new_copy = path.with_name(f".{path.name}.old"), path.with_name(f".{path.name}.tmp-{suffix}")
+    path.rename(aside)
+    new_copy.mkdir()
+    (new_copy / "config.json").write_text("{}")
+    (aside / "averaging").rename(new_copy / "averaging")
+    return aside
+
+
+def test_a_save_killed_between_its_renames_is_put_back(tmp_path):
+    model = GPT(GPTConfig(vocab_size=20, max_len=8, d_model=8, n_heads=2, n_layers=1))
+    checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())
+    CheckpointAverager(tmp_path / "m", 2).snapshot(model, 5)
+    aside = _leave_as_a_killed_save_would(tmp_path / "m")
+    with pytest.raises(TformerError, match=r"\.m\.old"):  # a reader is told where the copy is, and nothing moves
+        checkpoint.read_config(tmp_path / "m")
+    assert aside.is_dir()
+    assert checkpoint.restore_interrupted_save(tmp_path / "m")
+    assert not checkpoint.restore_interrupted_save(tmp_path / "m")  # done once; nothing more to do
+    assert (tmp_path / "m" / "averaging" / "step-00000005.safetensors").is_file()
+    assert checkpoint.read_config(tmp_path / "m")["model_type"] == "gpt"
+    # The next save does the same by itself before replacing the copy, and clears what killed saves wrote.
+    _leave_as_a_killed_save_would(tmp_path / "m", "again")
+    checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())
+    assert (tmp_path / "m" / "averaging" / "step-00000005.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_resume_after_a_save_killed_between_its_renames(tmp_path):
+    pairs = copy_pairs(80, seed=6)
+    whole_run = _run(average_checkpoints=3)
+    train(TranslationTask(whole_run, pairs), whole_run.train, tmp_path / "whole", quiet=True)
+    first_run = _run(average_checkpoints=3)
+    first_run.train.max_steps = 12
+    train(TranslationTask(first_run, pairs), first_run.train, tmp_path / "split", quiet=True)
+    aside = _leave_as_a_killed_save_would(tmp_path / "split")
+    model, src_tok, tgt_tok = load_translator(aside)
+    second_run = _run(average_checkpoints=3)
+    resumed = TranslationTask(second_run, pairs, src_tok=src_tok, tgt_tok=tgt_tok, model=model.train())
+    train(resumed, second_run.train, tmp_path / "split", resume=True, quiet=True)
+    a, b = load_translator(tmp_path / "whole")[0].state_dict(), load_translator(tmp_path / "split")[0].state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

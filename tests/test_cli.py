@@ -63,12 +63,20 @@ def test_train_translate_evaluate_round_trip(trained, capsys, tmp_path):
     assert code == 0 and "BLEU" in out and "chrF" in out and "sentences/s" in out
 
 
-def test_resume_continues_the_saved_run(trained, capsys):
+def test_resume_continues_the_saved_run(trained, capsys, tmp_path):
     folder, src, tgt = trained
-    # The saved run remembers its data files and options: only what changes is given again.
+    # A save killed between its two renames left the last copy aside: readers are told where it is ...
+    (folder / "model").rename(folder / ".model.old")
+    inp = tmp_path / "in.txt"
+    inp.write_text("ab\n")
+    code, _, err = run_cli(capsys, "translate", "--model", folder / "model", "--input", inp)
+    assert_one_line_error(code, err, str(folder / ".model.old"))
+    # ... and resuming puts it back. The saved run remembers its data files and options: only what changes
+    # is given again.
     code, out, err = run_cli(capsys, "train", "--out", folder / "model", "--resume", "--max-steps", 5)
     assert code == 0, err
     assert '"steps": 5' in out
+    assert not (folder / ".model.old").exists()
 
 
 def test_list_models(capsys):

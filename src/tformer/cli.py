@@ -189,13 +189,14 @@ def cmd_train(args) -> None:
     from tformer.tasks.language_modeling import build_lm_task, lm_run_defaults
     from tformer.tasks.masked_lm import build_mlm_task, mlm_run_defaults
     from tformer.tasks.translation import build_task
-    from tformer.training.checkpoint import read_config
+    from tformer.training.checkpoint import read_config, restore_interrupted_save
 
     overrides = [f"{_SHORTCUTS[k]}={v}" for k in _SHORTCUTS if (v := getattr(args, k)) is not None]
     overrides += list(args.overrides)
     out = Path(args.out)
     base = None
     if args.resume:
+        restore_interrupted_save(out)
         if not (out / "trainer_state.json").is_file():
             raise TformerError(f"--resume: {out} holds no saved run (no trainer_state.json)")
         # Continue with the saved run's options; anything given on this command line still wins.
@@ -281,7 +282,7 @@ def cmd_predict(args) -> None:
 def cmd_finetune(args) -> None:
     from tformer.config import config_from_dict, load_config
     from tformer.tasks.finetune import build_finetune_task, finetune_run_defaults
-    from tformer.training.checkpoint import read_config
+    from tformer.training.checkpoint import read_config, restore_interrupted_save
 
     flags = {"task": "data.task", "train": "data.train_file", "valid": "data.valid_file",
              "text_column": "data.text_column", "pair_column": "data.pair_column", "label_column": "data.label_column",
@@ -293,6 +294,7 @@ def cmd_finetune(args) -> None:
     out = Path(args.out)
     base = finetune_run_defaults()
     if args.resume:
+        restore_interrupted_save(out)
         if not (out / "trainer_state.json").is_file():
             raise TformerError(f"--resume: {out} holds no saved run (no trainer_state.json)")
         base = config_from_dict(read_config(out).get("tformer_run", {}))

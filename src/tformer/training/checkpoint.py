@@ -1,12 +1,15 @@
 """Model directories: config.json + model.safetensors + tokenizer.json (+ trainer state).
 
 A directory is written next to its destination under a temporary name and then swapped in by renames, so a
-crash mid-write never leaves a half-written checkpoint where a good one was. Weights load with safetensors,
-trainer state with torch.load(weights_only=True): nothing executes code from a file.
+crash mid-write never leaves a half-written checkpoint where a good one was. A crash between the two renames
+leaves the previous copy aside, at .NAME.old; the next save or resume puts it back (restore_interrupted_save).
+Weights load with safetensors, trainer state with torch.load(weights_only=True): nothing executes code from a
+file.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -44,12 +47,46 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _aside(path: Path) -> Path:
+    """Where save_dir keeps the previous copy while the new one moves in."""
+    return path.with_name(f".{path.name}.old")
+
+
+def restore_interrupted_save(path: str | Path) -> bool:
+    """Put back what a save stopped between its renames left aside; True when the previous copy came back.
+
+    save_dir moves the old copy to .NAME.old just before the new one takes its place, and the averaging
+    snapshots into the new copy before that. A process killed in between leaves no NAME: the old copy is
+    whole, so it returns, and the snapshots with it. Safe to call from several processes at once (every rank of a
+    resumed run): each step is one rename, and a rename another process already made is skipped."""
+    path = Path(path)
+    restored = False
+    if not path.exists() and _aside(path).is_dir():
+        try:
+            os.replace(_aside(path), path)
+            restored = True
+        except FileNotFoundError:  # another process put it back first
+            pass
+    if path.is_dir() and not (path / AVERAGING).exists():
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+            if (tmp / AVERAGING).is_dir():
+                try:
+                    os.replace(tmp / AVERAGING, path / AVERAGING)
+                except FileNotFoundError:
+                    pass
+                break
+    return restored
+
+
 def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
     """Run write(tmp_dir) and put tmp_dir at `path` atomically enough: the old copy survives until the new is whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    restore_interrupted_save(path)  # else the old copy a killed save left aside would be deleted below
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):  # what killed saves wrote, not swapped in
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    old = path.with_name(f".{path.name}.old")
+    old = _aside(path)
     try:
         write(tmp)
         for f in tmp.iterdir():  # flush file contents before the rename makes them visible
@@ -66,7 +103,11 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
         if old.exists():
             shutil.rmtree(old)
     except BaseException:
-        # The snapshots go back to the old copy, wherever the failed swap left it.
+        # The old copy goes back to its place if the failed swap left it aside, and the snapshots back into it.
+        try:
+            restore_interrupted_save(path)
+        except OSError:
+            pass  # it stays at .NAME.old, where the next save or resume looks
         home = path if path.is_dir() else old
         if (tmp / AVERAGING).is_dir() and home.is_dir() and not (home / AVERAGING).exists():
             os.replace(tmp / AVERAGING, home / AVERAGING)
@@ -100,6 +141,9 @@ def save_model(path: str | Path, model: nn.Module, config: dict, tokenizer=None,
 def read_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_dir():
+        if _aside(path).is_dir():
+            raise TformerError(f"{path}: model directory not found (a save stopped midway left the previous copy at "
+                               f"{_aside(path)}; resuming the run or the next save puts it back)")
         raise TformerError(f"{path}: model directory not found")
     cfg = path / CONFIG
     if not cfg.is_file():

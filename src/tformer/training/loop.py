@@ -147,6 +147,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     groups = task.parameter_groups(cfg.weight_decay) if hasattr(task, "parameter_groups") else None
     optimizer = make_adam(model, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.weight_decay, groups)
     state = TrainerState()
+    if resume:
+        checkpoint.restore_interrupted_save(out_dir)  # a save killed midway left the last copy aside
     if resume and (out_dir / checkpoint.TRAINER_STATE).is_file():
         checkpoint.load_weights(out_dir, model)
         meta, opt_state = checkpoint.load_trainer_state(out_dir)
@@ -183,10 +185,12 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
 
     def save(snapshot: bool = True) -> None:
         if info.is_main:
+            if averager is not None and snapshot:
+                # Before the checkpoint: a run stopped in between resumes from the one before, which drops this
+                # snapshot; the other way round, it would resume from this step without its snapshot.
+                averager.snapshot(model, state.step)
             trainer_meta = {"trainer": asdict(state), "train_config": asdict(cfg)}
             task.save(out_dir, model, trainer_meta, {"optimizer": optimizer.state_dict(), "rng": _rng_state()})
-            if averager is not None and snapshot:
-                averager.snapshot(model, state.step)
         distributed.barrier(info)
 
     def validate() -> None:
