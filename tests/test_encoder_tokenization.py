@@ -4,8 +4,11 @@ and on a RoBERTa-style BPE, word starts, truncation, save/load, and load errors.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -85,6 +88,43 @@ def test_train_wordpiece(wordpiece):
     cased = train_wordpiece(CORPUS, vocab_size=120, lowercase=False)
     assert cased.tokens("The")[0] == "The"
 
+
+
+def test_trained_wordpiece_is_the_same_in_every_process(tmp_path):
+    """The tokenizers library's WordPieceTrainer gave a different vocabulary in each process (ties between
+    equally frequent merges broken in hash-map order); ours must not."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import json, sys\n"
+        "from tformer.encoder_tokenization import train_wordpiece\n"
+        f"corpus = {[s for s in SENTENCES + CORPUS[:4]]!r} * 3\n"
+        "tok = train_wordpiece(corpus, vocab_size=150, min_frequency=1)\n"
+        "print(json.dumps(sorted(tok.backend.get_vocab().items())))\n", encoding="utf-8")
+    runs = [subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)]
+    vocab = dict(json.loads(runs[0]))
+    assert runs[0] == runs[1] == runs[2]
+    assert len(vocab) == 150 and any(t.startswith("##") for t in vocab)
+
+
+def test_trained_wordpiece_learns_what_the_library_trainer_learns(wordpiece):
+    """The same kind of vocabulary as tokenizers' WordPieceTrainer: word starts plain, pieces inside a word
+    "##", from the same BPE merges; only ties between equally frequent merges may go the other way."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, trainers
+
+    from tformer.encoder_tokenization import WORDPIECE_SPECIALS, _wordpiece_pipeline
+
+    library = _wordpiece_pipeline(HFTokenizer(models.WordPiece(unk_token="[UNK]")), lowercase=True)
+    library.train_from_iterator(CORPUS, trainer=trainers.WordPieceTrainer(
+        vocab_size=120, min_frequency=2, special_tokens=WORDPIECE_SPECIALS, continuing_subword_prefix="##",
+        show_progress=False))
+    ours, theirs = set(wordpiece.backend.get_vocab()), set(library.get_vocab())
+    assert len(ours) == len(theirs)
+    assert len(ours & theirs) >= 0.9 * len(theirs), sorted(ours ^ theirs)
+    # Every character is a word start too: "x" ends "fox" and begins no word of the corpus, yet "xyz" splits.
+    assert {c for text in CORPUS for c in text.lower() if not c.isspace()} <= ours
+    assert wordpiece.unk_id not in wordpiece.encode_plain("xyz")
 
 def test_train_encoder_bpe(bpe):
     assert bpe.style == "bpe" and bpe.vocab_size <= 320

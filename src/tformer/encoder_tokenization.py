@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -368,15 +369,67 @@ def _load_vocab_merges(vocab: Path, merges: Path) -> EncoderTokenizer:
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, lowercase: bool = True,
                     min_frequency: int = 2) -> EncoderTokenizer:
     """A BERT-style WordPiece vocabulary of at most `vocab_size` learned from `texts`, with [PAD]=0 [UNK]=1
-    [CLS]=2 [SEP]=3 [MASK]=4. lowercase=True also strips accents (BERT uncased)."""
+    [CLS]=2 [SEP]=3 [MASK]=4. lowercase=True also strips accents (BERT uncased).
+
+    The same texts always give the same vocabulary (see _learn_wordpiece_vocab)."""
     backend = _wordpiece_pipeline(HFTokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100)),
                                   lowercase=lowercase)
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=WORDPIECE_SPECIALS, continuing_subword_prefix="##",
-                                        show_progress=False)
-    backend.train_from_iterator(texts, trainer=trainer)
+    vocab = _learn_wordpiece_vocab(backend, texts, vocab_size, min_frequency)
+    backend.model = models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100)
     _bert_post_processor(backend)
     return EncoderTokenizer(backend, where="trained WordPiece vocabulary")
+
+
+def _learn_wordpiece_vocab(backend: HFTokenizer, texts: Iterable[str], vocab_size: int,
+                           min_frequency: int) -> dict[str, int]:
+    """WordPiece's vocabulary learned as BERT's was: by BPE merges, with pieces inside a word marked "##".
+
+    The tokenizers library's WordPieceTrainer does the same, but numbers the "##" characters in the order it
+    meets words in a hash map, so ties between equally frequent merges go differently in every process: the
+    same texts gave a different vocabulary each time. Here every character inside a word is first replaced
+    by a stand-in of its own (an unused private-use character), so that "##x" is an ordinary character of
+    the alphabet, which the plain BPE trainer numbers in sorted order and then merges deterministically.
+    The stand-ins become "##" pieces again afterwards; the result is a vocabulary of the same kind."""
+    words: Counter[str] = Counter()
+    for text in texts:
+        normalized = backend.normalizer.normalize_str(text)
+        words.update(w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normalized))
+    chars = sorted({c for w in words for c in w})
+    used = set(chars)
+    stand_ins = (chr(cp) for cp in (*range(0xF0000, 0xFFFFE), *range(0x100000, 0x10FFFE)) if chr(cp) not in used)
+    inside = dict(zip(chars, stand_ins))
+    if len(inside) < len(chars):
+        raise TformerError(f"WordPiece training: the texts use {len(chars):,} distinct characters, more than "
+                           "it can mark")
+    original = {v: k for k, v in inside.items()}
+
+    def marked(word: str) -> str:
+        return word[0] + "".join(inside[c] for c in word[1:])
+
+    def training_text():
+        for word, count in sorted(words.items()):
+            piece = marked(word) + " "
+            while count > 0:  # the trainer counts the words again; feed each as often as it occurs
+                n = min(count, 4096)
+                yield piece * n
+                count -= n
+
+    bpe = HFTokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # Every character is also a word start, as in the library's trainer: a word that begins with one that
+    # began no training word still splits into pieces instead of becoming [UNK].
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=WORDPIECE_SPECIALS, initial_alphabet=chars, show_progress=False)
+    bpe.train_from_iterator(training_text(), trainer=trainer)
+    vocab = {}
+    for token, i in bpe.get_vocab().items():
+        if token in WORDPIECE_SPECIALS:
+            vocab[token] = i
+        elif token[0] in original:  # a piece from inside a word (merges never join across a word's start)
+            vocab["##" + "".join(original[c] for c in token)] = i
+        else:
+            vocab[token[0] + "".join(original.get(c, c) for c in token[1:])] = i
+    return vocab
 
 
 def train_encoder_bpe(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2) -> EncoderTokenizer:
