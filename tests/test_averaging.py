@@ -78,17 +78,19 @@ def test_final_model_is_the_mean_of_the_last_checkpoints(tmp_path, monkeypatch):
     assert any(not torch.equal(value, at_save[20][name]) for name, value in model.state_dict().items())
 
 
-def test_resumed_run_averages_the_same_weights(tmp_path):
-    pairs = copy_pairs(80, seed=6)
+def _train_whole_and_first_part(tmp_path, pairs, first_steps: int = 12) -> None:
+    """The run to step 20 in whole/, and the same run stopped at `first_steps` in split/."""
     whole_run = _run(average_checkpoints=3)
     train(TranslationTask(whole_run, pairs), whole_run.train, tmp_path / "whole", quiet=True)
-
-    # Stopped at step 12 (between checkpoints), it saves the average of steps 5, 10 and 12 ...
     first_run = _run(average_checkpoints=3)
-    first_run.train.max_steps = 12
+    first_run.train.max_steps = first_steps
     train(TranslationTask(first_run, pairs), first_run.train, tmp_path / "split", quiet=True)
-    model, src_tok, tgt_tok = load_translator(tmp_path / "split")
-    # ... then resumed to 20 from its raw step-12 weights, it averages 10, 15 and 20 as the whole run does.
+
+
+def _resume_split_and_compare(tmp_path, pairs, model_dir) -> None:
+    """Resumes split/ to step 20 (the model rebuilt from model_dir, as a new process would) and checks that
+    its final model is the whole run's."""
+    model, src_tok, tgt_tok = load_translator(model_dir)
     second_run = _run(average_checkpoints=3)
     resumed = TranslationTask(second_run, pairs, src_tok=src_tok, tgt_tok=tgt_tok, model=model.train())
     train(resumed, second_run.train, tmp_path / "split", resume=True, quiet=True)
@@ -99,10 +101,16 @@ def test_resumed_run_averages_the_same_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_resumed_run_averages_the_same_weights(tmp_path):
+    pairs = copy_pairs(80, seed=6)
+    # Stopped at step 12 (between checkpoints), it saves the average of steps 5, 10 and 12; resumed to 20 from
+    # its raw step-12 weights, it averages 10, 15 and 20 as the whole run does.
+    _train_whole_and_first_part(tmp_path, pairs)
+    _resume_split_and_compare(tmp_path, pairs, tmp_path / "split")
+
+
 def test_a_run_stopped_while_saving_resumes_to_the_same_average(tmp_path, monkeypatch):
     pairs = copy_pairs(80, seed=6)
-    whole_run = _run(average_checkpoints=3)
-    train(TranslationTask(whole_run, pairs), whole_run.train, tmp_path / "whole", quiet=True)
 
     class Killed(Exception):
         pass
@@ -111,24 +119,17 @@ def test_a_run_stopped_while_saving_resumes_to_the_same_average(tmp_path, monkey
 
     def killed_at_step_10(self, model, step):
         original(self, model, step)
-        if step == 10:
+        if step == 10 and self.folder.parent.name == "split":
             raise Killed()
 
     monkeypatch.setattr(CheckpointAverager, "snapshot", killed_at_step_10)
-    first_run = _run(average_checkpoints=3)
-    with pytest.raises(Killed):
-        train(TranslationTask(first_run, pairs), first_run.train, tmp_path / "split", quiet=True)
+    with pytest.raises(Killed):  # the whole run, then the split one, which stops while saving step 10
+        _train_whole_and_first_part(tmp_path, pairs, first_steps=20)
     monkeypatch.undo()
     # The snapshot of step 10 is written, its checkpoint is not: the run resumes from step 5 and steps 10, 15
     # and 20 are averaged, as in the run never stopped.
-    model, src_tok, tgt_tok = load_translator(tmp_path / "split")
     assert checkpoint.load_trainer_state(tmp_path / "split")[0]["trainer"]["step"] == 5
-    second_run = _run(average_checkpoints=3)
-    resumed = TranslationTask(second_run, pairs, src_tok=src_tok, tgt_tok=tgt_tok, model=model.train())
-    train(resumed, second_run.train, tmp_path / "split", resume=True, quiet=True)
-    a, b = load_translator(tmp_path / "whole")[0].state_dict(), load_translator(tmp_path / "split")[0].state_dict()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    _resume_split_and_compare(tmp_path, pairs, tmp_path / "split")
 
 
 @pytest.mark.parametrize("options,needle", [
@@ -203,16 +204,6 @@ def test_a_save_killed_between_its_renames_is_put_back(tmp_path):
 
 def test_resume_after_a_save_killed_between_its_renames(tmp_path):
     pairs = copy_pairs(80, seed=6)
-    whole_run = _run(average_checkpoints=3)
-    train(TranslationTask(whole_run, pairs), whole_run.train, tmp_path / "whole", quiet=True)
-    first_run = _run(average_checkpoints=3)
-    first_run.train.max_steps = 12
-    train(TranslationTask(first_run, pairs), first_run.train, tmp_path / "split", quiet=True)
+    _train_whole_and_first_part(tmp_path, pairs)
     aside = _leave_as_a_killed_save_would(tmp_path / "split")
-    model, src_tok, tgt_tok = load_translator(aside)
-    second_run = _run(average_checkpoints=3)
-    resumed = TranslationTask(second_run, pairs, src_tok=src_tok, tgt_tok=tgt_tok, model=model.train())
-    train(resumed, second_run.train, tmp_path / "split", resume=True, quiet=True)
-    a, b = load_translator(tmp_path / "whole")[0].state_dict(), load_translator(tmp_path / "split")[0].state_dict()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    _resume_split_and_compare(tmp_path, pairs, aside)
