@@ -43,9 +43,10 @@ def sentiment_rows(n, seed):
 
 
 def words_vocabulary(folder) -> EncoderTokenizer:
-    """A WordPiece vocabulary of the test words, their letters and ##letters, written as a vocab.txt. Not a
-    trained one: the tokenizers library breaks ties between equally frequent merges differently in every
-    process, and the models trained on its vocabulary, and these tests' scores, would change with it."""
+    """A WordPiece vocabulary of the test words, their letters and ##letters, written as a vocab.txt: every test
+    word is one token, so the tiny models here learn word-level tasks, and the fixture also covers loading a
+    BERT vocab.txt. (It was written out first when the tokenizers library's trainer, which tformer used then,
+    gave a different vocabulary in every process and these tests' scores changed with it.)"""
     words = sorted(set(GOOD + BAD + FILL + ANIMALS + ["sleeps", "in", "garden", "barn", "where", "does", "?", "."]))
     letters = sorted(set("".join(words)) - set(words))
     vocab = WORDPIECE_SPECIALS + words + letters + ["##" + c for c in sorted(set("".join(words)))]
