@@ -56,7 +56,7 @@ def main() -> int:
         examples = examples[: args.limit]
     task = task_for_model(run, model, tokenizer, [], None)
     features = make_features(tokenizer, examples, max_length=task.max_tokens, stride=run.data.doc_stride,
-                             max_question_tokens=task._question_budget(), training=False)
+                             max_question_tokens=task.question_budget(), training=False)
     began = time.perf_counter()
     with torch.inference_mode():
         start, end = task.qa_logits(model, features)

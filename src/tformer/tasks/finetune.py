@@ -134,7 +134,7 @@ class FineTuneTask:
 
     # -- data ------------------------------------------------------------------------------------------
 
-    def _question_budget(self) -> int:
+    def question_budget(self) -> int:
         """QA: question tokens kept (64, as BERT's run_squad), fewer for short windows."""
         return min(64, self.max_tokens // 3)
 
@@ -172,7 +172,7 @@ class FineTuneTask:
         from tformer.data.squad import make_features
 
         features = make_features(tok, data, max_length=self.max_tokens, stride=self.run.data.doc_stride,
-                                 max_question_tokens=self._question_budget(),
+                                 max_question_tokens=self.question_budget(),
                                  training=split == "train")
         return [{"ids": f.ids, "type_ids": f.type_ids, "start": f.start, "end": f.end} for f in features] \
             if split == "train" else features
@@ -368,7 +368,7 @@ class FineTuneTask:
             from tformer.data.squad import make_features
 
             features = make_features(self.tokenizer, data, max_length=self.max_tokens,
-                                     stride=self.run.data.doc_stride, max_question_tokens=self._question_budget(),
+                                     stride=self.run.data.doc_stride, max_question_tokens=self.question_budget(),
                                      training=False)
             answers = self._answers(model, features, data)
             return [{"id": e.id, "question": e.question, "answer": answers.get(e.id, "")} for e in data]
