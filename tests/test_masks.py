@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tformer.models.transformer import Transformer, TransformerConfig
-from tformer.nn.masks import Unpadded, causal_mask, combine, lengths_mask, padding_mask
+from tformer.nn.masks import Unpadded, causal_mask, combine, lengths_mask, padding_mask, unpad_if_worthwhile
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,3 +175,14 @@ def test_unpadded_packs_real_tokens_and_its_gradients_are_exact():
     rows = torch.randn(7, 2, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda r: u.unpad(u.pad(r) * torch.arange(4.0, dtype=torch.double)[:, None]),
                                     (rows,))
+
+
+@pytest.mark.parametrize("count_first", [True, False])  # the CPU order and the GPU order
+def test_unpadding_only_batches_with_enough_padding(count_first):
+    mask = torch.ones(4, 25, dtype=torch.bool)
+    mask[0, 17:] = False  # 8 of 100 positions are padding: exactly the threshold
+    kept = unpad_if_worthwhile(mask, 0.08, count_first=count_first)
+    assert kept is not None and kept.tokens == 92
+    assert torch.equal(kept.index, mask.reshape(-1).nonzero().squeeze(1))
+    mask[0, 17] = True  # 7%: stays padded
+    assert unpad_if_worthwhile(mask, 0.08, count_first=count_first) is None

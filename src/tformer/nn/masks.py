@@ -45,11 +45,18 @@ def combine(*masks: Tensor | None) -> Tensor | None:
 UNPAD_MIN_PADDING = 0.08
 
 
-def unpad_if_worthwhile(mask: Tensor, min_padding: float = UNPAD_MIN_PADDING) -> Unpadded | None:
-    """Unpadded(mask) when at least `min_padding` of the (B, T) batch is padding, else None (stay padded)."""
-    if int(mask.sum()) > (1.0 - min_padding) * mask.numel():
-        return None
-    return Unpadded(mask)
+def unpad_if_worthwhile(mask: Tensor, min_padding: float = UNPAD_MIN_PADDING,
+                        count_first: bool | None = None) -> Unpadded | None:
+    """Unpadded(mask) when at least `min_padding` of the (B, T) batch is padding, else None (stay padded).
+
+    count_first (default: on a CPU) counts the real tokens before finding them, cheaper for a batch that stays
+    padded; on a GPU each answer read back waits for the device, so the real tokens are found first (one
+    wait) and then counted."""
+    most = (1.0 - min_padding) * mask.numel()
+    if mask.device.type == "cpu" if count_first is None else count_first:
+        return None if int(mask.sum()) > most else Unpadded(mask)
+    unpadded = Unpadded(mask)
+    return None if unpadded.tokens > most else unpadded
 
 
 class Unpadded:
