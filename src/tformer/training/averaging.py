@@ -17,7 +17,6 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from tformer.errors import TformerError
@@ -75,7 +74,7 @@ class CheckpointAverager:
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / _file_name(step)
         tmp = final.with_name(f".{final.name}.tmp")
-        save_file(checkpoint.unique_state_dict(model), str(tmp), metadata={"format": "pt"})
+        checkpoint.write_weights(model, tmp)
         with open(tmp, "rb") as fh:  # on disk before the rename makes it visible
             os.fsync(fh.fileno())
         os.replace(tmp, final)

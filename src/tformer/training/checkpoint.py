@@ -52,6 +52,16 @@ def _aside(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
 
+def _temporary_prefix(path: Path) -> str:
+    """The name save_dir writes a new copy under, beside `path`, until it is swapped in."""
+    return f".{path.name}.tmp-"
+
+
+def _temporary_copies(path: Path) -> list[Path]:
+    """New copies of `path` that saves began and never swapped in."""
+    return list(path.parent.glob(glob.escape(_temporary_prefix(path)) + "*"))
+
+
 def restore_interrupted_save(path: str | Path) -> bool:
     """Put back what a save stopped between its renames left aside; True when the previous copy came back.
 
@@ -68,7 +78,7 @@ def restore_interrupted_save(path: str | Path) -> bool:
         except FileNotFoundError:  # another process put it back first
             pass
     if path.is_dir() and not (path / AVERAGING).exists():
-        for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        for tmp in _temporary_copies(path):
             if (tmp / AVERAGING).is_dir():
                 try:
                     os.replace(tmp / AVERAGING, path / AVERAGING)
@@ -83,9 +93,9 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     restore_interrupted_save(path)  # else the old copy a killed save left aside would be deleted below
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):  # what killed saves wrote, not swapped in
+    for stale in _temporary_copies(path):  # what killed saves wrote, never swapped in
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
     old = _aside(path)
     try:
         write(tmp)
@@ -115,9 +125,14 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def write_weights(model: nn.Module, file: Path) -> None:
+    """The model's weights as safetensors (tied tensors once), as transformers' loaders expect them."""
+    save_file(unique_state_dict(model), str(file), metadata={"format": "pt"})
+
+
 def write_model_files(directory: Path, model: nn.Module, config: dict, tokenizer=None, target_tokenizer=None) -> None:
     (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    save_file(unique_state_dict(model), str(directory / WEIGHTS), metadata={"format": "pt"})
+    write_weights(model, directory / WEIGHTS)
     if tokenizer is not None:
         tokenizer.save(directory / TOKENIZER)
     if target_tokenizer is not None:
