@@ -332,3 +332,22 @@ def test_every_shipped_config_loads_and_names_a_known_preset(path):
 
     run = load_config(path, [])
     assert run.model["preset"] in list_models()
+
+
+@pytest.mark.parametrize("vocab", [7, 512, 513])
+def test_unsmoothed_small_vocab_path_matches_the_custom_function(vocab):
+    # epsilon 0 over at most PLAIN_MAX_VOCAB symbols takes torch's cross-entropy; the numbers must not move.
+    from tformer.training.losses import PLAIN_MAX_VOCAB, _SmoothedCrossEntropy
+
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(40, vocab, generator=g, requires_grad=True)
+    target = torch.randint(0, vocab, (40,), generator=g)
+    loss, nll, count = label_smoothed_cross_entropy(logits, target, epsilon=0.0)
+    plain_path = type(loss.grad_fn).__name__ != "_SmoothedCrossEntropyBackward"
+    assert plain_path == (vocab <= PLAIN_MAX_VOCAB)
+    (grad,) = torch.autograd.grad(loss, logits)
+    ref_loss, ref_nll = _SmoothedCrossEntropy.apply(logits, target, 0.0)
+    (ref_grad,) = torch.autograd.grad(ref_loss, logits)
+    assert torch.allclose(loss, ref_loss, rtol=1e-6) and torch.allclose(nll, ref_nll, rtol=1e-6)
+    assert torch.allclose(grad, ref_grad, atol=1e-6)
+    assert int(count) == 40 and not nll.requires_grad

@@ -40,6 +40,13 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         return grad.mul_(grad_loss), None, None
 
 
+# Without smoothing, small vocabularies (characters, bytes) take torch's own cross-entropy: the custom
+# function's fixed cost (a Python autograd node, several small ops) outweighs its memory savings there. At 768
+# positions: 0.25 against 0.51 ms (65 symbols), 1.14 against 1.39 ms (512); at 1024 symbols and beyond the
+# custom function is as fast or faster, 1.7x at 8,000 (2 cores, forward and backward).
+PLAIN_MAX_VOCAB = 512
+
+
 def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float = 0.1,
                                  ignore_index: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Cross-entropy against a smoothed target (Szegedy et al. 2016; Vaswani et al. 2017, section 5.4).
@@ -56,8 +63,12 @@ def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float 
         keep = target != ignore_index
         if not bool(keep.all()):
             logits, target = logits[keep], target[keep]
+    count = torch.tensor(target.numel(), device=target.device)
+    if epsilon == 0 and logits.size(-1) <= PLAIN_MAX_VOCAB:
+        loss = F.cross_entropy(logits.float(), target, reduction="sum")
+        return loss, loss.detach(), count
     loss, nll = _SmoothedCrossEntropy.apply(logits.float(), target, float(epsilon))
-    return loss, nll.detach(), torch.tensor(target.numel(), device=target.device)
+    return loss, nll.detach(), count
 
 
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100) -> Tensor:
