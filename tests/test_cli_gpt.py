@@ -88,8 +88,12 @@ def test_bad_input_is_one_line(lm, capsys, tmp_path):
     assert_one_line_error(code, err, "--prompt")
     code, _, err = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "cat", "--top-p", "0")
     assert_one_line_error(code, err, "--top-p")
-    code, _, err = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "the" * 10)
-    assert_one_line_error(code, err, "context window")
+    code, _, err = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "the", "--prompt", "the" * 10)
+    assert_one_line_error(code, err, "--prompt 2:", "context window")  # named 1-based, as given
+    long_lines = tmp_path / "prompts.txt"
+    long_lines.write_text("the cat\n" + "the" * 10 + "\n")
+    code, _, err = run_cli(capsys, "generate", "--model", lm / "model", "--input", long_lines)
+    assert_one_line_error(code, err, "prompts.txt:2:", "context window")
     code, _, err = run_cli(capsys, "score", "--model", lm / "model", "--prompt", "x", "--choice", "a")
     assert_one_line_error(code, err, "two")
     empty = tmp_path / "empty.txt"

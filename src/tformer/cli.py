@@ -344,8 +344,14 @@ def cmd_generate(args) -> None:
         raise TformerError(f"--top-p must be in (0, 1], not {args.top_p}")
     prompts = _prompts(args)
     model, tokenizer = load_lm(args.model, _device(args.device))
+    n_flags, window = len(args.prompt or []), model.config.max_len
     for i, p in enumerate(prompts):
-        tokenizer.check_chars(p, f"--prompt {i + 1}")
+        where = f"--prompt {i + 1}" if i < n_flags else f"{args.input or '<stdin>'}:{i - n_flags + 1}"
+        tokenizer.check_chars(p, where)
+        n = len(tokenizer.encode(p))
+        if n > window:  # named here, 1-based, as the user gave it; generate's own check counts list positions
+            raise TformerError(f"{where}: the prompt has {n} tokens, more than the model's context window of "
+                               f"{window}; shorten it (keep its last {window} tokens)")
     batch = [p for p in prompts for _ in range(args.num_samples)]
     outs = generate_text(model, tokenizer, batch, args.max_new_tokens, stop=args.stop, do_sample=not args.greedy,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
