@@ -33,6 +33,24 @@ def tiny_run(**train) -> RunConfig:
     return run
 
 
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """tformer's command line in this process: (exit code, stdout, stderr)."""
+    from tformer.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """Bad input: exit code 2 and one line on stderr, naming each of `needles`, no traceback."""
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
 # Tiny models run fastest on one thread; several threads on a busy 2-core machine mostly wait on each other.
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_pairs
+from conftest import assert_one_line_error, copy_pairs, run_cli
 from tformer.cli import main
 
 TINY = ["--preset", "transformer-micro", "--max-steps", "3", "--max-tokens", "128", "data.tokenizer=char",
@@ -24,21 +24,6 @@ def write_corpus(folder: Path, n: int = 30, gz: bool = False) -> tuple[Path, Pat
         data = "".join(p[side] + "\n" for p in pairs).encode()
         path.write_bytes(gzip.compress(data) if gz else data)
     return src, tgt
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 @pytest.fixture(scope="module")

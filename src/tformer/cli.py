@@ -183,24 +183,28 @@ def cmd_demo(args) -> None:
     run_demo(args.out, args.steps, args.minutes, seed=args.seed)
 
 
+def _saved_run(out: Path):
+    """--resume: the options the run in `out` was started with (the command line's still win over them)."""
+    from tformer.config import config_from_dict
+    from tformer.training.checkpoint import read_config, restore_interrupted_save
+
+    restore_interrupted_save(out)
+    if not (out / "trainer_state.json").is_file():
+        raise TformerError(f"--resume: {out} holds no saved run (no trainer_state.json)")
+    return config_from_dict(read_config(out).get("tformer_run", {}))
+
+
 def cmd_train(args) -> None:
-    from tformer.config import config_from_dict, load_config
+    from tformer.config import load_config
     from tformer.registry import family
     from tformer.tasks.language_modeling import build_lm_task, lm_run_defaults
     from tformer.tasks.masked_lm import build_mlm_task, mlm_run_defaults
     from tformer.tasks.translation import build_task
-    from tformer.training.checkpoint import read_config, restore_interrupted_save
 
     overrides = [f"{_SHORTCUTS[k]}={v}" for k in _SHORTCUTS if (v := getattr(args, k)) is not None]
     overrides += list(args.overrides)
     out = Path(args.out)
-    base = None
-    if args.resume:
-        restore_interrupted_save(out)
-        if not (out / "trainer_state.json").is_file():
-            raise TformerError(f"--resume: {out} holds no saved run (no trainer_state.json)")
-        # Continue with the saved run's options; anything given on this command line still wins.
-        base = config_from_dict(read_config(out).get("tformer_run", {}))
+    base = _saved_run(out) if args.resume else None
     run = load_config(args.config, overrides, base=base)
     kind = family(run.model.get("preset", "transformer-small"))
     if kind in ("gpt", "encoder") and base is None:
@@ -280,9 +284,8 @@ def cmd_predict(args) -> None:
 
 
 def cmd_finetune(args) -> None:
-    from tformer.config import config_from_dict, load_config
+    from tformer.config import load_config
     from tformer.tasks.finetune import build_finetune_task, finetune_run_defaults
-    from tformer.training.checkpoint import read_config, restore_interrupted_save
 
     flags = {"task": "data.task", "train": "data.train_file", "valid": "data.valid_file",
              "text_column": "data.text_column", "pair_column": "data.pair_column", "label_column": "data.label_column",
@@ -292,12 +295,7 @@ def cmd_finetune(args) -> None:
     overrides = [f"{key}={v}" for name, key in flags.items() if (v := getattr(args, name)) is not None]
     overrides += list(args.overrides)
     out = Path(args.out)
-    base = finetune_run_defaults()
-    if args.resume:
-        restore_interrupted_save(out)
-        if not (out / "trainer_state.json").is_file():
-            raise TformerError(f"--resume: {out} holds no saved run (no trainer_state.json)")
-        base = config_from_dict(read_config(out).get("tformer_run", {}))
+    base = _saved_run(out) if args.resume else finetune_run_defaults()
     run = load_config(args.config, overrides, base=base)
     run.model["pretrained"] = str(args.model)
     _train_and_report(build_finetune_task, run, out, args.resume)
