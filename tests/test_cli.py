@@ -141,6 +141,8 @@ def test_translate_and_evaluate_errors(trained, capsys, tmp_path):
     short.write_text("only one line\n")
     code, _, err = run_cli(capsys, "evaluate", "--model", folder / "model", "--src", src, "--ref", short)
     assert_one_line_error(code, err, "ref.txt")
+    code, _, err = run_cli(capsys, "evaluate", "--model", folder / "model", "--src", src, "--ref", src, "data.max_len=9")
+    assert_one_line_error(code, err, "data.max_len=9", "--data")  # section.key=value is for fine-tuned models
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")

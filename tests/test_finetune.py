@@ -259,6 +259,17 @@ def test_cli_finetune_predict_evaluate_and_errors(tmp_path, pretrained, capsys):
     assert main(["predict", "--model", str(out), "--input", str(unlabeled)]) == 0
     preds = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [p["label"] for p in preds] == ["1", "0"]
+    # data.* / train.* options replace the saved ones for evaluate and predict; the model's shape cannot change
+    assert main(["evaluate", "--model", str(out), "--data", str(valid_file), "train.batch_size=3"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(scores["accuracy"], abs=1e-6)
+    for command in (["evaluate", "--model", str(out), "--data", str(valid_file)],
+                    ["predict", "--model", str(out), "--input", str(unlabeled)]):
+        assert main(command + ["data.text_column=review"]) == 2  # applied: the file has no such column
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "review" in err
+    assert main(["evaluate", "--model", str(out), "--data", str(valid_file), "model.d_model=8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.d_model=8" in err
     # a label training never saw, at a named line
     bad = write_tsv(tmp_path / "bad.tsv", [("a fine film", "1"), ("so so", "neutral")])
     assert main(["evaluate", "--model", str(out), "--data", str(bad)]) == 2

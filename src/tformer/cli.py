@@ -58,7 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-tokens", type=int, default=4000, help="source tokens per batch")
     tr.add_argument("--device", default="auto")
 
-    e = sub.add_parser("evaluate", help="score a model: translation (--src/--ref) or a fine-tuned model (--data)")
+    e = sub.add_parser("evaluate", help="score a model: translation (--src/--ref) or a fine-tuned model (--data)",
+                       description="With --data, data.key=value or train.key=value options replace the ones the "
+                                   "model was fine-tuned with (for example data.max_context=false data.doc_stride=64 "
+                                   "for question answering).")
     e.add_argument("--model", required=True)
     e.add_argument("--src", help="source sentences")
     e.add_argument("--ref", help="reference translations, line-aligned with --src")
@@ -67,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--max-tokens", type=int, default=4000)
     e.add_argument("--device", default="auto")
     e.add_argument("--output", help="also write the translations here")
+    e.set_defaults(overrides=[])
 
     g = sub.add_parser("generate", help="continue a prompt with a GPT language model (greedy or sampling)")
     g.add_argument("--model", required=True, help="model directory (tformer GPT, or a Hugging Face GPT-2 folder)")
@@ -156,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", required=True, help="a file in the training format (labels not needed)")
     pr.add_argument("--output", default="-", help="JSONL of predictions ('-': stdout)")
     pr.add_argument("--device", default="auto")
+    pr.set_defaults(overrides=[])  # data.key=value / train.key=value, as for evaluate --data
 
     sub.add_parser("list-models", help="the named model presets")
     return p
@@ -249,13 +254,16 @@ def cmd_translate(args) -> None:
 
 def _finetuned(args):
     """(model, tokenizer, its saved run options) of a fine-tuned directory."""
-    from tformer.config import config_from_dict
+    from tformer.config import config_from_dict, load_config
     from tformer.tasks.finetune import load_finetuned
     from tformer.training.checkpoint import read_config
 
     model, tokenizer = load_finetuned(args.model, _device(args.device))
     run = config_from_dict(read_config(args.model).get("tformer_run", {}))
-    return model, tokenizer, run
+    fixed = [o for o in args.overrides if o.lstrip("-").startswith("model.")]
+    if fixed:  # the model is what the directory holds; only how data is read and batched may change
+        raise TformerError(f"option {fixed[0]!r}: a saved model's shape cannot change here (data.* and train.* can)")
+    return model, tokenizer, load_config(None, args.overrides, base=run)
 
 
 def cmd_evaluate_finetuned(args) -> None:
@@ -306,6 +314,9 @@ def cmd_evaluate(args) -> None:
 
     if args.data:
         return cmd_evaluate_finetuned(args)
+    if args.overrides:
+        raise TformerError(f"option {args.overrides[0]!r}: section.key=value options apply to fine-tuned models "
+                           "(--data), not to translation")
     if not (args.src and args.ref):
         raise TformerError("give --src and --ref (translation) or --data (a fine-tuned model)")
 
@@ -491,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         # `section.key=value` (or --section.key=value) may stand anywhere on a train command line.
-        bad = [e for e in extra if args.command not in ("train", "finetune") or "=" not in e
+        bad = [e for e in extra if args.command not in ("train", "finetune", "evaluate", "predict") or "=" not in e
                or "." not in e.split("=")[0]]
         if bad:
             parser.error(f"unrecognized arguments: {' '.join(bad)}")
