@@ -155,7 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int), ft.add_argument("--device")
     ft.set_defaults(overrides=[])
 
-    pr = sub.add_parser("predict", help="labels (or answers) of a fine-tuned model for a file")
+    pr = sub.add_parser("predict", help="labels (or answers) of a fine-tuned model for a file",
+                        description="data.key=value or train.key=value options replace the ones the model was "
+                                    "fine-tuned with (columns, windows, batch size).")
     pr.add_argument("--model", required=True, help="fine-tuned model directory")
     pr.add_argument("--input", required=True, help="a file in the training format (labels not needed)")
     pr.add_argument("--output", default="-", help="JSONL of predictions ('-': stdout)")
