@@ -357,7 +357,8 @@ def cmd_generate(args) -> None:
     model, tokenizer = load_lm(args.model, _device(args.device))
     n_flags, window = len(args.prompt or []), model.config.max_len
     for i, p in enumerate(prompts):
-        where = f"--prompt {i + 1}" if i < n_flags else f"{args.input or '<stdin>'}:{i - n_flags + 1}"
+        source = "<stdin>" if args.input in (None, "-") else args.input
+        where = f"--prompt {i + 1}" if i < n_flags else f"{source}:{i - n_flags + 1}"
         tokenizer.check_chars(p, where)
         n = len(tokenizer.encode(p))
         if n > window:  # named here, 1-based, as the user gave it; generate's own check counts list positions
@@ -503,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        # `section.key=value` (or --section.key=value) may stand anywhere on a train command line.
+        # `section.key=value` (or --section.key=value) may stand anywhere on a train, finetune, evaluate or predict line.
         bad = [e for e in extra if args.command not in ("train", "finetune", "evaluate", "predict") or "=" not in e
                or "." not in e.split("=")[0]]
         if bad:
