@@ -92,6 +92,11 @@ def test_onednn_path_only_where_it_was_measured_to_pay(onednn_for_small_products
     monkeypatch.setattr(linear_module, "_tuned_choice", False)  # BLAS measured faster on this CPU
     linear(torch.randn(16, 8), w)
     assert calls == [1]
+    monkeypatch.setattr(linear_module, "_tuned_choice", True)
+    monkeypatch.setattr(linear_module, "_onednn_op", False)  # a torch without the private op: F.linear
+    x = torch.randn(16, 8)
+    assert torch.equal(linear(x, w), torch.nn.functional.linear(x, w))
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("setting, expected", [("blas", False), ("onednn", True)])

@@ -44,6 +44,18 @@ def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+_onednn_op: bool | None = None
+
+
+def _onednn_linear_available() -> bool:
+    """Whether this torch build has oneDNN and the (private) op above; a build or version without it keeps
+    F.linear, which gives the same numbers."""
+    global _onednn_op
+    if _onednn_op is None:
+        _onednn_op = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return _onednn_op
+
+
 _tuned_choice: bool | None = None
 
 
@@ -155,7 +167,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             and not torch.is_autocast_enabled("cpu") and tuned_cpu_products()):
         function = None
         if max(d_in, d_out) <= ONEDNN_MAX_SIDE:
-            if torch.backends.mkldnn.is_available():
+            if _onednn_linear_available():
                 function = _OneDNNLinearFunction
         elif d_out > ONEDNN_MAX_SIDE and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
             function = _BlockedGradLinearFunction
