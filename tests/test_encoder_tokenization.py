@@ -107,6 +107,32 @@ def test_trained_wordpiece_is_the_same_in_every_process(tmp_path):
     assert len(vocab) == 150 and any(t.startswith("##") for t in vocab)
 
 
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_wordpiece_word_counts_match_the_pipeline_run_on_each_text(lowercase):
+    """Training counts each distinct whitespace-separated chunk once; the counts must be those of BERT's
+    normaliser and pre-tokeniser run over every whole text, on text full of the awkward cases: controls that
+    Python splits on but BERT deletes, Unicode spaces, accents (also combining ones after a space), CJK,
+    final sigma, punctuation runs, zero-width and replacement characters."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    from tformer.encoder_tokenization import _count_words, _wordpiece_pipeline
+
+    pool = list("aAbé ,.!'-\t\n\r") + ["\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u3000", "\u2028",
+                                        "\u200b", "\ufffd", "\x00", "\u0301", "東京", "ΟΔΟΣ", "İ", "ß", "😀", "e\u0301"]
+    rng = random.Random(0)
+    texts = SENTENCES + ["a\x1fb a\x0bb a\x85b", " \u0301a ΟΔΟΣ. U.S.A."]
+    texts += ["".join(rng.choice(pool) for _ in range(rng.randint(0, 40))) for _ in range(300)]
+    backend = _wordpiece_pipeline(HFTokenizer(models.WordPiece(unk_token="[UNK]")), lowercase=lowercase)
+    expected = Counter(word for text in texts for word, _ in
+                       backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)))
+    assert _count_words(backend, texts) == expected
+    # Python's str.split() would split at these three controls; BERT deletes them and sees one word.
+    assert _count_words(backend, ["a\x1fb a\x0bb a\x85b"]) == Counter({"ab": 3})
+
+
 def test_trained_wordpiece_learns_what_the_library_trainer_learns(wordpiece):
     """The same kind of vocabulary as tokenizers' WordPieceTrainer: word starts plain, pieces inside a word
     "##", from the same BPE merges; only ties between equally frequent merges may go the other way."""

@@ -380,6 +380,29 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, lowercase: boo
     return EncoderTokenizer(backend, where="trained WordPiece vocabulary")
 
 
+# The control characters Python's str.split() takes for whitespace; BERT's normaliser deletes them instead of
+# reading them as a space, so deleting them first keeps "a\x1fb" one word, as BERT sees it. Every other
+# character str.split() splits on is one the normaliser turns into a space.
+_NOT_SEPARATORS = str.maketrans("", "", "\x0b\x0c\x1c\x1d\x1e\x1f\x85")
+
+
+def _count_words(backend: HFTokenizer, texts: Iterable[str]) -> Counter[str]:
+    """How often each word (after BERT's normaliser and pre-tokeniser) occurs in `texts`.
+
+    Both steps work within a whitespace-separated chunk (they act on one character at a time, or split
+    further), so each distinct chunk goes through them once, with its count: far fewer calls than one per
+    word of the corpus (8.6 MB of text: 1-1.7 s against 7-9 s)."""
+    chunks: Counter[str] = Counter()
+    for text in texts:
+        chunks.update(text.translate(_NOT_SEPARATORS).split())
+    normalize, pre_tokenize = backend.normalizer.normalize_str, backend.pre_tokenizer.pre_tokenize_str
+    words: Counter[str] = Counter()
+    for chunk, count in chunks.items():
+        for word, _ in pre_tokenize(normalize(chunk)):
+            words[word] += count
+    return words
+
+
 def _learn_wordpiece_vocab(backend: HFTokenizer, texts: Iterable[str], vocab_size: int,
                            min_frequency: int) -> dict[str, int]:
     """WordPiece's vocabulary learned as BERT's was: by BPE merges, with pieces inside a word marked "##".
@@ -390,10 +413,7 @@ def _learn_wordpiece_vocab(backend: HFTokenizer, texts: Iterable[str], vocab_siz
     by a stand-in of its own (an unused private-use character), so that "##x" is an ordinary character of
     the alphabet, which the plain BPE trainer numbers in sorted order and then merges deterministically.
     The stand-ins become "##" pieces again afterwards; the result is a vocabulary of the same kind."""
-    words: Counter[str] = Counter()
-    for text in texts:
-        normalized = backend.normalizer.normalize_str(text)
-        words.update(w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normalized))
+    words = _count_words(backend, texts)
     chars = sorted({c for w in words for c in w})
     used = set(chars)
     stand_ins = (chr(cp) for cp in (*range(0xF0000, 0xFFFFE), *range(0x100000, 0x10FFFE)) if chr(cp) not in used)
