@@ -143,6 +143,16 @@ def test_translate_and_evaluate_errors(trained, capsys, tmp_path):
     assert_one_line_error(code, err, "ref.txt")
     code, _, err = run_cli(capsys, "evaluate", "--model", folder / "model", "--src", src, "--ref", src, "data.max_len=9")
     assert_one_line_error(code, err, "data.max_len=9", "--data")  # section.key=value is for fine-tuned models
+    plain = tmp_path / "plain.txt"
+    plain.write_text("abc\n")
+    code, _, err = run_cli(capsys, "translate", "--model", folder / "model", "--input", plain, "--output", plain)
+    assert_one_line_error(code, err, "--output", "also an input")
+    assert plain.read_text() == "abc\n"
+    for output, named in ((tmp_path / "no" / "out.txt", "does not exist"), (tmp_path, "is a folder")):
+        code, _, err = run_cli(capsys, "translate", "--model", folder / "model", "--input", plain, "--output", output)
+        assert_one_line_error(code, err, "--output", named)
+    code, _, err = run_cli(capsys, "evaluate", "--model", folder / "model", "--data", plain, "--beam", 2)
+    assert_one_line_error(code, err, "--beam", "translation")  # before: silently ignored
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")

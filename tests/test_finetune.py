@@ -351,3 +351,30 @@ def test_bad_options_are_one_line_errors(tmp_path, pretrained):
     head = HeadConfig("classification", ["only"])
     with pytest.raises(ValueError, match="at least 2 labels"):
         EncoderForTask(BertConfig(vocab_size=10, d_model=8, n_heads=2, n_layers=1, d_ff=8), head)
+
+
+def test_finetune_refuses_what_it_would_get_wrong(tmp_path, pretrained, capsys):
+    from conftest import assert_one_line_error, run_cli
+
+    one_label = write_tsv(tmp_path / "one.tsv", [("a good film", "pos"), ("a great film", "pos")])
+    train_file = write_tsv(tmp_path / "train.tsv", sentiment_rows(40, 0))
+    base = ["finetune", "--model", pretrained, "--out", tmp_path / "clf"]
+    code, _, err = run_cli(capsys, *base, "--train", one_label)
+    assert_one_line_error(code, err, "one.tsv", "'pos'", "at least two")
+    code, _, err = run_cli(capsys, *base, "--train", train_file, "--epochs", "0")
+    assert_one_line_error(code, err, "never end")  # before: trained until killed
+    for option, named in (("model.foo=1", "model.foo"), ("model.lm_weight=0.5", "model.lm_weight"),
+                          ("model.classifier_dropout=abc", "abc"), ("train.layer_decay=-1", "train.layer_decay")):
+        code, _, err = run_cli(capsys, *base, "--train", train_file, option)
+        assert_one_line_error(code, err, named)
+    code, _, err = run_cli(capsys, *base[:-1], pretrained, "--train", train_file)
+    assert_one_line_error(code, err, "is the --model being fine-tuned")
+    assert not (tmp_path / "clf").exists()
+    # an unseen tag is named at its own line (one token a line), not at its sentence's first line
+    (tmp_path / "ner.txt").write_text("cat X B-ANI\nthe X O\n\ndog X B-ANI\n")
+    (tmp_path / "dev.txt").write_text("the X O\nfilm X O\nhorse X B-NEW\n")
+    code, _, err = run_cli(capsys, *base, "--task", "tagging", "--train", tmp_path / "ner.txt",
+                           "--valid", tmp_path / "dev.txt", "--epochs", "1")
+    assert_one_line_error(code, err, "'B-NEW'", "dev.txt:3")
+    # question answering gets BERT's 384-token windows unless told otherwise (128 left no room for the stride)
+    assert finetune_run_defaults("qa").data.max_tokens == 384 > finetune_run_defaults().data.max_tokens

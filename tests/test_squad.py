@@ -177,7 +177,7 @@ def test_question_truncation_and_bad_settings(tmp_path, wordpiece):
     features = make_features(wordpiece, examples, max_question_tokens=2)
     assert features[0].ids[:4] == [wordpiece.cls_id, *wordpiece.encode_plain(examples[0].question)[:2],
                                    wordpiece.sep_id]
-    with pytest.raises(TformerError, match="must be more than stride=128"):
+    with pytest.raises(TformerError, match="not more than the stride \\(data.doc_stride=128\\)"):
         make_features(wordpiece, examples, max_length=150)
     no_answer = [QAExample("x", "", CONTEXT, "Why?", [], [])]
     with pytest.raises(TformerError, match="example x: no answer"):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from tformer.errors import TformerError
 
@@ -25,9 +27,25 @@ _SHORTCUTS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the one-line form of every other tformer error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _text(value: str) -> str:
+    """A text argument: bytes that are not UTF-8 reach Python as lone surrogates; say so instead of failing later."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{value.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8") from None
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tformer", description="Attention and Transformers from first principles.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="tformer", description="Attention and Transformers from first principles.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser("demo", help="train a small Transformer on a generated date-translation task (~3 min)")
     d.add_argument("--out", default="tformer-demo", help="output folder (model directory and heatmap)")
@@ -45,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="model directory to write (and to resume from)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out, with its saved options unless given again")
+    t.add_argument("--overwrite", action="store_true", help="replace the model already saved in --out")
     for name in _SHORTCUTS:
         t.add_argument("--" + name.replace("_", "-"), dest=name)
     t.set_defaults(overrides=[])  # section.key=value items, collected wherever they appear (see main)
@@ -66,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--src", help="source sentences")
     e.add_argument("--ref", help="reference translations, line-aligned with --src")
     e.add_argument("--data", help="fine-tuned models: a labelled file in the training format")
-    e.add_argument("--beam", type=int, default=4)
+    e.add_argument("--beam", type=int, help="translation: beam size (default 4)")
     e.add_argument("--max-tokens", type=int, default=4000)
     e.add_argument("--device", default="auto")
     e.add_argument("--output", help="also write the translations here")
@@ -74,14 +93,14 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="continue a prompt with a GPT language model (greedy or sampling)")
     g.add_argument("--model", required=True, help="model directory (tformer GPT, or a Hugging Face GPT-2 folder)")
-    g.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); \\n means a newline")
+    g.add_argument("--prompt", action="append", type=_text, help="prompt text (repeat for a batch); \\n means a newline")
     g.add_argument("--input", help="a file of prompts, one per line ('-': stdin)")
     g.add_argument("--max-new-tokens", type=int, default=200)
     g.add_argument("--greedy", action="store_true", help="always the most likely token (no sampling)")
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the most likely tokens up to p")
-    g.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+    g.add_argument("--stop", action="append", default=[], type=_text, help="stop at this string (repeatable)")
     g.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
     g.add_argument("--seed", type=int, help="makes sampling reproducible")
     g.add_argument("--device", default="auto")
@@ -90,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", required=True)
     sc.add_argument("--input", help="text file to score as a whole ('-': stdin)")
     sc.add_argument("--per-line", action="store_true", help="score each line of --input on its own")
-    sc.add_argument("--prompt", help="multiple choice: the question or context")
-    sc.add_argument("--choice", action="append", default=[], help="multiple choice: a candidate continuation")
+    sc.add_argument("--prompt", type=_text, help="multiple choice: the question or context")
+    sc.add_argument("--choice", action="append", default=[], type=_text, help="multiple choice: a candidate continuation")
     sc.add_argument("--normalize", choices=["mean", "sum"], default="mean",
                     help="rank choices by mean or summed token log-probability")
     sc.add_argument("--device", default="auto")
@@ -100,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     em.add_argument("--model", required=True, help="model directory (tformer encoder, or a Hugging Face BERT / "
                                                    "RoBERTa / ALBERT / sentence-transformers folder)")
     em.add_argument("--input", help="a file of sentences, one per line ('-': stdin)")
-    em.add_argument("--sentence", action="append", help="a sentence (repeatable)")
+    em.add_argument("--sentence", action="append", type=_text, help="a sentence (repeatable)")
     em.add_argument("--output", default="-", help="FILE.npy, FILE.jsonl, or '-' for JSONL on stdout")
     em.add_argument("--pooling", choices=["cls", "mean", "pooler"],
                     help="how token states become one vector (default: the checkpoint's own, else cls)")
@@ -119,13 +138,13 @@ def _parser() -> argparse.ArgumentParser:
 
     fm = sub.add_parser("fill-mask", help="the likeliest tokens for each [MASK] in a text")
     fm.add_argument("--model", required=True)
-    fm.add_argument("text", help='for example "The capital of France is [MASK]."')
+    fm.add_argument("text", type=_text, help='for example "The capital of France is [MASK]."')
     fm.add_argument("--top-k", type=int, default=5)
     fm.add_argument("--device", default="auto")
 
     si = sub.add_parser("similar", help="rank the sentences of a file by cosine similarity to a query")
     si.add_argument("--model", required=True)
-    si.add_argument("--query", required=True)
+    si.add_argument("--query", required=True, type=_text)
     si.add_argument("--input", required=True, help="a file of sentences, one per line ('-': stdin)")
     si.add_argument("--top-k", type=int, default=10)
     si.add_argument("--pooling", choices=["cls", "mean", "pooler"])
@@ -147,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", required=True, help="directory for the fine-tuned model")
     ft.add_argument("--config", help="TOML run configuration")
     ft.add_argument("--resume", action="store_true")
+    ft.add_argument("--overwrite", action="store_true", help="replace the model already saved in --out")
     ft.add_argument("--text-column"), ft.add_argument("--pair-column"), ft.add_argument("--label-column")
     ft.add_argument("--strategy", choices=["full", "feature_extraction"])
     ft.add_argument("--freeze-layers", type=int, help="freeze the embeddings and the lowest N layers")
@@ -190,15 +210,62 @@ def cmd_demo(args) -> None:
     run_demo(args.out, args.steps, args.minutes, seed=args.seed)
 
 
+def _check_out(out: Path, resume: bool, overwrite: bool, pretrained: str | None = None) -> None:
+    """A save replaces the whole --out directory, so it must be a new folder, or a model being resumed or
+    knowingly replaced: never the current folder, a file, or a folder of other things."""
+    if out.name in ("", ".", ".."):
+        raise TformerError(f"--out {str(out)!r}: name a folder for the model (for example runs/NAME)")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise TformerError(f"--out {out}: {parent} is a file, not a folder")
+    if out.exists() and not out.is_dir():
+        raise TformerError(f"--out {out} is a file, not a model directory; choose another --out")
+    if pretrained is not None and out.exists() and out.resolve() == Path(pretrained).resolve():
+        raise TformerError(f"--out {out} is the --model being fine-tuned; write the fine-tuned model elsewhere")
+    if resume or not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / "config.json").is_file():
+        raise TformerError(f"--out {out} is a folder with other files in it, and saving replaces the whole folder; "
+                           "choose a new one")
+    if not overwrite:
+        raise TformerError(f"--out {out} already holds a model: add --resume to continue its run, or --overwrite "
+                           "to replace it")
+
+
 def _saved_run(out: Path):
     """--resume: the options the run in `out` was started with (the command line's still win over them)."""
-    from tformer.config import config_from_dict
-    from tformer.training.checkpoint import read_config, restore_interrupted_save
+    from tformer.training.checkpoint import restore_interrupted_save
 
     restore_interrupted_save(out)
     if not (out / "trainer_state.json").is_file():
         raise TformerError(f"--resume: {out} holds no saved run (no trainer_state.json)")
-    return config_from_dict(read_config(out).get("tformer_run", {}))
+    return _run_options(out)
+
+
+def _run_options(directory: Path | str):
+    """The run options saved in a model directory's config.json."""
+    from tformer.config import config_from_dict
+    from tformer.training.checkpoint import CONFIG, read_config
+
+    return config_from_dict(read_config(directory).get("tformer_run", {}), f"{Path(directory) / CONFIG}: tformer_run")
+
+
+def _check_resumed(base, run, fields: tuple[str, ...]) -> None:
+    """--resume continues a run as it was started: the model, and what `fields` name ("model" for every model
+    option, or "data.task", ...), must not change; an option that would is an error, never silently ignored."""
+    def values(cfg, name):
+        section, _, key = name.partition(".")
+        part = getattr(cfg, section)
+        return ({f"{section}.{k}": v for k, v in part.items()} if not key else
+                {name: part.get(key) if isinstance(part, dict) else getattr(part, key)})
+
+    for name in fields:
+        before, after = values(base, name), values(run, name)
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                was = "not set" if before.get(key) is None else repr(before.get(key))
+                raise TformerError(f"--resume: {key}={after.get(key)!r}, but the saved run has {key} {was}; a "
+                                   "resumed run continues as it started (start a new run to change it)")
 
 
 def cmd_train(args) -> None:
@@ -211,8 +278,11 @@ def cmd_train(args) -> None:
     overrides = [f"{_SHORTCUTS[k]}={v}" for k in _SHORTCUTS if (v := getattr(args, k)) is not None]
     overrides += list(args.overrides)
     out = Path(args.out)
+    _check_out(out, args.resume, args.overwrite)
     base = _saved_run(out) if args.resume else None
     run = load_config(args.config, overrides, base=base)
+    if base is not None:
+        _check_resumed(_saved_run(out), run, ("model",))
     kind = family(run.model.get("preset", "transformer-small"))
     if kind in ("gpt", "encoder") and base is None:
         # Language models start from their own defaults (cosine schedule, AdamW, ...), then the file and
@@ -230,12 +300,49 @@ def _train_and_report(builder, run, out: Path, resume: bool) -> None:
     info = distributed.setup(run.train.device)
     try:
         task = builder(run, out if resume else None)
+        t = run.train
+        if not (t.max_steps or t.max_epochs or t.max_minutes or t.save_every):
+            # Without a limit a run goes on until it is stopped (as fairseq's): only useful with checkpoints.
+            raise TformerError("training would never end and never save: set train.max_steps, train.max_epochs "
+                               "or train.max_minutes above 0 (or train.save_every, to train until stopped)")
         state = train(task, run.train, out, resume=resume, info=info)
         if info.is_main:
             print(json.dumps({"steps": state.step, "epochs": state.epoch, "seconds": round(state.elapsed_s, 1),
                               "valid": state.last_valid, "model": str(out)}))
     finally:
         distributed.teardown(info)
+
+
+def _output_file(path: str, inputs: tuple[str | None, ...] = ()) -> Path:
+    """--output as a file that can be written: not a folder, not one of the inputs, in a folder that exists."""
+    target = Path(path)
+    if any(i not in (None, "-") and Path(i).exists() and target.exists() and target.samefile(i) for i in inputs):
+        raise TformerError(f"--output {path} is also an input file; write the output elsewhere")
+    if target.is_dir():
+        raise TformerError(f"--output {path} is a folder; name a file")
+    if not target.parent.is_dir():
+        raise TformerError(f"--output {path}: folder {target.parent} does not exist")
+    return target
+
+
+def _write_output(path: str, text: str | Callable[[Path], None], inputs: tuple[str | None, ...] = (),
+                  suffix: str = "") -> None:
+    """--output: '-' is stdout; a file is written beside itself and renamed in, so a failure keeps the old one.
+    text: the text, or a function that writes the file at the path it is given."""
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    target = _output_file(path, inputs)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}{suffix}")
+    try:
+        if callable(text):
+            text(tmp)
+        else:
+            tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TformerError(f"--output {path}: {exc.strerror or exc}") from None
 
 
 def cmd_translate(args) -> None:
@@ -247,21 +354,16 @@ def cmd_translate(args) -> None:
     model, src_tok, tgt_tok = load_translator(args.model, _device(args.device))
     lines = read_text_input(args.input)
     hyps = translate_lines(model, src_tok, tgt_tok, lines, args.beam, args.max_tokens, args.length_penalty)
-    text = "".join(h + "\n" for h in hyps)
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        Path(args.output).write_text(text, encoding="utf-8")
+    _write_output(args.output, "".join(h + "\n" for h in hyps), (args.input,))
 
 
 def _finetuned(args):
     """(model, tokenizer, its saved run options) of a fine-tuned directory."""
-    from tformer.config import config_from_dict, load_config
+    from tformer.config import load_config
     from tformer.tasks.finetune import load_finetuned
-    from tformer.training.checkpoint import read_config
 
     model, tokenizer = load_finetuned(args.model, _device(args.device))
-    run = config_from_dict(read_config(args.model).get("tformer_run", {}))
+    run = _run_options(args.model)
     fixed = [o for o in args.overrides if o.lstrip("-").startswith("model.")]
     if fixed:  # the model is what the directory holds; only how data is read and batched may change
         raise TformerError(f"option {fixed[0]!r}: a saved model's shape cannot change here (data.* and train.* can)")
@@ -286,11 +388,7 @@ def cmd_predict(args) -> None:
     data = read_task_file(run, args.input, labelled=False)
     task = task_for_model(run, model, tokenizer, [], None)
     records = task.predict(model, data)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        Path(args.output).write_text(text, encoding="utf-8")
+    _write_output(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), (args.input,))
 
 
 def cmd_finetune(args) -> None:
@@ -305,8 +403,18 @@ def cmd_finetune(args) -> None:
     overrides = [f"{key}={v}" for name, key in flags.items() if (v := getattr(args, name)) is not None]
     overrides += list(args.overrides)
     out = Path(args.out)
-    base = _saved_run(out) if args.resume else finetune_run_defaults()
+    _check_out(out, args.resume, args.overwrite, pretrained=args.model)
+    base = _saved_run(out) if args.resume else finetune_run_defaults(args.task)
     run = load_config(args.config, overrides, base=base)
+    if args.resume:
+        saved = _saved_run(out)
+        if Path(saved.model.get("pretrained", args.model)).resolve() != Path(args.model).resolve():
+            raise TformerError(f"--resume: the run in {out} fine-tunes {saved.model['pretrained']}, not --model "
+                               f"{args.model}")
+        run.model["pretrained"] = saved.model.get("pretrained", str(args.model))
+        _check_resumed(saved, run, ("model", "data.task", "data.train_file"))
+        if args.epochs is not None and not any(o.startswith("train.max_steps=") for o in overrides):
+            run.train.max_steps = 0  # the steps of --epochs are counted again (see build_finetune_task)
     run.model["pretrained"] = str(args.model)
     _train_and_report(build_finetune_task, run, out, args.resume)
 
@@ -315,6 +423,9 @@ def cmd_evaluate(args) -> None:
     from tformer.tasks.translation import evaluate_files
 
     if args.data:
+        given = [f"--{name}" for name in ("src", "ref", "beam", "output") if getattr(args, name) is not None]
+        if given:
+            raise TformerError(f"{given[0]} applies to translation (--src/--ref), not to a fine-tuned model (--data)")
         return cmd_evaluate_finetuned(args)
     if args.overrides:
         raise TformerError(f"option {args.overrides[0]!r}: section.key=value options apply to fine-tuned models "
@@ -322,11 +433,11 @@ def cmd_evaluate(args) -> None:
     if not (args.src and args.ref):
         raise TformerError("give --src and --ref (translation) or --data (a fine-tuned model)")
 
-    _positive("beam", args.beam)
+    args.beam = 4 if args.beam is None else _positive("beam", args.beam)
     result = evaluate_files(args.model, args.src, args.ref, args.beam, _device(args.device), args.max_tokens)
     hyps = result.pop("hypotheses")
     if args.output:
-        Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        _write_output(args.output, "".join(h + "\n" for h in hyps), (args.src, args.ref))
     print(f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  {result['sentences']} sentences in "
           f"{result['seconds']:.1f} s ({result['sentences_per_s']:.1f} sentences/s, beam {args.beam})")
 
@@ -336,10 +447,18 @@ def _prompts(args) -> list[str]:
 
     prompts = [p.replace("\\n", "\n") for p in (args.prompt or [])]
     if args.input:
-        prompts += read_text_input(args.input)
+        lines = read_text_input(args.input)
+        if not lines:
+            raise TformerError(f"{_source(args.input)}: no prompts in it (it is empty)")
+        prompts += lines
     if not prompts:
         raise TformerError("give --prompt TEXT or --input FILE")
     return prompts
+
+
+def _source(path: str | None) -> str:
+    """How messages name an input: its path, or <stdin>."""
+    return "<stdin>" if path in (None, "-") else path
 
 
 def cmd_generate(args) -> None:
@@ -353,12 +472,21 @@ def cmd_generate(args) -> None:
         raise TformerError(f"--temperature must not be negative, not {args.temperature}")
     if not 0.0 < args.top_p <= 1.0:
         raise TformerError(f"--top-p must be in (0, 1], not {args.top_p}")
+    if not math.isfinite(args.temperature):
+        raise TformerError(f"--temperature must be a finite number, not {args.temperature}")
+    if args.top_k < 0:
+        raise TformerError(f"--top-k must not be negative (0: all tokens), not {args.top_k}")
+    if "" in args.stop:
+        raise TformerError("--stop: an empty stop string would stop before the first token")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise TformerError(f"--seed must be in [0, 2^63), not {args.seed}")
     prompts = _prompts(args)
     model, tokenizer = load_lm(args.model, _device(args.device))
     n_flags, window = len(args.prompt or []), model.config.max_len
     for i, p in enumerate(prompts):
-        source = "<stdin>" if args.input in (None, "-") else args.input
-        where = f"--prompt {i + 1}" if i < n_flags else f"{source}:{i - n_flags + 1}"
+        where = f"--prompt {i + 1}" if i < n_flags else f"{_source(args.input)}:{i - n_flags + 1}"
+        if not p and tokenizer.eos_id is None:
+            raise TformerError(f"{where}: the prompt is empty, and the model has no end-of-text token to start from")
         tokenizer.check_chars(p, where)
         n = len(tokenizer.encode(p))
         if n > window:  # named here, 1-based, as the user gave it; generate's own check counts list positions
@@ -390,13 +518,19 @@ def cmd_score(args) -> None:
             mark = "*" if choice == result["choice"] else " "
             print(f"{mark} {score:9.4f}  {choice}")
         return
+    lines = read_text_input(args.input) if args.per_line or args.input == "-" else read_text(args.input).split("\n")
+    if not any(lines):
+        raise TformerError(f"{_source(args.input)}: nothing to score (it is empty)")
+    for i, line in enumerate(lines):  # named by line here: the library's checks only know the whole text
+        tokenizer.check_chars(line, f"{_source(args.input)}:{i + 1}")
+        if args.per_line and not line:
+            raise TformerError(f"{_source(args.input)}:{i + 1}: an empty line; --per-line scores each line, and "
+                               "this one has no tokens")
     if args.per_line:
-        lines = read_text_input(args.input)
         for line, r in zip(lines, score_texts(model, tokenizer, lines)):
             print(f"{r['log_likelihood']:10.3f}  {r['tokens']:5d} tokens  ppl {r['perplexity']:9.3f}  {line}")
         return
-    text = read_text_input(args.input) if args.input == "-" else None
-    r = score_text(model, tokenizer, "\n".join(text) if text is not None else read_text(args.input))
+    r = score_text(model, tokenizer, "\n".join(lines))
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
 
 
@@ -448,9 +582,7 @@ def cmd_embed(args) -> None:
     vectors = embed(model, tokenizer, sentences, layers=args.layer or [-1], combine=args.combine,
                     normalize=normalize and not args.tokens, tokens=args.tokens, **options)
     if out.endswith(".npy"):
-        tmp = Path(out + ".tmp.npy")
-        np.save(tmp, vectors.numpy())
-        os.replace(tmp, out)
+        _write_output(out, lambda tmp: np.save(tmp, vectors.numpy()), (args.input,), suffix=".npy")
         print(f"{len(sentences)} vectors of {vectors.shape[1]} dimensions -> {out}", file=sys.stderr)
         return
     lines = []
@@ -463,10 +595,7 @@ def cmd_embed(args) -> None:
         else:
             record["vector"] = [round(x, 6) for x in v.tolist()]
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    if out == "-":
-        sys.stdout.writelines(lines)
-    else:
-        Path(out).write_text("".join(lines), encoding="utf-8")
+    _write_output(out, "".join(lines), (args.input,))
 
 
 def cmd_fill_mask(args) -> None:
@@ -508,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
         bad = [e for e in extra if args.command not in ("train", "finetune", "evaluate", "predict") or "=" not in e
                or "." not in e.split("=")[0]]
         if bad:
-            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+            parser.exit(2, f"tformer {args.command}: error: unrecognized arguments: {' '.join(bad)} "
+                           f"(see tformer {args.command} --help)\n")
         args.overrides = extra
     handler = {"demo": cmd_demo, "train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate,
                "generate": cmd_generate, "score": cmd_score, "embed": cmd_embed, "fill-mask": cmd_fill_mask,
@@ -525,6 +655,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # a case no check above foresaw: still one line, and the way to see more
+        if os.environ.get("TFORMER_DEBUG"):
+            raise
+        message = " ".join(str(exc).split())[:300]
+        print(f"tformer {args.command}: error: {type(exc).__name__}: {message} (TFORMER_DEBUG=1 shows where)",
+              file=sys.stderr)
         return 1
     return 0
 

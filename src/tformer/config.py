@@ -6,6 +6,7 @@ typo never silently falls back to a default. The resolved config is saved with e
 
 from __future__ import annotations
 
+import math
 import sys
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -114,6 +115,36 @@ class RunConfig:
         return asdict(self)
 
 
+# The values each numeric option may take: (lowest, highest, whether the lowest itself is allowed; the highest
+# never is); None: no bound. A value outside (NaN and infinities included) is an error naming the option, before anything runs.
+_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "data.vocab_size": (1, None, True), "data.max_len": (1, None, True), "data.valid_fraction": (0, 1, True),
+    "data.block_size": (1, None, True), "data.mlm_probability": (0, 1, False), "data.max_tokens": (1, None, True),
+    "data.doc_stride": (0, None, True), "data.max_answer_length": (1, None, True),
+    "train.max_steps": (0, None, True), "train.max_epochs": (0, None, True), "train.max_minutes": (0, None, True),
+    "train.max_tokens": (1, None, True), "train.batch_size": (1, None, True), "train.accum_steps": (1, None, True),
+    "train.lr": (0, None, True), "train.warmup_steps": (0, None, True), "train.min_lr": (0, None, True),
+    "train.adam_beta1": (0, 1, True), "train.adam_beta2": (0, 1, True), "train.adam_eps": (0, None, False),
+    "train.weight_decay": (0, None, True), "train.clip_norm": (0, None, True), "train.label_smoothing": (0, 1, True),
+    "train.seed": (0, 2**63, True), "train.log_every": (1, None, True), "train.eval_every": (0, None, True),
+    "train.save_every": (0, None, True), "train.eval_max_sentences": (1, None, True),
+    "train.eval_batches": (0, None, True), "train.eval_beam_size": (1, None, True),
+    "train.freeze_layers": (0, None, True), "train.encoder_lr_scale": (0, None, True),
+    "train.layer_decay": (0, None, False), "train.early_stopping": (0, None, True),
+    "train.average_checkpoints": (0, None, True), "train.cut_frac": (0, 1, False), "train.stlr_ratio": (1, None, True),
+}
+
+
+def _check_range(name: str, value: float, where: str) -> None:
+    low, high, low_allowed = _RANGES[name]
+    inside = math.isfinite(value) and (low is None or value > low or (low_allowed and value == low))
+    inside = inside and (high is None or value < high)
+    if not inside:
+        lower = "" if low is None else ("[" if low_allowed else "(") + f"{low}, "
+        upper = "inf)" if high is None else f"{high})"
+        raise TformerError(f"{where}: {value!r} is out of range (allowed: {lower}{upper})")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Value (from TOML or a command-line string) -> the field's type, or a TformerError naming `where`."""
     origin = typing.get_origin(tp)
@@ -156,7 +187,10 @@ def _apply(section_obj: Any, section: str, key: str, value: Any, source: str) ->
     if key not in hints:
         names = ", ".join(f.name for f in fields(section_obj))
         raise TformerError(f"{source}: unknown option {section}.{key} (known: {names})")
-    setattr(section_obj, key, _coerce(value, hints[key], f"{source}: {section}.{key}"))
+    value = _coerce(value, hints[key], f"{source}: {section}.{key}")
+    if f"{section}.{key}" in _RANGES:
+        _check_range(f"{section}.{key}", value, f"{source}: {section}.{key}")
+    setattr(section_obj, key, value)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
@@ -165,6 +199,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = base or RunConfig()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise TformerError(f"{path}: is a directory, expected a TOML config file")
         if not path.is_file():
             raise TformerError(f"{path}: config file not found")
         try:
@@ -193,10 +229,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
-def config_from_dict(data: dict) -> RunConfig:
-    """Rebuild a saved RunConfig (as written by to_dict)."""
+def config_from_dict(data: Any, source: str = "saved config") -> RunConfig:
+    """Rebuild a saved RunConfig (as written by to_dict); errors name `source` (the file it was read from)."""
+    sections = [data.get(name, {}) for name in ("model", "data", "train")] if isinstance(data, dict) else [data]
+    if not all(isinstance(s, dict) for s in sections):
+        raise TformerError(f"{source}: expected a JSON object with model, data and train objects")
     cfg = RunConfig(model=dict(data.get("model", {})))
     for section in ("data", "train"):
         for key, value in data.get(section, {}).items():
-            _apply(getattr(cfg, section), section, key, value, "saved config")
+            _apply(getattr(cfg, section), section, key, value, source)
     return cfg

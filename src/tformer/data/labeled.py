@@ -94,13 +94,15 @@ def read_classification(
 
 
 def _format_of(path: Path) -> str:
+    if path.is_dir():
+        raise TformerError(f"{path}: is a directory, expected a .tsv, .csv or .jsonl file")
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes.pop()
     if suffixes and suffixes[-1] in _EXTENSIONS:
         return _EXTENSIONS[suffixes[-1]]
     raise TformerError(f"{path}: cannot tell the format from the file name; name it .tsv, .csv or .jsonl "
-                       f"(optionally .gz) or give the format (tsv, csv, jsonl)")
+                       f"(optionally .gz)")
 
 
 def _table_rows(path: Path, text: str, fmt: str, wanted: list[str]) -> Iterator[tuple[int, dict[str, str]]]:

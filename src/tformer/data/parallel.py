@@ -21,6 +21,16 @@ def split_lines(text: str) -> list[str]:
     return lines
 
 
+def _decode(raw: bytes, name: str) -> str:
+    """UTF-8 bytes as text without a byte-order mark; bytes that are not UTF-8 are an error naming the line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise TformerError(f"{name}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
 def read_text(path: str | Path, allow_empty: bool = False) -> str:
     """The whole of a UTF-8 text file (.gz read through gzip), without a byte-order mark."""
     path = Path(path)
@@ -32,13 +42,7 @@ def read_text(path: str | Path, allow_empty: bool = False) -> str:
         raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise TformerError(f"{path}: cannot read ({exc})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise TformerError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = _decode(raw, str(path))
     if not text and not allow_empty:
         raise TformerError(f"{path}: file is empty")
     return text
@@ -68,8 +72,8 @@ def read_text_input(path: str | Path | None, stdin: io.TextIOBase | None = None)
         import sys
 
         stream = stdin or sys.stdin
-        try:
-            return split_lines(stream.read())
-        except UnicodeDecodeError:
-            raise TformerError("<stdin>: not valid UTF-8") from None
+        # The bytes, decoded here: Python's own decoding of stdin may let bad bytes through as lone surrogates.
+        if hasattr(stream, "buffer"):
+            return split_lines(_decode(stream.buffer.read(), "<stdin>"))
+        return split_lines(stream.read())
     return read_lines(path)

@@ -171,12 +171,14 @@ def make_features(tokenizer: EncoderTokenizer, examples: Sequence[QAExample], ma
     """
     n_special = 3 if tokenizer.style == "wordpiece" else 4
     if max_question_tokens < 1 or stride < 0:
-        raise TformerError(f"max_question_tokens ({max_question_tokens}) must be >= 1 and stride ({stride}) >= 0")
+        raise TformerError(f"max_question_tokens ({max_question_tokens}) must be >= 1 and the stride "
+                           f"(data.doc_stride, {stride}) >= 0")
     min_window = max_length - max_question_tokens - n_special
     if min_window <= stride:
-        raise TformerError(f"max_length={max_length} leaves {min_window} context tokens per window after a "
-                           f"question of up to {max_question_tokens} tokens and {n_special} special tokens; "
-                           f"it must be more than stride={stride}")
+        raise TformerError(f"windows of {max_length} tokens (data.max_tokens) leave {min_window} for context after "
+                           f"a question of up to {max_question_tokens} tokens and {n_special} special tokens, not "
+                           f"more than the stride (data.doc_stride={stride}): raise data.max_tokens (BERT: 384) "
+                           "or lower data.doc_stride")
     contexts = list(dict.fromkeys(e.context for e in examples))  # paragraphs are shared by many questions
     encoded = tokenizer.backend.encode_batch(contexts, add_special_tokens=False)
     tokenized = {c: (enc.ids, _trim_offsets(c, enc.offsets)) for c, enc in zip(contexts, encoded)}

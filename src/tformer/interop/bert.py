@@ -31,6 +31,7 @@ Models with heads carry their encoder under "bert.", "roberta." or "albert."; ba
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 from tformer.errors import TformerError
 from tformer.interop.gpt2 import _read_weights
 from tformer.models.bert import BertConfig, BertForPreTraining, BertModel
-from tformer.training.checkpoint import CONFIG, WEIGHTS, read_config, save_dir
+from tformer.training.checkpoint import CONFIG, WEIGHTS, from_saved, read_config, save_dir
 
 FAMILIES = ("bert", "roberta", "albert")
 ACTIVATIONS_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
@@ -89,6 +90,13 @@ IGNORED_SUFFIXES = ("embeddings.position_ids", "decoder.weight", "decoder.bias")
 # -- configuration ----------------------------------------------------------------------------------------
 
 
+# BertConfig's fields under the names transformers' config.json gives them, for errors about their values.
+CONFIG_KEYS = {"max_len": "max_position_embeddings", "d_model": "hidden_size", "n_heads": "num_attention_heads",
+               "n_layers": "num_hidden_layers", "d_ff": "intermediate_size", "dropout": "hidden_dropout_prob",
+               "attention_dropout": "attention_probs_dropout_prob", "eps": "layer_norm_eps",
+               "pad_id": "pad_token_id"}
+
+
 def hf_config_to_tformer(hf: dict) -> BertConfig:
     """BertConfig of a BERT / RoBERTa / ALBERT config.json; what tformer does not compute raises TformerError.
 
@@ -114,27 +122,28 @@ def hf_config_to_tformer(hf: dict) -> BertConfig:
             raise TformerError("ALBERT with num_hidden_groups or inner_group_num other than 1 is not supported")
         extra = dict(embedding_size=hf.get("embedding_size", 128), share_layers=True, sentence_objective="sop")
     elif family == "roberta":
-        extra = dict(position_offset=pad + 1, sentence_objective="none")
+        extra = dict(sentence_objective="none")
     dropout_default = 0.0 if family == "albert" else 0.1
-    try:
-        return BertConfig(
-            vocab_size=hf.get("vocab_size", {"bert": 30522, "roberta": 50265, "albert": 30000}[family]),
-            max_len=hf.get("max_position_embeddings", 512),
-            d_model=hf.get("hidden_size", 4096 if family == "albert" else 768),
-            n_heads=hf.get("num_attention_heads", 64 if family == "albert" else 12),
-            n_layers=hf.get("num_hidden_layers", 12),
-            d_ff=hf.get("intermediate_size", 16384 if family == "albert" else 3072),
-            type_vocab_size=hf.get("type_vocab_size", 2),
-            dropout=hf.get("hidden_dropout_prob", dropout_default),
-            attention_dropout=hf.get("attention_probs_dropout_prob", dropout_default),
-            activation=ACTIVATIONS_IN[act],
-            eps=hf.get("layer_norm_eps", 1e-12),
-            pad_id=pad if pad is not None else 0,
-            family=family,
-            **extra,
-        )
-    except (TypeError, ValueError) as exc:
-        raise TformerError(f"config does not make a model: {exc}") from None
+    values = dict(
+        vocab_size=hf.get("vocab_size", {"bert": 30522, "roberta": 50265, "albert": 30000}[family]),
+        max_len=hf.get("max_position_embeddings", 512),
+        d_model=hf.get("hidden_size", 4096 if family == "albert" else 768),
+        n_heads=hf.get("num_attention_heads", 64 if family == "albert" else 12),
+        n_layers=hf.get("num_hidden_layers", 12),
+        d_ff=hf.get("intermediate_size", 16384 if family == "albert" else 3072),
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        dropout=hf.get("hidden_dropout_prob", dropout_default),
+        attention_dropout=hf.get("attention_probs_dropout_prob", dropout_default),
+        activation=ACTIVATIONS_IN[act],
+        eps=hf.get("layer_norm_eps", 1e-12),
+        pad_id=pad if pad is not None else 0,
+        family=family,
+        **extra,
+    )
+    config = from_saved(BertConfig, values, f"{family} config", keys=CONFIG_KEYS)
+    if family == "roberta":  # positions start after the padding's id, once that is known to be a number
+        config = replace(config, position_offset=config.pad_id + 1)
+    return config
 
 
 def tformer_config_to_hf(c: BertConfig, architecture: str) -> dict:
@@ -295,8 +304,6 @@ def load_hf_encoder(path: str | Path, device: str | torch.device = "cpu") -> Ber
     with_heads = HEADS[config.family][-1][1] in heads
     has_sentence = f"{SENTENCE_HEAD.get(config.family, '-')}.weight" in heads
     has_pooler = any(k.startswith("pooler") for k in encoder)
-    from dataclasses import replace
-
     config = replace(config, pooler=has_pooler,
                      sentence_objective=config.sentence_objective if (has_sentence and with_heads) else "none")
     try:

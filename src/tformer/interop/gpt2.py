@@ -34,7 +34,7 @@ from torch import Tensor
 
 from tformer.errors import TformerError
 from tformer.models.gpt import GPT, GPTConfig
-from tformer.training.checkpoint import CONFIG, TOKENIZER, WEIGHTS, read_config, save_dir
+from tformer.training.checkpoint import CONFIG, TOKENIZER, WEIGHTS, from_saved, read_config, save_dir
 
 WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded safetensors
 TORCH_WEIGHTS = "pytorch_model.bin"
@@ -84,6 +84,11 @@ def _names(n_layers: int) -> list[tuple[str, str, bool]]:
 
 # -- configuration ----------------------------------------------------------------------------------------
 
+# GPTConfig's fields under the names GPT-2's config.json gives them, for errors about their values.
+CONFIG_KEYS = {"max_len": "n_positions", "d_model": "n_embd", "n_heads": "n_head", "n_layers": "n_layer",
+               "d_ff": "n_inner", "dropout": "resid_pdrop", "attention_dropout": "attn_pdrop",
+               "eps": "layer_norm_epsilon", "tie_output": "tie_word_embeddings", "eos_id": "eos_token_id"}
+
 
 def gpt2_config_to_tformer(hf: dict) -> GPTConfig:
     """GPTConfig of a GPT-2 config.json; options tformer's GPT does not compute raise TformerError.
@@ -106,24 +111,22 @@ def gpt2_config_to_tformer(hf: dict) -> GPTConfig:
     eos = hf.get("eos_token_id", 50256)
     if isinstance(eos, list):  # several stop tokens: tformer stops at one, the first
         eos = eos[0] if eos else None
-    try:
-        return GPTConfig(
-            vocab_size=hf.get("vocab_size", 50257),
-            max_len=hf.get("n_positions", 1024),
-            d_model=hf.get("n_embd", 768),
-            n_heads=hf.get("n_head", 12),
-            n_layers=hf.get("n_layer", 12),
-            d_ff=hf.get("n_inner") or 0,
-            dropout=hf.get("resid_pdrop", 0.1),
-            attention_dropout=hf.get("attn_pdrop", 0.1),
-            activation=ACTIVATIONS_IN[activation],
-            norm_position="pre",
-            eps=hf.get("layer_norm_epsilon", 1e-5),
-            tie_output=hf.get("tie_word_embeddings", True),
-            eos_id=eos,
-        )
-    except (TypeError, ValueError) as exc:
-        raise TformerError(f"GPT-2 config does not make a model: {exc}") from None
+    values = dict(
+        vocab_size=hf.get("vocab_size", 50257),
+        max_len=hf.get("n_positions", 1024),
+        d_model=hf.get("n_embd", 768),
+        n_heads=hf.get("n_head", 12),
+        n_layers=hf.get("n_layer", 12),
+        d_ff=hf.get("n_inner") or 0,
+        dropout=hf.get("resid_pdrop", 0.1),
+        attention_dropout=hf.get("attn_pdrop", 0.1),
+        activation=ACTIVATIONS_IN[activation],
+        norm_position="pre",
+        eps=hf.get("layer_norm_epsilon", 1e-5),
+        tie_output=hf.get("tie_word_embeddings", True),
+        eos_id=eos,
+    )
+    return from_saved(GPTConfig, values, "GPT-2 config", keys=CONFIG_KEYS)
 
 
 def tformer_config_to_gpt2(c: GPTConfig) -> dict:

@@ -30,6 +30,7 @@ from tformer.nn.dropout import Dropout
 from tformer.nn.activations import ACTIVATIONS
 from tformer.nn.init import init_bert_
 from tformer.nn.layers import Encoder
+from tformer.models.validation import check_config
 from tformer.nn.linear import Linear
 from tformer.nn.masks import unpad_if_worthwhile
 from tformer.nn.positional import LearnedPositionalEmbedding
@@ -61,18 +62,12 @@ class BertConfig:
     family: Literal["bert", "roberta", "albert"] = "bert"  # which Hugging Face format it exports to
 
     def __post_init__(self):
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), not {getattr(self, name)}")
+        check_config(self, positive=("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff", "eps"))
+        for name in ("type_vocab_size", "embedding_size", "position_offset"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
         if self.sentence_objective != "none" and not self.pooler:
             raise ValueError(f"sentence_objective={self.sentence_objective!r} needs the pooler")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}")
 
     @property
     def d_embed(self) -> int:

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from tformer.models.validation import check_config
 from tformer.nn.cache import DecoderCache
 from tformer.nn.dropout import Dropout
 from tformer.nn.init import init_gpt_
@@ -46,14 +47,9 @@ class GPTConfig:
     eos_id: int | None = None  # <|endoftext|> (GPT-2: 50256); generation stops there by default
 
     def __post_init__(self):
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), not {getattr(self, name)}")
+        check_config(self, positive=("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "eps"))
+        if self.d_ff < 0:
+            raise ValueError(f"d_ff must not be negative (0: 4 * d_model), not {self.d_ff}")
 
     @property
     def ff_width(self) -> int:

@@ -22,6 +22,7 @@ from tformer.nn.cache import DecoderCache
 from tformer.nn.dropout import Dropout
 from tformer.nn.init import init_transformer_
 from tformer.nn.layers import Decoder, Encoder
+from tformer.models.validation import check_config
 from tformer.nn.linear import Linear
 from tformer.nn.masks import causal_mask, unpad_if_worthwhile
 from tformer.nn.positional import make_positional
@@ -51,15 +52,10 @@ class TransformerConfig:
     eos_id: int = 2
 
     def __post_init__(self):
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        check_config(self, positive=("d_model", "n_heads", "d_ff", "src_vocab_size", "tgt_vocab_size", "max_len",
+                                     "n_encoder_layers", "n_decoder_layers"))
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError("share_embeddings needs one joint vocabulary (src_vocab_size == tgt_vocab_size)")
-        for name in ("d_model", "n_heads", "d_ff", "src_vocab_size", "tgt_vocab_size", "max_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
 
     @property
     def d_k(self) -> int:

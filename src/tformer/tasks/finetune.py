@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from tformer.config import RunConfig
 from tformer.encoder_tokenization import EncoderTokenizer
 from tformer.errors import TformerError
-from tformer.models.bert import BertForPreTraining, BertModel
+from tformer.models.bert import BertConfig, BertForPreTraining, BertModel
+from tformer.models.gpt import GPTConfig
 from tformer.models.heads import EncoderForTask, HeadConfig
 from tformer.training import checkpoint
 
@@ -41,14 +42,17 @@ FINETUNE_TRAIN_DEFAULTS = dict(schedule="linear", lr=5e-5, min_lr=0.0, warmup_st
                                adam_eps=1e-8, weight_decay=0.01, clip_norm=1.0, label_smoothing=0.0, batch_size=32,
                                max_epochs=3, max_steps=0, eval_every=0, log_every=50)
 WARMUP_FRACTION = 0.1
+QA_MAX_TOKENS = 384
 GPT_MODEL_TYPES = ("gpt", "gpt2")  # pretrained decoders: fine-tuned with the GPT-1 head (tasks.finetune_gpt)
 FINETUNED_MODEL_TYPES = ("encoder_for_task", "gpt_for_classification")
 
 
-def finetune_run_defaults() -> RunConfig:
+def finetune_run_defaults(task: str = "classification") -> RunConfig:
     run = RunConfig(model={})
     for key, value in FINETUNE_TRAIN_DEFAULTS.items():
         setattr(run.train, key, value)
+    if task == "qa":  # BERT's SQuAD windows: a question and 128-token strides of context fit in 384 tokens
+        run.data.max_tokens = QA_MAX_TOKENS
     return run
 
 
@@ -146,12 +150,17 @@ class FineTuneTask:
         if self.kind == "classification":
             from tformer.data.labeled import LabelVocab
 
-            return LabelVocab.from_examples(data).to_list()
-        tags = sorted({tag for sentence in data for tag in sentence.tags})
-        if "O" in tags:  # "O" first: id 0 is the outside tag, as in most NER label lists
-            tags.remove("O")
-            tags.insert(0, "O")
-        return tags
+            labels = LabelVocab.from_examples(data).to_list()
+        else:
+            labels = sorted({tag for sentence in data for tag in sentence.tags})
+            if "O" in labels:  # "O" first: id 0 is the outside tag, as in most NER label lists
+                labels.remove("O")
+                labels.insert(0, "O")
+        if len(labels) < 2:
+            raise TformerError(f"{self.run.data.train_file or 'training data'}: every example has the "
+                               f"{'label' if self.kind == 'classification' else 'tag'} {labels[0]!r}; "
+                               "a classifier needs at least two")
+        return labels
 
     def encode(self, data, split: str) -> list[dict]:
         """Each example as token ids (+ labels) of at most max_tokens tokens."""
@@ -199,8 +208,8 @@ class FineTuneTask:
             if word != previous:
                 tag = sentence.tags[word]
                 if tag not in self.label_index:
-                    raise TformerError(f"tag {tag!r} at {self._where(split)}:{sentence.line} was not among the "
-                                       f"training tags ({', '.join(self.labels)})")
+                    raise TformerError(f"tag {tag!r} at {self._where(split)}:{sentence.line + word} was not among "
+                                       f"the training tags ({', '.join(self.labels)})")  # one token a line
                 labels.append(self.label_index[tag])
                 first.append(len(ids))
             else:
@@ -422,6 +431,27 @@ def read_task_file(run: RunConfig, path: str, labelled: bool = True):
     return read_squad(path)
 
 
+def _check_model_options(model: dict, from_gpt: bool) -> None:
+    """model.key=value options of a fine-tuning run: known to the head being built, and of an allowed value
+    (a tuple of strings: the choices; of numbers: the lowest allowed and the first too high)."""
+    from tformer.metrics import TAG_SCHEMES
+
+    options = ({"classifier_dropout": (0.0, 1.0), "lm_weight": (0.0, math.inf)} if from_gpt else
+               {"classifier_dropout": (0.0, 1.0), "pooling": ("cls", "mean", "pooler"), "tag_scheme": TAG_SCHEMES})
+    for key, value in model.items():
+        if key == "pretrained":
+            continue
+        if key not in options:
+            raise TformerError(f"model.{key}: not an option of fine-tuning {'a GPT' if from_gpt else 'an encoder'} "
+                               f"(known: {', '.join(options)})")
+        allowed = options[key]
+        if isinstance(allowed[0], str):
+            if value not in allowed:
+                raise TformerError(f"model.{key}: {value!r} is not one of {', '.join(allowed)}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not allowed[0] <= value < allowed[1]:
+            raise TformerError(f"model.{key}: {value!r} is not a number in [{allowed[0]}, {allowed[1]})")
+
+
 def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) -> FineTuneTask:
     d, t = run.data, run.train
     if not d.train_file:
@@ -432,15 +462,16 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
     # The checks on the starting model come before reading the (possibly large) files.
     source = checkpoint.read_config(pretrained)
     from_gpt = source.get("model_type") in GPT_MODEL_TYPES
+    _check_model_options(run.model, from_gpt)
     if from_gpt:
         from tformer.tasks.finetune_gpt import require_classification
 
         require_classification(d.task)
     # A fine-tuned model trains on, head included: more data, or a second schedule.
     finetuned = source.get("model_type") in FINETUNED_MODEL_TYPES
-    if finetuned and source.get("head", {}).get("task") != d.task:
-        raise TformerError(f"{pretrained} is fine-tuned for {source.get('head', {}).get('task')!r}, not --task "
-                           f"{d.task}: start from the pretrained model instead")
+    if finetuned and (task := finetuned_head(source, Path(pretrained) / checkpoint.CONFIG).task) != d.task:
+        raise TformerError(f"{pretrained} is fine-tuned for {task!r}, not --task {d.task}: start from the "
+                           f"pretrained model instead")
     train_data = read_task_file(run, d.train_file)
     valid_data = read_task_file(run, d.valid_file) if d.valid_file else None
     resuming = resume_dir is not None and (Path(resume_dir) / checkpoint.CONFIG).is_file()
@@ -476,6 +507,20 @@ def task_for_model(run: RunConfig, model: nn.Module, tokenizer, train_data, vali
     return FineTuneTask(run, model.bert, tokenizer, train_data, valid_data, model=model)
 
 
+# A fine-tuned model's config.json: its pretrained network's options under this key (by model_type), and "head".
+_NETWORKS = {"encoder_for_task": ("encoder", BertConfig), "gpt_for_classification": ("gpt", GPTConfig)}
+
+
+def finetuned_head(data: dict, file: Path) -> HeadConfig:
+    """The head of a fine-tuned model's config.json (`data`, read from `file`); the network's options are checked
+    on the way, so that a hand-edited file is named with the key that is wrong, not met in the model's code."""
+    key, config = _NETWORKS[data["model_type"]]
+    checkpoint.from_saved(config, checkpoint.saved_section(data, key, file, f"pretrained {key}'s options"),
+                          str(file), f"{key}.")
+    head = checkpoint.saved_section(data, "head", file, "fine-tuned head's task and labels")
+    return checkpoint.from_saved(HeadConfig, head, str(file), "head.")
+
+
 def load_finetuned(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode, tokenizer) of a fine-tuned directory: an EncoderForTask with its EncoderTokenizer,
     or a GPTForClassification with its language-model Tokenizer."""
@@ -488,10 +533,12 @@ def load_finetuned(path: str | Path, device: str | torch.device = "cpu"):
     kind = kinds.get(data.get("model_type"))
     if kind is None:
         raise TformerError(f"{path}: not a fine-tuned model (model_type {data.get('model_type')!r})")
-    try:
-        model = kind.from_dict(data)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise TformerError(f"{path / checkpoint.CONFIG}: {exc}") from None
+    file = path / checkpoint.CONFIG
+    head = finetuned_head(data, file)
+    try:  # the head as checked, its defaults filled in
+        model = kind.from_dict({**data, "head": asdict(head)})
+    except (TypeError, ValueError) as exc:
+        raise TformerError(f"{file}: {exc}") from None
     checkpoint.load_weights(path, model)
     if kind is GPTForClassification:
         tokenizer = Tokenizer.load(path / checkpoint.TOKENIZER, required=())

@@ -146,7 +146,7 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, 
         return load_gpt2(path, device), load_gpt2_tokenizer(path)
     if kind != "gpt":
         raise TformerError(f"{path}: model_type {kind!r} is not a language model (expected gpt or gpt2)")
-    model = GPT(GPTConfig.from_dict(data))
+    model = GPT(checkpoint.from_saved(GPTConfig, data, str(path / checkpoint.CONFIG)))
     checkpoint.load_weights(path, model)
     tokenizer = Tokenizer.load(path / checkpoint.TOKENIZER, required=())
     return model.to(device).eval(), tokenizer

@@ -340,11 +340,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu"
     if kind != "encoder":
         raise TformerError(f"{path}: model_type {kind!r} is not an encoder (expected bert, roberta, albert or a "
                            f"tformer encoder)")
-    try:
-        config = BertConfig.from_dict(data)
-    except (TypeError, ValueError) as exc:
-        raise TformerError(f"{path / checkpoint.CONFIG}: {exc}") from None
-    model = BertForPreTraining(config)
+    model = BertForPreTraining(checkpoint.from_saved(BertConfig, data, str(path / checkpoint.CONFIG)))
     checkpoint.load_weights(path, model)
     return model.to(device).eval(), EncoderTokenizer.load(path / checkpoint.TOKENIZER)
 

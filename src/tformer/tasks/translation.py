@@ -133,7 +133,7 @@ def load_translator(path: str | Path, device: str | torch.device = "cpu") -> tup
     data = checkpoint.read_config(path)
     if data.get("model_type") != "transformer":
         raise TformerError(f"{path}: model_type {data.get('model_type')!r} is not an encoder-decoder transformer")
-    model = Transformer(TransformerConfig.from_dict(data))
+    model = Transformer(checkpoint.from_saved(TransformerConfig, data, str(path / checkpoint.CONFIG)))
     checkpoint.load_weights(path, model)
     src_tok = Tokenizer.load(path / checkpoint.TOKENIZER)
     tgt_path = path / checkpoint.TARGET_TOKENIZER

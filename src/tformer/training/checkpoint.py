@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import tempfile
+import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tformer.errors import TformerError
+from tformer.models.validation import describe_type, value_fits
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -88,6 +91,17 @@ def restore_interrupted_save(path: str | Path) -> bool:
     return restored
 
 
+def _as_umask_allows(folder: Path) -> None:
+    """The permissions a plain mkdir and open would have given: mkdtemp makes the folder private (0700), and
+    safetensors writes its file so (0600), which would hide a saved model from the user's group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for f in folder.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~umask)
+
+
 def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
     """Run write(tmp_dir) and put tmp_dir at `path` atomically enough: the old copy survives until the new is whole."""
     path = Path(path)
@@ -99,6 +113,7 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
     old = _aside(path)
     try:
         write(tmp)
+        _as_umask_allows(tmp)
         for f in tmp.iterdir():  # flush file contents before the rename makes them visible
             if f.is_file():
                 with open(f, "rb") as fh:
@@ -154,6 +169,7 @@ def save_model(path: str | Path, model: nn.Module, config: dict, tokenizer=None,
 
 
 def read_config(path: str | Path) -> dict:
+    """config.json of the model directory `path`, checked to be a JSON object."""
     path = Path(path)
     if not path.is_dir():
         if _aside(path).is_dir():
@@ -163,18 +179,67 @@ def read_config(path: str | Path) -> dict:
     cfg = path / CONFIG
     if not cfg.is_file():
         raise TformerError(f"{path}: not a model directory (no {CONFIG})")
+    data = read_json(cfg)
+    if not isinstance(data, dict):
+        raise TformerError(f"{cfg}: expected a JSON object of model options, got {_kind(data)}")
+    return data
+
+
+def read_json(file: Path) -> Any:
+    """The JSON in `file`; what is not JSON (or not UTF-8) is a TformerError naming it."""
     try:
-        return json.loads(cfg.read_text())
+        return json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise TformerError(f"{cfg}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        raise TformerError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise TformerError(f"{file}: not valid UTF-8 (damaged, or not a JSON file)") from None
+    except OSError as exc:
+        raise TformerError(f"{file}: cannot read ({exc.strerror or exc})") from None
+
+
+def _kind(value: Any) -> str:
+    """How an error names a JSON value of the wrong kind."""
+    kinds = {dict: "a JSON object", list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def saved_section(data: dict, key: str, file: Path, holds: str) -> dict:
+    """data[key], the JSON object of `file` that holds `holds` (said when it is missing)."""
+    value = data.get(key)
+    if value is None:
+        raise TformerError(f"{file}: no {key!r} (the {holds}) in it")
+    if not isinstance(value, dict):
+        raise TformerError(f"{file}: {key}: expected a JSON object (the {holds}), got {_kind(value)}")
+    return value
+
+
+def from_saved(cls: type, values: dict, source: str, section: str = "", keys: dict[str, str] | None = None) -> Any:
+    """cls (a dataclass: a model config, the trainer state) from the fields of `values` that it has, each checked
+    against its field's type first: a hand-edited file fails here, naming the key and the value, and not later
+    in the model's code.
+
+    source: what an error names first (the file); section: the keys' prefix there ("head." for values under
+    "head"); keys: the name the file gives a field, where it differs from the field's."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    given = {k: v for k, v in values.items() if k in names}
+    for key, value in given.items():
+        if not value_fits(value, hints[key]):
+            raise TformerError(f"{source}: {section}{(keys or {}).get(key, key)}: expected {describe_type(hints[key])}, "
+                               f"got {value!r}")
+    try:
+        return cls(**given)
+    except (TypeError, ValueError) as exc:  # the dataclass's own checks (d_model divisible by n_heads, ...)
+        raise TformerError(f"{source}: {section.rstrip('.') + ': ' if section else ''}{exc}") from None
 
 
 def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> None:
-    """Load model.safetensors into `model`; tied weights stored once are restored through the tie."""
+    """Load model.safetensors into `model`, built from config.json; tied weights stored once are restored
+    through the tie."""
     weights = Path(path) / WEIGHTS
     if not weights.is_file():
         raise TformerError(f"{path}: no {WEIGHTS}")
-    load_state(model, read_weights(weights), weights, strict)
+    load_state(model, read_weights(weights), weights, strict, Path(path) / CONFIG)
 
 
 def read_weights(file: Path) -> dict[str, torch.Tensor]:
@@ -184,21 +249,39 @@ def read_weights(file: Path) -> dict[str, torch.Tensor]:
         raise TformerError(f"{file}: cannot read weights ({str(exc).splitlines()[0]})") from None
 
 
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, strict: bool = True) -> None:
-    """Load a saved state dict (tied tensors stored once) into `model`; `source` names it in errors."""
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, strict: bool = True,
+               config: Path | None = None) -> None:
+    """Load a saved state dict (tied tensors stored once) into `model`; `source` names it in errors, and
+    `config` the file the model was built from (a hand-edited size no longer fits the weights)."""
+    current = model.state_dict()
+    fits = f"the weights do not fit {config or 'the model'}"
+    for name, tensor in current.items():  # in the model's order: the embeddings, where a vocabulary shows, first
+        if name in state and state[name].shape != tensor.shape:
+            raise TformerError(f"{source}: {fits} (first: {name} is {tuple(state[name].shape)}, the "
+                               f"{'config' if config else 'model'} makes {tuple(tensor.shape)})")
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Keys dropped by unique_state_dict are aliases of a saved tensor and are filled through the tie.
-    current = model.state_dict()
     saved = {current[k].data_ptr() for k in state if k in current}
     missing = [k for k in missing if current[k].data_ptr() not in saved]
     if strict and (missing or unexpected):
-        raise TformerError(f"{source}: weights do not fit the model (missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]})")
+        raise TformerError(f"{source}: {fits} (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
-def load_trainer_state(path: str | Path) -> tuple[dict | None, dict | None]:
-    """(trainer_state.json contents, optimizer.pt contents) when present."""
+def load_trainer_state(path: str | Path) -> tuple[dict, dict]:
+    """(trainer_state.json contents, optimizer.pt contents) of a saved run, each checked to hold what a resumed
+    run reads from it (the "trainer" object; "optimizer" and "rng"): a damaged file is a TformerError naming it."""
     path = Path(path)
-    meta = json.loads((path / TRAINER_STATE).read_text()) if (path / TRAINER_STATE).is_file() else None
-    opt = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True) if (path / OPTIMIZER).is_file() else None
+    meta = read_json(path / TRAINER_STATE)
+    if not isinstance(meta, dict) or not isinstance(meta.get("trainer"), dict):
+        raise TformerError(f"{path / TRAINER_STATE}: expected a JSON object with the trainer's state (\"trainer\")")
+    file = path / OPTIMIZER
+    if not file.is_file():
+        raise TformerError(f"{file}: missing (the optimizer state a resumed run goes on from)")
+    try:
+        opt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, or not a torch file: torch's first sentence says which
+        reason = str(exc).splitlines()[0].split(". ")[0]
+        raise TformerError(f"{file}: cannot read the optimizer state ({reason})") from None
+    if not isinstance(opt, dict) or not isinstance(opt.get("optimizer"), dict) or "rng" not in opt:
+        raise TformerError(f"{file}: not a tformer optimizer state (expected \"optimizer\" and \"rng\")")
     return meta, opt

@@ -100,6 +100,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, file: Path) -> None:
+    """The optimizer's moments and the random state of a saved run (checkpoint.load_trainer_state's second part)."""
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+        _set_rng_state(saved["rng"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:  # saved by another model, or damaged
+        raise TformerError(f"{file}: does not fit this run's optimizer and random state ({exc})") from None
+
+
 class ProgressLog:
     """A tqdm bar on a terminal, plain lines otherwise (CI logs, files); only rank 0 shows anything."""
 
@@ -150,12 +159,12 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     if resume:
         checkpoint.restore_interrupted_save(out_dir)  # a save killed midway left the last copy aside
     if resume and (out_dir / checkpoint.TRAINER_STATE).is_file():
-        checkpoint.load_weights(out_dir, model)
+        # All read and checked before anything in out_dir changes: a damaged run stops with its files as they were.
         meta, opt_state = checkpoint.load_trainer_state(out_dir)
-        known = TrainerState.__dataclass_fields__
-        state = TrainerState(**{k: v for k, v in meta["trainer"].items() if k in known})
-        optimizer.load_state_dict(opt_state["optimizer"])
-        _set_rng_state(opt_state["rng"])
+        state = checkpoint.from_saved(TrainerState, meta["trainer"], str(out_dir / checkpoint.TRAINER_STATE),
+                                      "trainer.")
+        checkpoint.load_weights(out_dir, model)
+        _load_optimizer_state(optimizer, opt_state, out_dir / checkpoint.OPTIMIZER)
     elif not resume:
         torch.manual_seed(cfg.seed + info.rank)
     if state.step == 0 and info.is_main:
@@ -253,8 +262,10 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             if not math.isfinite(step_loss):
                 # Stop before the update, and without saving: the last checkpoint on disk stays good.
                 log.close()
-                raise TformerError(f"training loss became {step_loss} at step {state.step + 1}; the last checkpoint "
-                                   f"in {out_dir} is kept (try a lower train.lr or more train.warmup_steps)")
+                kept = (f"the last checkpoint in {out_dir} is kept" if (out_dir / checkpoint.CONFIG).is_file()
+                        else "nothing was saved")
+                raise TformerError(f"training loss became {step_loss} at step {state.step + 1}; {kept} (try a lower "
+                                   "train.lr or more train.warmup_steps)")
             if cfg.clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             optimizer.step()

@@ -1,0 +1,58 @@
+"""Whether values fit their dataclass fields' annotations, and the checks every model config runs when it is
+made (and again after dataclasses.replace): a wrong value from a config file, a command line or a saved
+config.json is an error naming the field, raised before any layer is built, instead of one from inside it."""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import fields
+from typing import Any, Literal
+
+
+def value_fits(value: Any, tp: Any) -> bool:
+    """Whether a (JSON or TOML) value is one of type `tp`, a field's annotation; kinds not checked here fit."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(value_fits(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(value_fits(v, args[0]) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp in (int, str, bool, type(None)):
+        return type(value) is tp
+    return True
+
+
+def describe_type(tp: Any) -> str:
+    """A field's annotation in words, for errors ("an integer", "one of 'pre', 'post'")."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(map(describe_type, args))
+    if origin is list:
+        return f"a list of {describe_type(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false",
+            type(None): "null"}.get(tp, str(tp))
+
+
+def check_config(config: Any, positive: tuple[str, ...], rates: tuple[str, ...] = ("dropout", "attention_dropout"),
+                 ) -> None:
+    """Every field holds a value of its annotated type, the `positive` fields are > 0, the `rates` are
+    probabilities in [0, 1), and d_model splits evenly into n_heads heads. Raises ValueError."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if not value_fits(value, hints[f.name]):
+            raise ValueError(f"{f.name} must be {describe_type(hints[f.name])}, not {value!r}")
+    for name in positive:  # before the division below, which n_heads = 0 would break
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} must be positive, not {getattr(config, name)}")
+    for name in rates:
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), not {getattr(config, name)}")
+    if config.d_model % config.n_heads:
+        raise ValueError(f"d_model={config.d_model} is not divisible by n_heads={config.n_heads}")

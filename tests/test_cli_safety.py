@@ -1,0 +1,152 @@
+"""What the command line refuses before it can do harm or print a traceback: an --out that holds other things,
+options out of range, options a resumed run would ignore, bytes that are not UTF-8, outputs over inputs, and
+argparse's own errors, all as one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from tformer.cli import main
+
+TEXT = "the cat sat on the mat. " * 100
+
+
+def tiny_lm_args(text, out) -> list:
+    return ["train", "--preset", "gpt-micro", "--train-text", text, "--out", out, "--block-size", "16",
+            "--batch-size", "4", "--max-steps", "2", "--tokenizer", "char", "train.log_every=1000"]
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("safety")
+    (folder / "text.txt").write_text(TEXT)
+    assert main([str(a) for a in tiny_lm_args(folder / "text.txt", folder / "model")]) == 0
+    return folder
+
+
+def digest(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_out_must_not_replace_what_it_does_not_own(lm, capsys, tmp_path):
+    text = lm / "text.txt"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("precious\n")
+    code, _, err = run_cli(capsys, *tiny_lm_args(text, a_file))
+    assert_one_line_error(code, err, "notes.txt", "is a file")
+    assert a_file.read_text() == "precious\n" and not (tmp_path / ".notes.txt.old").exists()
+    code, _, err = run_cli(capsys, *tiny_lm_args(text, a_file / "sub"))
+    assert_one_line_error(code, err, "notes.txt is a file")
+
+    data_dir = tmp_path / "data"  # a folder of the user's things: saving would replace it whole
+    data_dir.mkdir()
+    (data_dir / "text.txt").write_text(TEXT)
+    code, _, err = run_cli(capsys, *tiny_lm_args(data_dir / "text.txt", data_dir))
+    assert_one_line_error(code, err, "other files")
+    assert sorted(p.name for p in data_dir.iterdir()) == ["text.txt"]
+
+    code, _, err = run_cli(capsys, *tiny_lm_args(text, "."))
+    assert_one_line_error(code, err, "--out '.'")
+
+    before = digest(lm / "model")  # a saved model: only --resume or --overwrite may touch it
+    code, _, err = run_cli(capsys, *tiny_lm_args(text, lm / "model"))
+    assert_one_line_error(code, err, "already holds a model", "--resume", "--overwrite")
+    assert digest(lm / "model") == before
+    copy = tmp_path / "copy"
+    assert run_cli(capsys, *tiny_lm_args(text, copy))[0] == 0
+    code, _, err = run_cli(capsys, *tiny_lm_args(text, copy), "--overwrite", "--max-steps", "3")
+    assert code == 0, err
+    assert json.loads((copy / "trainer_state.json").read_text())["trainer"]["step"] == 3
+
+
+def test_saved_files_follow_the_umask(lm):
+    mode = (lm / "model").stat().st_mode & 0o777
+    assert mode & 0o055 == 0o055 & ~_umask(), oct(mode)  # not mkdtemp's 0700
+    assert (lm / "model" / "model.safetensors").stat().st_mode & 0o044 == 0o044 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def test_resume_refuses_a_changed_model(lm, capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--out", lm / "model", "--resume", "model.d_model=64")
+    assert_one_line_error(code, err, "--resume", "model.d_model=64")
+
+
+@pytest.mark.parametrize("option, named", [
+    ("train.lr=-1", "train.lr"), ("train.adam_beta1=1.5", "train.adam_beta1"), ("train.accum_steps=0", "accum_steps"),
+    ("train.max_minutes=inf", "max_minutes"), ("train.label_smoothing=2", "label_smoothing"),
+    ("train.warmup_steps=-1", "warmup_steps"), ("train.seed=99999999999999999999", "train.seed"),
+    ("model.n_heads=0", "n_heads"), ("model.n_heads=two", "n_heads"), ("model.n_layers=1.5", "n_layers"),
+    ("model.norm_position=bogus", "norm_position"), ("model.d_ff=-1", "d_ff"), ("model.tie_output=maybe", "tie_output"),
+])
+def test_out_of_range_options_are_one_line(lm, capsys, tmp_path, option, named):
+    code, _, err = run_cli(capsys, *tiny_lm_args(lm / "text.txt", tmp_path / "m"), option)
+    assert_one_line_error(code, err, named)
+    assert not (tmp_path / "m").exists()
+
+
+def test_bytes_that_are_not_utf8(lm, capsys, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"the cat\nab\xffcd\n"), encoding="utf-8",
+                                                       errors="surrogateescape"))
+    code, _, err = run_cli(capsys, "generate", "--model", lm / "model", "--input", "-")
+    assert_one_line_error(code, err, "<stdin>:2", "UTF-8")
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--model", str(lm / "model"), "--prompt", b"ab\xffcd".decode("utf-8", "surrogateescape")])
+    _, err = capsys.readouterr()
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "--prompt" in err and "UTF-8" in err
+
+
+def test_argparse_errors_are_one_line(capsys):
+    for argv in (["generate", "--model", "m", "--max-new-tokens", "abc"], ["train"], ["no-such-command"], [],
+                 ["generate", "--model", "m", "--prompt", "a", "--bogus"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        _, err = capsys.readouterr()
+        assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("tformer generate: error: unrecognized arguments: --bogus")  # the command's own name
+
+
+def test_generation_and_scoring_options(lm, capsys, tmp_path):
+    model = lm / "model"
+    for args, named in ((["--top-k", "-5"], "--top-k"), (["--stop", ""], "--stop"),
+                        (["--temperature", "inf"], "--temperature"), (["--seed", str(2**64)], "--seed")):
+        code, _, err = run_cli(capsys, "generate", "--model", model, "--prompt", "the", *args)
+        assert_one_line_error(code, err, named)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat\n\nthe mat\n")
+    code, _, err = run_cli(capsys, "generate", "--model", model, "--input", prompts)
+    assert_one_line_error(code, err, "prompts.txt:2", "empty")  # 1-based, with the file
+    code, _, err = run_cli(capsys, "score", "--model", model, "--input", prompts, "--per-line")
+    assert_one_line_error(code, err, "prompts.txt:2", "empty line")
+    upper = tmp_path / "upper.txt"
+    upper.write_text("the cat\nThe mat\n")
+    code, _, err = run_cli(capsys, "score", "--model", model, "--input", upper)
+    assert_one_line_error(code, err, "upper.txt:2", "'T'")
+
+
+def test_unexpected_errors_are_one_line_too(capsys, monkeypatch):
+    import tformer.cli
+
+    def broken(args):
+        raise RuntimeError("something\nnobody foresaw")
+
+    monkeypatch.setattr(tformer.cli, "cmd_list_models", broken)
+    assert main(["list-models"]) == 1
+    _, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "RuntimeError: something nobody foresaw" in err and "TFORMER_DEBUG" in err
+    monkeypatch.setenv("TFORMER_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        main(["list-models"])
