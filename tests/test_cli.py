@@ -190,3 +190,12 @@ def test_train_command_runs_unchanged_under_torchrun(tmp_path):
     assert proc.stdout.count('"steps": 3') == 1  # rank 0 alone reports
     assert (tmp_path / "m" / "model.safetensors").is_file()
     assert "x 2 process(es)" in proc.stderr
+
+
+def test_translation_says_when_it_cuts_a_long_sentence(trained, capsys, tmp_path):
+    folder, src, tgt = trained
+    long_line = tmp_path / "long.txt"
+    long_line.write_text("abc " * 300 + "\nab\n")  # a character model of 1,024 positions: 1,200 here
+    code, out, err = run_cli(capsys, "translate", "--model", folder / "model", "--input", long_line, "--beam", 1)
+    assert code == 0 and len(out.splitlines()) == 2
+    assert "1 of 2 sentence(s) were longer" in err and err.count("\n") == 1

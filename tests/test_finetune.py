@@ -364,7 +364,8 @@ def test_finetune_refuses_what_it_would_get_wrong(tmp_path, pretrained, capsys):
     code, _, err = run_cli(capsys, *base, "--train", train_file, "--epochs", "0")
     assert_one_line_error(code, err, "never end")  # before: trained until killed
     for option, named in (("model.foo=1", "model.foo"), ("model.lm_weight=0.5", "model.lm_weight"),
-                          ("model.classifier_dropout=abc", "abc"), ("train.layer_decay=-1", "train.layer_decay")):
+                          ("model.classifier_dropout=abc", "abc"), ("train.layer_decay=-1", "train.layer_decay"),
+                          ("train.early_stopping=2", "--valid")):
         code, _, err = run_cli(capsys, *base, "--train", train_file, option)
         assert_one_line_error(code, err, named)
     code, _, err = run_cli(capsys, *base[:-1], pretrained, "--train", train_file)

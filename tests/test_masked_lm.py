@@ -159,7 +159,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     long = " ".join(["cat"] * 100)
     assert main(["embed", "--model", str(out), "--sentence", long, "--truncation", "error"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "1" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and "--sentence 1 has" in err and "Traceback" not in err
+    lines = tmp_path / "lines.txt"
+    lines.write_text(f"the cat\n{long}\n")  # named by file and line, and the query as the query
+    assert main(["embed", "--model", str(out), "--input", str(lines), "--truncation", "error"]) == 2
+    assert "lines.txt:2 has" in capsys.readouterr().err
+    assert main(["similar", "--model", str(out), "--query", long, "--input", str(lines), "--truncation", "error"]) == 2
+    assert "the query has" in capsys.readouterr().err
     assert main(["embed", "--model", str(out), "--sentence", long, "--output", str(tmp_path / "x.npy")]) == 0
     err = capsys.readouterr().err
     assert "truncat" in err and np.load(tmp_path / "x.npy").shape == (1, 32)

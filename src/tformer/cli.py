@@ -567,8 +567,11 @@ def cmd_embed(args) -> None:
     from tformer.tasks.encoding import embed
 
     sentences = list(args.sentence or [])
+    names = [f"--sentence {k + 1}" for k in range(len(sentences))]
     if args.input:
-        sentences += read_text_input(args.input)
+        lines = read_text_input(args.input)
+        sentences += lines
+        names += [f"{_source(args.input)}:{k + 1}" for k in range(len(lines))]
     if not sentences:
         raise TformerError("give --sentence TEXT or --input FILE")
     out = args.output
@@ -580,7 +583,7 @@ def cmd_embed(args) -> None:
     options = _embed_options(args, defaults)
     normalize = defaults.normalize if args.normalize is None else args.normalize
     vectors = embed(model, tokenizer, sentences, layers=args.layer or [-1], combine=args.combine,
-                    normalize=normalize and not args.tokens, tokens=args.tokens, **options)
+                    normalize=normalize and not args.tokens, tokens=args.tokens, names=names, **options)
     if out.endswith(".npy"):
         _write_output(out, lambda tmp: np.save(tmp, vectors.numpy()), (args.input,), suffix=".npy")
         print(f"{len(sentences)} vectors of {vectors.shape[1]} dimensions -> {out}", file=sys.stderr)
@@ -617,7 +620,8 @@ def cmd_similar(args) -> None:
     _positive("top-k", args.top_k)
     sentences = read_text_input(args.input)
     model, tokenizer, defaults = _load_encoder(args)
-    for score, index, sentence in similar(model, tokenizer, args.query, sentences, args.top_k,
+    names = [f"{_source(args.input)}:{k + 1}" for k in range(len(sentences))]
+    for score, index, sentence in similar(model, tokenizer, args.query, sentences, args.top_k, names=names,
                                           **_embed_options(args, defaults)):
         print(f"{score:7.4f}  {index + 1:6d}  {sentence}")
 

@@ -125,13 +125,14 @@ class EncoderTokenizer:
         return self._encode([text], None if pair is None else [pair], max_length, truncation)[0]
 
     def encode_batch(self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int | None = None,
-                     truncation: str = "warn") -> list[EncodedText]:
+                     truncation: str = "warn", names: Sequence[str] | None = None) -> list[EncodedText]:
         """Texts (and their pairs) with special tokens. An input longer than `max_length` (special tokens
         counted) is cut, longest segment first, keeping the special tokens, and one warning counts the cut inputs
-        (truncation="warn"), or it is refused with an error naming it (truncation="error")."""
-        return self._encode(texts, pairs, max_length, truncation)
+        (truncation="warn"), or it is refused with an error naming it (truncation="error"): by `names` (where
+        each text came from, e.g. "notes.txt:3"), else as "input K", counted from 1."""
+        return self._encode(texts, pairs, max_length, truncation, names)
 
-    def _encode(self, texts, pairs, max_length, truncation) -> list[EncodedText]:
+    def _encode(self, texts, pairs, max_length, truncation, names=None) -> list[EncodedText]:
         if truncation not in TRUNCATION:
             raise ValueError(f"truncation must be one of {TRUNCATION}, not {truncation!r}")
         texts = list(texts)
@@ -152,7 +153,8 @@ class EncoderTokenizer:
             cut = max_length is not None and length > max_length
             if cut:
                 if truncation == "error":
-                    raise TformerError(f"input {k + 1} has {length} tokens, more than max_length={max_length}")
+                    name = names[k] if names is not None else f"input {k + 1}"
+                    raise TformerError(f"{name} has {length} tokens, more than max_length={max_length}")
                 budget = max_length - n_special
                 if b is None:
                     a = a[:budget]

@@ -114,14 +114,15 @@ def pool(hidden: Tensor, mask: Tensor | None, pooling: Pooling, pooled: Tensor |
 def embed(model: BertModel | BertForPreTraining, tokenizer: EncoderTokenizer, sentences: Sequence[str],
           pooling: Pooling = "mean", layers: Sequence[int] = (-1,), combine: Combine = "concat",
           normalize: bool = False, batch_size: int = 64, max_length: int | None = None, truncation: str = "warn",
-          pairs: Sequence[str] | None = None, tokens: bool = False, sort_by_length: bool = True
-          ) -> Tensor | list[Tensor]:
+          pairs: Sequence[str] | None = None, tokens: bool = False, sort_by_length: bool = True,
+          names: Sequence[str] | None = None) -> Tensor | list[Tensor]:
     """Sentence vectors (N, D) (D x len(layers) when concatenated), in input order.
 
     layers: which hidden states to read, 0 = the embeddings, 1..N = the layers, -1 = the last; several are
     concatenated, summed or averaged (combine). tokens=True returns each sentence's token vectors (T_i, D)
     instead of pooling them (contextual embeddings). Inputs longer than max_length (default: the model's
-    positions) are truncated with one warning, or rejected (truncation="error"). sort_by_length batches
+    positions) are truncated with one warning, or rejected (truncation="error"; `names` says where each
+    sentence came from, for that error). sort_by_length batches
     sentences of similar length together (far less padding); the output is in input order either way.
     """
     encoder = _encoder(model)
@@ -135,7 +136,7 @@ def embed(model: BertModel | BertForPreTraining, tokenizer: EncoderTokenizer, se
         raise TformerError(f"batch size must be at least 1, not {batch_size}")
     limit = min(max_length or encoder.config.max_tokens, encoder.config.max_tokens)
     encoded = tokenizer.encode_batch(list(sentences), list(pairs) if pairs is not None else None,
-                                     max_length=limit, truncation=truncation)
+                                     max_length=limit, truncation=truncation, names=names)
     device = next(encoder.parameters()).device
     results: list[Tensor | None] = [None] * len(encoded)
     only_last = list(layers) == [-1]
@@ -182,8 +183,8 @@ def fill_mask(model: BertModel | BertForPreTraining, tokenizer: EncoderTokenizer
     mask_token = tokenizer.id_to_token(tokenizer.mask_id)
     if MASK_PLACEHOLDER not in text and mask_token not in text:
         raise TformerError(f"the text has no {MASK_PLACEHOLDER} to fill")
-    encoded = tokenizer.encode(text.replace(MASK_PLACEHOLDER, mask_token), max_length=model.config.max_tokens,
-                               truncation="error")
+    encoded = tokenizer.encode_batch([text.replace(MASK_PLACEHOLDER, mask_token)], max_length=model.config.max_tokens,
+                                     truncation="error", names=["the text"])[0]
     ids = torch.tensor([encoded.ids], device=next(model.parameters()).device)
     positions = ids == tokenizer.mask_id
     if not bool(positions.any()):
@@ -196,11 +197,13 @@ def fill_mask(model: BertModel | BertForPreTraining, tokenizer: EncoderTokenizer
 
 
 def similar(model, tokenizer: EncoderTokenizer, query: str, sentences: Sequence[str], top_k: int = 10,
-            **embed_options) -> list[tuple[float, int, str]]:
-    """Sentences ranked by cosine similarity to the query: (cosine, index, sentence), best first."""
+            names: Sequence[str] | None = None, **embed_options) -> list[tuple[float, int, str]]:
+    """Sentences ranked by cosine similarity to the query: (cosine, index, sentence), best first. names: where
+    each sentence came from, for errors (default "sentence K")."""
     if not sentences:
         raise TformerError("there are no sentences to rank")
-    vectors = embed(model, tokenizer, [query, *sentences], **{**embed_options, "normalize": True})
+    names = ["the query", *(names or [f"sentence {k + 1}" for k in range(len(sentences))])]
+    vectors = embed(model, tokenizer, [query, *sentences], names=names, **{**embed_options, "normalize": True})
     scores = vectors[1:] @ vectors[0]
     top = scores.topk(min(top_k, len(sentences)))
     return [(float(s), int(i), sentences[int(i)]) for s, i in zip(top.values, top.indices)]

@@ -456,6 +456,8 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
     d, t = run.data, run.train
     if not d.train_file:
         raise TformerError("fine-tuning needs data.train_file (--train FILE)")
+    if t.early_stopping and not d.valid_file:
+        raise TformerError(f"train.early_stopping={t.early_stopping} watches the validation score: give --valid FILE")
     pretrained = run.model.get("pretrained")
     if not pretrained:
         raise TformerError("fine-tuning needs a pretrained encoder (--model DIR)")

@@ -7,6 +7,7 @@ saved model directory; `evaluate_files` scores one against reference files.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -149,7 +150,11 @@ def translate_lines(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokenizer, 
     model.eval()
     device = next(model.parameters()).device
     c = model.config
-    ids = [s[: c.max_len] for s in src_tok.encode_batch(list(lines))]
+    ids = src_tok.encode_batch(list(lines))
+    if n_cut := sum(len(s) > c.max_len for s in ids):  # as the encoders' embed does: cut, and said once
+        warnings.warn(f"{n_cut} of {len(ids)} sentence(s) were longer than the model's {c.max_len} source "
+                      f"positions and were cut to them", UserWarning, stacklevel=2)
+        ids = [s[: c.max_len] for s in ids]
     out: list[str] = [""] * len(ids)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     start = 0
