@@ -379,3 +379,22 @@ def test_finetune_refuses_what_it_would_get_wrong(tmp_path, pretrained, capsys):
     assert_one_line_error(code, err, "'B-NEW'", "dev.txt:3")
     # question answering gets BERT's 384-token windows unless told otherwise (128 left no room for the stride)
     assert finetune_run_defaults("qa").data.max_tokens == 384 > finetune_run_defaults().data.max_tokens
+
+
+def test_finetune_resume_continues_and_refuses_changes(tmp_path, pretrained, capsys):
+    from conftest import assert_one_line_error, run_cli
+
+    train_file = write_tsv(tmp_path / "train.tsv", sentiment_rows(32, 0))
+    out = tmp_path / "clf"
+    base = ["finetune", "--model", pretrained, "--train", train_file, "--out", out, "--batch-size", "16"]
+    code, stdout, err = run_cli(capsys, *base, "--epochs", "1")
+    assert code == 0, err
+    assert json.loads(stdout.splitlines()[-1])["steps"] == 2
+    code, stdout, err = run_cli(capsys, *base, "--epochs", "2", "--resume")  # the steps of 2 epochs, counted again
+    assert code == 0, err
+    assert json.loads(stdout.splitlines()[-1])["steps"] == 4
+    other = write_tsv(tmp_path / "other.tsv", sentiment_rows(32, 1))
+    code, _, err = run_cli(capsys, *base[:4], other, *base[5:], "--resume")
+    assert_one_line_error(code, err, "--resume", "data.train_file")
+    code, _, err = run_cli(capsys, "finetune", "--model", tmp_path, "--train", train_file, "--out", out, "--resume")
+    assert_one_line_error(code, err, "--resume", "fine-tunes")

@@ -408,14 +408,14 @@ def cmd_finetune(args) -> None:
     run = load_config(args.config, overrides, base=base)
     if args.resume:
         saved = _saved_run(out)
-        if Path(saved.model.get("pretrained", args.model)).resolve() != Path(args.model).resolve():
-            raise TformerError(f"--resume: the run in {out} fine-tunes {saved.model['pretrained']}, not --model "
-                               f"{args.model}")
-        run.model["pretrained"] = saved.model.get("pretrained", str(args.model))
+        pretrained = saved.model.get("pretrained", str(args.model))
+        if Path(pretrained).resolve() != Path(args.model).resolve():
+            raise TformerError(f"--resume: the run in {out} fine-tunes {pretrained}, not --model {args.model}")
         _check_resumed(saved, run, ("model", "data.task", "data.train_file"))
         if args.epochs is not None and not any(o.startswith("train.max_steps=") for o in overrides):
             run.train.max_steps = 0  # the steps of --epochs are counted again (see build_finetune_task)
-    run.model["pretrained"] = str(args.model)
+    else:
+        run.model["pretrained"] = str(args.model)
     _train_and_report(build_finetune_task, run, out, args.resume)
 
 
