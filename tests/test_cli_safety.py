@@ -77,9 +77,51 @@ def _umask() -> int:
     return current
 
 
-def test_resume_refuses_a_changed_model(lm, capsys, tmp_path):
-    code, _, err = run_cli(capsys, "train", "--out", lm / "model", "--resume", "model.d_model=64")
-    assert_one_line_error(code, err, "--resume", "model.d_model=64")
+def test_resume_refuses_what_it_would_ignore_or_undo(lm, capsys, tmp_path):
+    before = digest(lm / "model")
+    for options, named in ((["model.d_model=64"], "model.d_model cannot change"),
+                           (["--tokenizer", "byte_bpe"], "data.tokenizer cannot change"),
+                           (["--max-steps", "2"], "at step 2 already"),  # before: trained nothing, rewrote the run
+                           (["--overwrite"], "give one of them")):
+        code, _, err = run_cli(capsys, "train", "--out", lm / "model", "--resume", *options)
+        assert_one_line_error(code, err, named)
+    assert digest(lm / "model") == before
+
+
+def test_out_and_output_never_replace_what_is_not_theirs(lm, capsys, tmp_path):
+    import os
+    import shutil
+
+    text = lm / "text.txt"
+    mixed = tmp_path / "mixed"
+    shutil.copytree(lm / "model", mixed)
+    (mixed / "notes.txt").write_text("mine\n")
+    for flag in ("--overwrite", "--resume"):  # a save replaces the folder: it would take notes.txt with it
+        code, _, err = run_cli(capsys, *tiny_lm_args(text, mixed), flag, "--max-steps", "3")
+        assert_one_line_error(code, err, "notes.txt", "move them")
+    assert (mixed / "notes.txt").read_text() == "mine\n"
+    os.symlink(lm / "model", tmp_path / "link")
+    code, _, err = run_cli(capsys, *tiny_lm_args(text, tmp_path / "link"), "--overwrite")
+    assert_one_line_error(code, err, "symbolic link")
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat\n")
+    code, _, err = run_cli(capsys, "predict", "--model", lm / "model", "--input", prompts,
+                           "--output", lm / "model" / "config.json")
+    assert_one_line_error(code, err, "inside the --model directory")
+    # a device or a pipe is written into, never replaced by a file (as root, /dev/null itself would go)
+    os.mkfifo(tmp_path / "fifo")
+    reader = os.open(tmp_path / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+    from tformer.cli import _write_output
+
+    _write_output(str(tmp_path / "fifo"), "through the pipe\n")
+    assert os.read(reader, 100) == b"through the pipe\n" and not (tmp_path / "fifo").is_file()
+    os.close(reader)
+    real = tmp_path / "real.txt"
+    real.write_text("old\n")
+    os.symlink(real, tmp_path / "alias.txt")
+    _write_output(str(tmp_path / "alias.txt"), "new\n")  # through a link: the file it points to is written
+    assert real.read_text() == "new\n" and (tmp_path / "alias.txt").is_symlink()
 
 
 @pytest.mark.parametrize("option, named", [

@@ -215,6 +215,14 @@ def _check_out(out: Path, resume: bool, overwrite: bool, pretrained: str | None 
     knowingly replaced: never the current folder, a file, or a folder of other things."""
     if out.name in ("", ".", ".."):
         raise TformerError(f"--out {str(out)!r}: name a folder for the model (for example runs/NAME)")
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise TformerError(f"--out {str(out).encode('utf-8', 'surrogateescape')!r}: not valid UTF-8") from None
+    if resume and overwrite:
+        raise TformerError("--resume continues the saved run and --overwrite replaces it: give one of them")
+    if out.is_symlink():
+        raise TformerError(f"--out {out} is a symbolic link; give the folder it points to")
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise TformerError(f"--out {out}: {parent} is a file, not a folder")
@@ -222,14 +230,28 @@ def _check_out(out: Path, resume: bool, overwrite: bool, pretrained: str | None 
         raise TformerError(f"--out {out} is a file, not a model directory; choose another --out")
     if pretrained is not None and out.exists() and out.resolve() == Path(pretrained).resolve():
         raise TformerError(f"--out {out} is the --model being fine-tuned; write the fine-tuned model elsewhere")
-    if resume or not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or not any(out.iterdir()):
         return
     if not (out / "config.json").is_file():
+        if resume:
+            return  # _saved_run says that no run is saved there
         raise TformerError(f"--out {out} is a folder with other files in it, and saving replaces the whole folder; "
                            "choose a new one")
-    if not overwrite:
+    if not (resume or overwrite):
         raise TformerError(f"--out {out} already holds a model: add --resume to continue its run, or --overwrite "
                            "to replace it")
+    others = sorted(p.name for p in out.iterdir() if not _saved_by_tformer(p.name))
+    if others:
+        raise TformerError(f"--out {out} also holds files that are not the model's ({', '.join(others[:3])}); "
+                           "saving replaces the whole folder and would delete them: move them elsewhere first")
+
+
+def _saved_by_tformer(name: str) -> bool:
+    """Whether a name in a model directory is one that saving it writes (and may replace)."""
+    from tformer.training import checkpoint
+
+    return name in (checkpoint.CONFIG, checkpoint.WEIGHTS, checkpoint.TOKENIZER, checkpoint.TARGET_TOKENIZER,
+                    checkpoint.TRAINER_STATE, checkpoint.OPTIMIZER, checkpoint.AVERAGING)
 
 
 def _saved_run(out: Path):
@@ -263,9 +285,9 @@ def _check_resumed(base, run, fields: tuple[str, ...]) -> None:
         before, after = values(base, name), values(run, name)
         for key in sorted(set(before) | set(after)):
             if before.get(key) != after.get(key):
-                was = "not set" if before.get(key) is None else repr(before.get(key))
-                raise TformerError(f"--resume: {key}={after.get(key)!r}, but the saved run has {key} {was}; a "
-                                   "resumed run continues as it started (start a new run to change it)")
+                was = "the preset's" if before.get(key) is None else repr(before.get(key))
+                raise TformerError(f"--resume: {key} cannot change from {was} to {after.get(key)!r}; a resumed run "
+                                   "continues as it started (start a new run to change it)")
 
 
 def cmd_train(args) -> None:
@@ -281,8 +303,9 @@ def cmd_train(args) -> None:
     _check_out(out, args.resume, args.overwrite)
     base = _saved_run(out) if args.resume else None
     run = load_config(args.config, overrides, base=base)
-    if base is not None:
-        _check_resumed(_saved_run(out), run, ("model",))
+    if base is not None:  # the tokenizer is the saved one: options that would make another cannot change
+        _check_resumed(_saved_run(out), run, ("model", "data.tokenizer", "data.vocab_size", "data.tokenizer_file",
+                                              "data.joint_vocab"))
     kind = family(run.model.get("preset", "transformer-small"))
     if kind in ("gpt", "encoder") and base is None:
         # Language models start from their own defaults (cosine schedule, AdamW, ...), then the file and
@@ -294,8 +317,16 @@ def cmd_train(args) -> None:
 
 def _train_and_report(builder, run, out: Path, resume: bool) -> None:
     """Build the task (on every process), train it, print one JSON summary line from the main process."""
-    from tformer.training import distributed
+    from tformer.training import checkpoint, distributed
     from tformer.training.loop import train
+
+    if resume and run.train.max_steps:  # a run already there would train nothing yet rewrite its saved options
+        saved = checkpoint.read_json(out / checkpoint.TRAINER_STATE)
+        trainer = saved.get("trainer") if isinstance(saved, dict) else None
+        step = trainer.get("step") if isinstance(trainer, dict) else None  # damaged: train()'s checks name it
+        if isinstance(step, int) and step >= run.train.max_steps:
+            raise TformerError(f"--resume: the run in {out} is at step {step} already; set train.max_steps "
+                               "(--max-steps) above it to train on")
 
     info = distributed.setup(run.train.device)
     try:
@@ -313,11 +344,14 @@ def _train_and_report(builder, run, out: Path, resume: bool) -> None:
         distributed.teardown(info)
 
 
-def _output_file(path: str, inputs: tuple[str | None, ...] = ()) -> Path:
-    """--output as a file that can be written: not a folder, not one of the inputs, in a folder that exists."""
+def _output_file(path: str, inputs: tuple[str | None, ...] = (), model: str | None = None) -> Path:
+    """--output as a file that can be written: not a folder, not one of the inputs, not inside the model
+    directory, in a folder that exists."""
     target = Path(path)
     if any(i not in (None, "-") and Path(i).exists() and target.exists() and target.samefile(i) for i in inputs):
         raise TformerError(f"--output {path} is also an input file; write the output elsewhere")
+    if model is not None and Path(model).resolve() in target.resolve().parents:
+        raise TformerError(f"--output {path} is inside the --model directory; write the output elsewhere")
     if target.is_dir():
         raise TformerError(f"--output {path} is a folder; name a file")
     if not target.parent.is_dir():
@@ -326,22 +360,28 @@ def _output_file(path: str, inputs: tuple[str | None, ...] = ()) -> Path:
 
 
 def _write_output(path: str, text: str | Callable[[Path], None], inputs: tuple[str | None, ...] = (),
-                  suffix: str = "") -> None:
-    """--output: '-' is stdout; a file is written beside itself and renamed in, so a failure keeps the old one.
-    text: the text, or a function that writes the file at the path it is given."""
+                  suffix: str = "", model: str | None = None) -> None:
+    """--output: '-' is stdout; a regular file is written beside itself and renamed in (through a symbolic link
+    to it, the file it points to), so a failure keeps the old one; a device or a pipe (/dev/null, a FIFO) is
+    written into as it is, never replaced. text: the text, or a function that writes a file at the path given."""
     if path == "-":
         sys.stdout.write(text)
         return
-    target = _output_file(path, inputs)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}{suffix}")
+    target = _output_file(path, inputs, model)
+    special = target.exists() and not target.is_file()  # follows links: /dev/stdout is a link to a device
+    final = target if special else target.resolve()
+    tmp = target if special else final.with_name(f".{final.name}.tmp-{os.getpid()}{suffix}")
     try:
         if callable(text):
             text(tmp)
         else:
-            tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        if not special:
+            os.replace(tmp, final)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        if not special:
+            tmp.unlink(missing_ok=True)
         raise TformerError(f"--output {path}: {exc.strerror or exc}") from None
 
 
@@ -351,10 +391,12 @@ def cmd_translate(args) -> None:
 
     _positive("beam", args.beam)
     _positive("max-tokens", args.max_tokens)
+    if not (math.isfinite(args.length_penalty) and args.length_penalty >= 0):
+        raise TformerError(f"--length-penalty must be a number >= 0, not {args.length_penalty}")
     model, src_tok, tgt_tok = load_translator(args.model, _device(args.device))
     lines = read_text_input(args.input)
     hyps = translate_lines(model, src_tok, tgt_tok, lines, args.beam, args.max_tokens, args.length_penalty)
-    _write_output(args.output, "".join(h + "\n" for h in hyps), (args.input,))
+    _write_output(args.output, "".join(h + "\n" for h in hyps), (args.input,), model=args.model)
 
 
 def _finetuned(args):
@@ -388,7 +430,8 @@ def cmd_predict(args) -> None:
     data = read_task_file(run, args.input, labelled=False)
     task = task_for_model(run, model, tokenizer, [], None)
     records = task.predict(model, data)
-    _write_output(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), (args.input,))
+    _write_output(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), (args.input,),
+                  model=args.model)
 
 
 def cmd_finetune(args) -> None:
@@ -437,7 +480,7 @@ def cmd_evaluate(args) -> None:
     result = evaluate_files(args.model, args.src, args.ref, args.beam, _device(args.device), args.max_tokens)
     hyps = result.pop("hypotheses")
     if args.output:
-        _write_output(args.output, "".join(h + "\n" for h in hyps), (args.src, args.ref))
+        _write_output(args.output, "".join(h + "\n" for h in hyps), (args.src, args.ref), model=args.model)
     print(f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  {result['sentences']} sentences in "
           f"{result['seconds']:.1f} s ({result['sentences_per_s']:.1f} sentences/s, beam {args.beam})")
 
@@ -585,7 +628,7 @@ def cmd_embed(args) -> None:
     vectors = embed(model, tokenizer, sentences, layers=args.layer or [-1], combine=args.combine,
                     normalize=normalize and not args.tokens, tokens=args.tokens, names=names, **options)
     if out.endswith(".npy"):
-        _write_output(out, lambda tmp: np.save(tmp, vectors.numpy()), (args.input,), suffix=".npy")
+        _write_output(out, lambda tmp: np.save(tmp, vectors.numpy()), (args.input,), suffix=".npy", model=args.model)
         print(f"{len(sentences)} vectors of {vectors.shape[1]} dimensions -> {out}", file=sys.stderr)
         return
     lines = []
@@ -598,7 +641,7 @@ def cmd_embed(args) -> None:
         else:
             record["vector"] = [round(x, 6) for x in v.tolist()]
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    _write_output(out, "".join(lines), (args.input,))
+    _write_output(out, "".join(lines), (args.input,), model=args.model)
 
 
 def cmd_fill_mask(args) -> None:
@@ -650,6 +693,9 @@ def main(argv: list[str] | None = None) -> int:
                "list-models": cmd_list_models}[args.command]
     _warnings_as_lines()
     try:
+        if getattr(args, "output", None) not in (None, "-"):  # before the work, not after it
+            _output_file(args.output, tuple(getattr(args, k, None) for k in ("input", "src", "ref", "data")),
+                         getattr(args, "model", None))
         handler(args)
     except TformerError as exc:
         print(f"tformer {args.command}: error: {exc}", file=sys.stderr)

@@ -163,6 +163,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         meta, opt_state = checkpoint.load_trainer_state(out_dir)
         state = checkpoint.from_saved(TrainerState, meta["trainer"], str(out_dir / checkpoint.TRAINER_STATE),
                                       "trainer.")
+        if state.step < 0:
+            raise TformerError(f"{out_dir / checkpoint.TRAINER_STATE}: trainer.step is {state.step}, not a step count")
         checkpoint.load_weights(out_dir, model)
         _load_optimizer_state(optimizer, opt_state, out_dir / checkpoint.OPTIMIZER)
     elif not resume:
