@@ -304,7 +304,7 @@ def cmd_train(args) -> None:
     base = _saved_run(out) if args.resume else None
     run = load_config(args.config, overrides, base=base)
     if base is not None:  # the tokenizer is the saved one: options that would make another cannot change
-        _check_resumed(_saved_run(out), run, ("model", "data.tokenizer", "data.vocab_size", "data.tokenizer_file",
+        _check_resumed(base, run, ("model", "data.tokenizer", "data.vocab_size", "data.tokenizer_file",
                                               "data.joint_vocab"))
     kind = family(run.model.get("preset", "transformer-small"))
     if kind in ("gpt", "encoder") and base is None:
@@ -450,11 +450,10 @@ def cmd_finetune(args) -> None:
     base = _saved_run(out) if args.resume else finetune_run_defaults(args.task)
     run = load_config(args.config, overrides, base=base)
     if args.resume:
-        saved = _saved_run(out)
-        pretrained = saved.model.get("pretrained", str(args.model))
+        pretrained = base.model.get("pretrained", str(args.model))
         if Path(pretrained).resolve() != Path(args.model).resolve():
             raise TformerError(f"--resume: the run in {out} fine-tunes {pretrained}, not --model {args.model}")
-        _check_resumed(saved, run, ("model", "data.task", "data.train_file"))
+        _check_resumed(base, run, ("model", "data.task", "data.train_file"))
         if args.epochs is not None and not any(o.startswith("train.max_steps=") for o in overrides):
             run.train.max_steps = 0  # the steps of --epochs are counted again (see build_finetune_task)
     else:

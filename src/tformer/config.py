@@ -6,6 +6,7 @@ typo never silently falls back to a default. The resolved config is saved with e
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import typing
@@ -195,8 +196,9 @@ def _apply(section_obj: Any, section: str, key: str, value: Any, source: str) ->
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 base: RunConfig | None = None) -> RunConfig:
-    """Defaults (or `base`, a saved run's config), then the TOML file, then `section.key=value` overrides."""
-    cfg = base or RunConfig()
+    """Defaults (or `base`, a saved run's config, left as it is), then the TOML file, then `section.key=value`
+    overrides."""
+    cfg = copy.deepcopy(base) if base is not None else RunConfig()
     if path is not None:
         path = Path(path)
         if path.is_dir():
