@@ -94,3 +94,19 @@ def test_bad_input_is_one_line(lm, capsys, tmp_path):
     code, _, err = run_cli(capsys, "generate", "--model", tmp_path / "nowhere", "--prompt", "x")
     assert_one_line_error(code, err, "nowhere")
     assert not (tmp_path / "m").exists()
+
+
+def test_several_config_files_and_a_list_of_texts(capsys, tmp_path):
+    (tmp_path / "a.txt").write_text(TEXT)
+    (tmp_path / "b.txt").write_text("a dog ran in the fog. " * 100)
+    model = tmp_path / "model.toml"
+    model.write_text('[model]\npreset = "gpt-micro"\nd_model = 32\nn_heads = 2\n[train]\nmax_steps = 3\n')
+    data = tmp_path / "data.toml"
+    data.write_text(f'[data]\ntrain_text = ["{tmp_path / "a.txt"}", "{tmp_path / "b.txt"}"]\nblock_size = 16\n'
+                    '[train]\nmax_steps = 2\n')
+    code, out, err = run_cli(capsys, "train", "--config", model, "--config", data, "--out", tmp_path / "m")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["steps"] == 2  # the later file wins
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    vocab = json.loads((tmp_path / "m" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert saved["d_model"] == 32 and "g" in vocab  # the first file set the model, "g" is only in b.txt

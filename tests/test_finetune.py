@@ -398,3 +398,10 @@ def test_finetune_resume_continues_and_refuses_changes(tmp_path, pretrained, cap
     assert_one_line_error(code, err, "--resume", "data.train_file")
     code, _, err = run_cli(capsys, "finetune", "--model", tmp_path, "--train", train_file, "--out", out, "--resume")
     assert_one_line_error(code, err, "--resume", "fine-tunes")
+    # options that shape the optimiser's groups are named, not reported as an optimizer.pt that does not fit
+    for option, name in ((["--strategy", "feature_extraction"], "train.strategy"),
+                         (["--freeze-layers", "1"], "train.freeze_layers"),
+                         (["train.layer_decay=0.5"], "train.layer_decay"),
+                         (["train.encoder_lr_scale=0.5"], "train.encoder_lr_scale")):
+        code, _, err = run_cli(capsys, *base, "--resume", *option)
+        assert_one_line_error(code, err, "--resume", name)

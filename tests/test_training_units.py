@@ -211,6 +211,38 @@ def test_overrides_are_coerced_and_later_wins(tmp_path):
     assert cfg.data.vocab_size == 123
 
 
+def test_several_config_files_in_order_and_file_lists(tmp_path):
+    first = _write(tmp_path, "[train]\nwarmup_steps = 100\nlr = 0.5\n")
+    second = tmp_path / "second.toml"
+    second.write_text('[train]\nlr = 0.25\n[data]\ntrain_text = ["a.txt", "b.txt.gz"]\n')
+    cfg = load_config([first, second])
+    assert cfg.train.warmup_steps == 100 and cfg.train.lr == 0.25  # the later file wins, the earlier one stays
+    assert cfg.data.train_text == "a.txt,b.txt.gz"  # a TOML list of files is the comma-separated string
+    # a list where one path is meant, or a list with a non-string, is named rather than read as a path
+    for text, option in (('train_src = ["a.txt"]', "data.train_src"), ('train_text = ["a.txt", 3]', "data.train_text"),
+                         ("tokenizer_file = true", "data.tokenizer_file")):
+        second.write_text(f"[data]\n{text}\n")
+        with pytest.raises(TformerError, match=f"second.toml: {option}: expected a string"):
+            load_config([first, second])
+
+
+def test_resume_takes_the_optimiser_options_of_this_run():
+    # torch's load_state_dict brings back the saved groups' options; a resumed run keeps only the moments
+    from tformer.training.loop import _load_optimizer_state, _rng_state
+
+    w = torch.nn.Parameter(torch.ones(3))
+    saved_opt = torch.optim.AdamW([w], lr=0.1, betas=(0.9, 0.99), weight_decay=0.1)
+    w.grad = torch.full((3,), 2.0)
+    saved_opt.step()
+    saved = {"optimizer": saved_opt.state_dict(), "rng": _rng_state()}
+    opt = torch.optim.AdamW([w], lr=0.1, betas=(0.5, 0.99), weight_decay=0.0)
+    _load_optimizer_state(opt, saved, Path("optimizer.pt"))
+    group = opt.param_groups[0]
+    assert group["betas"] == (0.5, 0.99) and group["weight_decay"] == 0.0
+    assert torch.equal(opt.state[w]["exp_avg"], saved_opt.state[w]["exp_avg"])  # the moments are the saved ones
+    assert float(opt.state[w]["step"]) == 1
+
+
 def test_unknown_section(tmp_path):
     p = _write(tmp_path, "[optim]\nlr = 1\n")
     with pytest.raises(TformerError, match=r"optim") as e:

@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "The preset's family picks the task: transformer-* trains translation on "
                                    "--train-src/--train-tgt, gpt* trains a language model on --train-text, bert*/roberta*/albert* "
                                    "pretrain an encoder (masked LM + NSP/SOP) on --train-text.")
-    t.add_argument("--config", help="TOML run configuration")
+    t.add_argument("--config", action="append",
+                   help="TOML run configuration (repeatable: a later file's values win)")
     t.add_argument("--out", required=True, help="model directory to write (and to resume from)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out, with its saved options unless given again")
@@ -164,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--valid", help="validation file, same format")
     ft.add_argument("--task", choices=["classification", "regression", "tagging", "qa"], default="classification")
     ft.add_argument("--out", required=True, help="directory for the fine-tuned model")
-    ft.add_argument("--config", help="TOML run configuration")
+    ft.add_argument("--config", action="append",
+                    help="TOML run configuration (repeatable: a later file's values win)")
     ft.add_argument("--resume", action="store_true")
     ft.add_argument("--overwrite", action="store_true", help="replace the model already saved in --out")
     ft.add_argument("--text-column"), ft.add_argument("--pair-column"), ft.add_argument("--label-column")
@@ -453,7 +455,9 @@ def cmd_finetune(args) -> None:
         pretrained = base.model.get("pretrained", str(args.model))
         if Path(pretrained).resolve() != Path(args.model).resolve():
             raise TformerError(f"--resume: the run in {out} fine-tunes {pretrained}, not --model {args.model}")
-        _check_resumed(base, run, ("model", "data.task", "data.train_file"))
+        # The strategy, frozen layers and per-layer rates shape the optimiser's groups, which resume continues.
+        _check_resumed(base, run, ("model", "data.task", "data.train_file", "train.strategy", "train.freeze_layers",
+                                   "train.layer_decay", "train.encoder_lr_scale"))
         if args.epochs is not None and not any(o.startswith("train.max_steps=") for o in overrides):
             run.train.max_steps = 0  # the steps of --epochs are counted again (see build_finetune_task)
     else:

@@ -171,8 +171,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise TformerError(f"{where}: expected an integer, got {value!r}")
         return out
     if tp is str:
+        if where.endswith(_FILE_LISTS) and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return ",".join(value)  # a TOML list of files: the same as the comma-separated string
+        if isinstance(value, (list, dict, bool)):
+            raise TformerError(f"{where}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+# Options that take several files, comma-separated (or, in a TOML file, as a list of strings).
+_FILE_LISTS = ("data.train_text", "data.valid_text")
 
 
 def parse_scalar(text: str) -> Any:
@@ -194,12 +202,12 @@ def _apply(section_obj: Any, section: str, key: str, value: Any, source: str) ->
     setattr(section_obj, key, value)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+def load_config(path: str | Path | list[str | Path] | None = None, overrides: list[str] | tuple[str, ...] = (),
                 base: RunConfig | None = None) -> RunConfig:
-    """Defaults (or `base`, a saved run's config, left as it is), then the TOML file, then `section.key=value`
-    overrides."""
+    """Defaults (or `base`, a saved run's config, left as it is), then the TOML file(s) in order (a later file's
+    values win), then `section.key=value` overrides."""
     cfg = copy.deepcopy(base) if base is not None else RunConfig()
-    if path is not None:
+    for path in [] if path is None else path if isinstance(path, list) else [path]:
         path = Path(path)
         if path.is_dir():
             raise TformerError(f"{path}: is a directory, expected a TOML config file")

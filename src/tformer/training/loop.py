@@ -102,8 +102,13 @@ def _set_rng_state(state: dict) -> None:
 
 def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, file: Path) -> None:
     """The optimizer's moments and the random state of a saved run (checkpoint.load_trainer_state's second part)."""
+    # torch's load_state_dict also brings back the saved groups' options (betas, weight decay, eps, fused,
+    # ...); a resumed run keeps the moments but takes its options from this run's config, as --resume says.
+    options = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(saved["optimizer"])
+        for group, own in zip(optimizer.param_groups, options):
+            group.update(own)
         _set_rng_state(saved["rng"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:  # saved by another model, or damaged
         raise TformerError(f"{file}: does not fit this run's optimizer and random state ({exc})") from None
