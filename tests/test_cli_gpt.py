@@ -81,6 +81,8 @@ def test_bad_input_is_one_line(lm, capsys, tmp_path):
     long_lines.write_text("the cat\n" + "the" * 10 + "\n")
     code, _, err = run_cli(capsys, "generate", "--model", lm / "model", "--input", long_lines)
     assert_one_line_error(code, err, "prompts.txt:2:", "context window")
+    code, _, err = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "the", "--num-samples", 10**12)
+    assert_one_line_error(code, err, str(10**12), "sequence", "GiB")  # a typo, refused before the batch is built
     code, _, err = run_cli(capsys, "score", "--model", lm / "model", "--prompt", "x", "--choice", "a")
     assert_one_line_error(code, err, "two")
     empty = tmp_path / "empty.txt"

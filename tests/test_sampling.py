@@ -181,6 +181,9 @@ def test_bad_arguments_raise_tformer_error():
         generate(model, PROMPTS, -1)
     assert generate(model, PROMPTS, 0) == [[], [], []]
     assert len(generate(model, [list(range(32))], 3)[0]) == 3  # a prompt filling the window is fine
+    # more tokens than memory holds: refused before anything is allocated (it used to fail inside torch)
+    with pytest.raises(TformerError, match="new tokens for 3 sequence.*GiB"):
+        generate(model, PROMPTS, 10**13)
 
 
 def test_training_mode_is_restored():

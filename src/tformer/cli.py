@@ -508,7 +508,7 @@ def _source(path: str | None) -> str:
 
 
 def cmd_generate(args) -> None:
-    from tformer.generation.sampling import generate_text
+    from tformer.generation.sampling import check_generation_fits, generate_text
     from tformer.tasks.language_modeling import load_lm
 
     _positive("num-samples", args.num_samples)
@@ -528,16 +528,18 @@ def cmd_generate(args) -> None:
         raise TformerError(f"--seed must be in [0, 2^63), not {args.seed}")
     prompts = _prompts(args)
     model, tokenizer = load_lm(args.model, _device(args.device))
-    n_flags, window = len(args.prompt or []), model.config.max_len
+    n_flags, window, longest = len(args.prompt or []), model.config.max_len, 0
     for i, p in enumerate(prompts):
         where = f"--prompt {i + 1}" if i < n_flags else f"{_source(args.input)}:{i - n_flags + 1}"
         if not p and tokenizer.eos_id is None:
             raise TformerError(f"{where}: the prompt is empty, and the model has no end-of-text token to start from")
         tokenizer.check_chars(p, where)
         n = len(tokenizer.encode(p))
+        longest = max(longest, n)
         if n > window:  # named here, 1-based, as the user gave it; generate's own check counts list positions
             raise TformerError(f"{where}: the prompt has {n} tokens, more than the model's context window of "
                                f"{window}; shorten it (keep its last {window} tokens)")
+    check_generation_fits(model, len(prompts) * args.num_samples, longest, args.max_new_tokens)  # before the batch
     batch = [p for p in prompts for _ in range(args.num_samples)]
     outs = generate_text(model, tokenizer, batch, args.max_new_tokens, stop=args.stop, do_sample=not args.greedy,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)

@@ -132,6 +132,34 @@ def generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int, *, 
     return [t[: _cut(t, stop)] for t in texts]
 
 
+def check_generation_fits(model, rows: int, prompt_len: int, max_new_tokens: int) -> None:
+    """A TformerError before anything is allocated when a generation's buffers would not fit in memory.
+
+    Per row and column the token buffer holds an id, a position (int64 each) and a mask flag; the key/value
+    cache holds 2 x n_layers x d_model values per row and position, up to the context window. A typo such as
+    --num-samples 10000000 would otherwise swap the machine to a halt, or fail deep inside torch.
+    """
+    cfg = model.config
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.device.type == "cuda":
+        limit = torch.cuda.get_device_properties(param.device).total_memory
+    else:
+        try:
+            import os
+
+            limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
+            return
+    columns = prompt_len + max_new_tokens
+    itemsize = param.element_size() if param is not None else 4
+    width = 2 * getattr(cfg, "n_layers", 0) * getattr(cfg, "d_model", 0) * itemsize  # bytes per cached position
+    needed = rows * columns * 17 + rows * min(columns, cfg.max_len) * width
+    if needed > limit:
+        raise TformerError(f"{max_new_tokens} new tokens for {rows} sequence(s) need about {needed / 2**30:,.0f} GiB "
+                           f"for their tokens and key/value cache, more than the {limit / 2**30:,.0f} GiB of memory "
+                           "here; ask for fewer new tokens or fewer sequences")
+
+
 def _cut(text: str, stop: list[str]) -> int | None:
     """Where the earliest stop string starts in text; None without one."""
     found = [i for i in (text.find(s) for s in stop) if i >= 0]
@@ -155,6 +183,7 @@ def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample
 
     # Left-padded token buffer, room for every new token reserved: (B, P + N).
     b, p_len = len(prompts), max(len(p) for p in prompts)
+    check_generation_fits(model, b, p_len, max_new_tokens)
     pads = [p_len - len(p) for p in prompts]
     max_pad = max(pads)
     ids = torch.zeros(b, p_len + max_new_tokens, dtype=torch.long)
