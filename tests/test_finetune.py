@@ -243,6 +243,25 @@ def test_extractive_qa_learns_to_point_at_the_answer(tmp_path, pretrained):
     assert state.last_valid["exact_match"] > 80 and state.last_valid["f1"] >= state.last_valid["exact_match"]
 
 
+def test_qa_windows_shrink_with_a_model_of_few_positions(tmp_path, pretrained):
+    # The 64-position model cuts QA's default 384-token windows; the default stride of 128 shrinks with them
+    # (to 21) instead of leaving no room for context, and a stride that cannot fit names the model's limit.
+    context = " ".join(["the cat sleeps in the garden ."] * 30)
+    data = [{"title": "t", "paragraphs": [{"context": context, "qas": [
+        {"id": "q0", "question": "where does the cat sleep ?", "answers": [{"text": "garden", "answer_start": 22}]}]}]}]
+    (tmp_path / "qa.json").write_text(json.dumps({"version": "1.1", "data": data}))
+    options = ["data.task=qa", f"data.train_file={tmp_path / 'qa.json'}"]
+    run = load_config(None, options, base=finetune_run_defaults("qa"))
+    run.model["pretrained"] = str(pretrained)
+    task = build_finetune_task(run)
+    assert task.max_tokens == 64 and len(task.train_set) > 3
+    assert all(len(f["ids"]) <= 64 for f in task.train_set)
+    run = load_config(None, options + ["data.doc_stride=300"], base=finetune_run_defaults("qa"))  # 50 of 64
+    run.model["pretrained"] = str(pretrained)
+    with pytest.raises(TformerError, match="the model's 64 positions.*lower data.doc_stride$"):
+        build_finetune_task(run)
+
+
 def test_cli_finetune_predict_evaluate_and_errors(tmp_path, pretrained, capsys):
     train_file = write_tsv(tmp_path / "train.tsv", sentiment_rows(120, 0))
     valid_file = write_tsv(tmp_path / "valid.tsv", sentiment_rows(30, 1))

@@ -57,7 +57,9 @@ class DataConfig:
     pair_column: str = ""  # the second sentence of sentence-pair tasks
     label_column: str = "label"
     max_tokens: int = 128  # per input, special tokens included (longer inputs are truncated with a warning)
-    doc_stride: int = 128  # qa: tokens shared by consecutive windows of a long context
+    # qa: tokens shared by consecutive windows of a long context (scaled down in proportion when the model
+    # has fewer positions than max_tokens)
+    doc_stride: int = 128
     max_answer_length: int = 30  # qa: the longest answer span considered, in tokens
     max_context: bool = True  # qa: an answer starts only in the window where its first token is most central (BERT)
 

@@ -142,6 +142,19 @@ class FineTuneTask:
         """QA: question tokens kept (64, as BERT's run_squad), fewer for short windows."""
         return min(64, self.max_tokens // 3)
 
+    def _qa_windows(self, data, training: bool) -> list:
+        """QA: each example's windows of context, framed with its question (data.squad.make_features)."""
+        from tformer.data.squad import make_features
+
+        stride, asked = self.run.data.doc_stride, self.run.data.max_tokens
+        limit = None
+        if self.max_tokens < asked:
+            # The model's positions cut the windows (bert-micro: 128 instead of 384): the stride shrinks in
+            # proportion, so the default 128 of 384 becomes 42 of 128 rather than leaving no room for context.
+            stride, limit = stride * self.max_tokens // asked, f"the model's {self.max_tokens} positions"
+        return make_features(self.tokenizer, data, max_length=self.max_tokens, stride=stride,
+                             max_question_tokens=self.question_budget(), training=training, length_name=limit)
+
     def _where(self, split: str) -> str:
         """The file a split came from, for error messages."""
         return {"train": self.run.data.train_file, "valid": self.run.data.valid_file}.get(split) or split
@@ -178,11 +191,7 @@ class FineTuneTask:
             return out
         if self.kind == "tagging":
             return [self._encode_tagged(s, split) for s in data]
-        from tformer.data.squad import make_features
-
-        features = make_features(tok, data, max_length=self.max_tokens, stride=self.run.data.doc_stride,
-                                 max_question_tokens=self.question_budget(),
-                                 training=split == "train")
+        features = self._qa_windows(data, training=split == "train")
         return [{"ids": f.ids, "type_ids": f.type_ids, "start": f.start, "end": f.end} for f in features] \
             if split == "train" else features
 
@@ -374,11 +383,7 @@ class FineTuneTask:
         """JSON-ready predictions for unlabelled (or labelled) data in the training format."""
         model.eval()
         if self.kind == "qa":
-            from tformer.data.squad import make_features
-
-            features = make_features(self.tokenizer, data, max_length=self.max_tokens,
-                                     stride=self.run.data.doc_stride, max_question_tokens=self.question_budget(),
-                                     training=False)
+            features = self._qa_windows(data, training=False)
             answers = self._answers(model, features, data)
             return [{"id": e.id, "question": e.question, "answer": answers.get(e.id, "")} for e in data]
         if self.kind == "tagging":
