@@ -59,6 +59,25 @@ def test_damaged_language_model_directory(run_dir, tmp_path, capsys, damage, nee
     assert_one_line_error(code, err, str(model), *needles)
 
 
+def test_finetuning_a_model_of_another_family_names_what_it_takes(tmp_path, capsys):
+    model = tmp_path / "translation"
+    torch.manual_seed(0)
+    net = create_model("transformer-micro", src_vocab_size=20, tgt_vocab_size=20)
+    checkpoint.save_model(model, net, net.config.to_dict(), None)
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\na\t1\nb\t0\n")
+    code, _, err = run_cli(capsys, "finetune", "--model", model, "--train", data, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "model_type 'transformer' cannot be fine-tuned", "BERT-family", "GPT")
+
+
+def test_a_file_given_as_the_model(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("a cat\n")
+    for command in (["score", "--model", text, "--input", text], ["generate", "--model", text, "--prompt", "a"]):
+        code, _, err = run_cli(capsys, *command)
+        assert_one_line_error(code, err, "text.txt: is a file, not a model directory")
+
+
 @pytest.mark.parametrize("damage, needles", [
     (lambda d: d["tformer_run"]["data"].update(max_tokens="lots"), ["config.json: tformer_run: data.max_tokens",
                                                                      "'lots'"]),

@@ -102,7 +102,7 @@ def _format_of(path: Path) -> str:
     if suffixes and suffixes[-1] in _EXTENSIONS:
         return _EXTENSIONS[suffixes[-1]]
     raise TformerError(f"{path}: cannot tell the format from the file name; name it .tsv, .csv or .jsonl "
-                       f"(optionally .gz)")
+                       f"(optionally .gz), or give --task tagging for CoNLL columns or --task qa for SQuAD JSON")
 
 
 def _table_rows(path: Path, text: str, fmt: str, wanted: list[str]) -> Iterator[tuple[int, dict[str, str]]]:

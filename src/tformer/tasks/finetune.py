@@ -468,7 +468,11 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
         raise TformerError("fine-tuning needs a pretrained encoder (--model DIR)")
     # The checks on the starting model come before reading the (possibly large) files.
     source = checkpoint.read_config(pretrained)
-    from_gpt = source.get("model_type") in GPT_MODEL_TYPES
+    kind = source.get("model_type")
+    from_gpt = kind in GPT_MODEL_TYPES
+    if kind not in (*GPT_MODEL_TYPES, *FINETUNED_MODEL_TYPES, "encoder", "bert", "roberta", "albert"):
+        raise TformerError(f"{pretrained}: model_type {kind!r} cannot be fine-tuned here: --model takes a BERT-family "
+                           "encoder (tformer's, or bert, roberta, albert) or a GPT language model (tformer's or gpt2)")
     _check_model_options(run.model, from_gpt)
     if from_gpt:
         from tformer.tasks.finetune_gpt import require_classification

@@ -175,6 +175,8 @@ def read_config(path: str | Path) -> dict:
         if _aside(path).is_dir():
             raise TformerError(f"{path}: model directory not found (a save stopped midway left the previous copy at "
                                f"{_aside(path)}; resuming the run or the next save puts it back)")
+        if path.exists():
+            raise TformerError(f"{path}: is a file, not a model directory (config.json, model.safetensors, ...)")
         raise TformerError(f"{path}: model directory not found")
     cfg = path / CONFIG
     if not cfg.is_file():
