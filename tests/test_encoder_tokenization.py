@@ -396,3 +396,22 @@ def test_roberta_bpe_matches_transformers(tmp_path):
             for t in [tok, *loaded]:
                 e = t.encode(a, b, max_length=n[0] if n else None)
                 assert (e.ids, e.type_ids) == want, (a[:20], b)
+
+
+def test_a_vocabulary_size_below_the_alphabet_is_raised_with_a_warning():
+    from tformer.config import RunConfig
+    from tformer.tasks.language_modeling import build_tokenizer
+    from tformer.tasks.masked_lm import build_encoder_tokenizer
+
+    run = RunConfig()
+    run.data.vocab_size = 3
+    for tokenizer, build in (("wordpiece", build_encoder_tokenizer), ("bpe", build_encoder_tokenizer),
+                             ("byte_bpe", build_tokenizer)):
+        run.data.tokenizer = tokenizer
+        with pytest.warns(UserWarning, match="data.vocab_size=3 is below the [0-9]+ symbols") as caught:
+            tok = build(run, [["the cat sat", "on the mat"]] if build is build_encoder_tokenizer else ["the cat sat"])
+        assert str(tok.vocab_size) in str(caught[0].message) and tok.vocab_size > 3
+    run.data.tokenizer, run.data.vocab_size = "wordpiece", 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a size the trainer can keep to: no warning
+        build_encoder_tokenizer(run, [["the cat sat", "on the mat"]])

@@ -14,6 +14,7 @@ Language models use two more kinds (`train_lm_tokenizer`, `load_gpt2_tokenizer`)
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -149,6 +150,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, kind: str = "b
 
 
 # -- language-model tokenizers ------------------------------------------------------------------------
+
+
+def warn_if_vocab_grew(tokenizer, requested: int) -> None:
+    """Trainers raise a vocabulary size below what the alphabet and special tokens need; say so, once."""
+    if tokenizer.vocab_size > requested:
+        warnings.warn(f"data.vocab_size={requested} is below the {tokenizer.vocab_size} symbols the alphabet and "
+                      f"special tokens need: the vocabulary has {tokenizer.vocab_size}", UserWarning, stacklevel=2)
 
 
 def train_lm_tokenizer(texts: Iterable[str], kind: str = "char", vocab_size: int = 50257) -> Tokenizer:

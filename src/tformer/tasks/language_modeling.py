@@ -18,7 +18,7 @@ from tformer.data.text import BlockSampler, encode_corpus, read_corpus, sequenti
 from tformer.errors import TformerError
 from tformer.models.gpt import GPT, GPTConfig
 from tformer.registry import get_config
-from tformer.tokenization import Tokenizer, load_gpt2_tokenizer, train_lm_tokenizer
+from tformer.tokenization import Tokenizer, load_gpt2_tokenizer, train_lm_tokenizer, warn_if_vocab_grew
 from tformer.training import checkpoint
 from tformer.training.losses import label_smoothed_cross_entropy
 
@@ -42,7 +42,10 @@ def build_tokenizer(run: RunConfig, texts: list[str]) -> Tokenizer:
     if d.tokenizer_file:
         return load_gpt2_tokenizer(d.tokenizer_file)
     kind = "byte_bpe" if d.tokenizer in ("bpe", "byte_bpe") else "char"
-    return train_lm_tokenizer(texts, kind, d.vocab_size)
+    tokenizer = train_lm_tokenizer(texts, kind, d.vocab_size)
+    if kind == "byte_bpe":  # a character vocabulary is the text's characters, whatever vocab_size says
+        warn_if_vocab_grew(tokenizer, d.vocab_size)
+    return tokenizer
 
 
 class LanguageModelingTask:

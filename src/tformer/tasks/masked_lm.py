@@ -31,6 +31,7 @@ from tformer.encoder_tokenization import EncoderTokenizer, train_encoder_bpe, tr
 from tformer.errors import TformerError
 from tformer.models.bert import BertConfig, BertForPreTraining, BertModel
 from tformer.registry import get_config
+from tformer.tokenization import warn_if_vocab_grew
 from tformer.training import checkpoint
 
 # BERT's recipe scaled to a small run: AdamW (0.9, 0.999), decay 0.01, warmup then linear-ish (cosine) decay.
@@ -76,10 +77,10 @@ def build_encoder_tokenizer(run: RunConfig, documents: list[list[str]]) -> Encod
     if d.tokenizer_file:
         return EncoderTokenizer.load(d.tokenizer_file)
     lines = (line for doc in documents for line in doc)
-    if d.tokenizer == "wordpiece":
-        return train_wordpiece(lines, d.vocab_size)
-    if d.tokenizer in ("bpe", "byte_bpe"):
-        return train_encoder_bpe(lines, d.vocab_size)
+    if d.tokenizer in ("wordpiece", "bpe", "byte_bpe"):
+        tokenizer = (train_wordpiece if d.tokenizer == "wordpiece" else train_encoder_bpe)(lines, d.vocab_size)
+        warn_if_vocab_grew(tokenizer, d.vocab_size)
+        return tokenizer
     raise TformerError(f"data.tokenizer={d.tokenizer!r}: masked-LM pretraining takes wordpiece or bpe")
 
 

@@ -23,7 +23,7 @@ from tformer.generation.search import translate_ids
 from tformer.metrics import bleu, chrf
 from tformer.models.transformer import Transformer, TransformerConfig
 from tformer.registry import get_config
-from tformer.tokenization import Tokenizer, train_tokenizer
+from tformer.tokenization import Tokenizer, train_tokenizer, warn_if_vocab_grew
 from tformer.training import checkpoint
 from tformer.training.losses import label_smoothed_cross_entropy
 
@@ -39,6 +39,9 @@ class TranslationTask:
             else:
                 src_tok = train_tokenizer([s for s, _ in pairs], d.vocab_size, d.tokenizer)
                 tgt_tok = train_tokenizer([t for _, t in pairs], d.vocab_size, d.tokenizer)
+            if d.tokenizer == "bpe":
+                for tok in dict.fromkeys((src_tok, tgt_tok)):
+                    warn_if_vocab_grew(tok, d.vocab_size)
         self.src_tok, self.tgt_tok = src_tok, tgt_tok or src_tok
         src_ids = self.src_tok.encode_batch([s for s, _ in pairs])
         tgt_ids = self.tgt_tok.encode_batch([t for _, t in pairs])
