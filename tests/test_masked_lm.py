@@ -39,7 +39,7 @@ def corpus(path, n_docs=40, seed=0):
 
 def run_config(tmp_path, preset="bert-micro", **extra):
     text = corpus(tmp_path / "train.txt")
-    overrides = [f"model.preset={preset}", f"data.train_text={text}", "data.vocab_size=200", "data.block_size=32",
+    overrides = [f"model.preset={preset}", f"data.train_text={text}", "data.vocab_size=300", "data.block_size=32",
                  "train.batch_size=8", "train.max_steps=6", "train.eval_every=0", "train.log_every=100",
                  "train.warmup_steps=2", "train.lr=1e-3", "data.valid_fraction=0.2"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
