@@ -24,6 +24,7 @@ Shapes: B batch, P padded prompt length, N new tokens, V vocabulary.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -145,8 +146,6 @@ def check_generation_fits(model, rows: int, prompt_len: int, max_new_tokens: int
         limit = torch.cuda.get_device_properties(param.device).total_memory
     else:
         try:
-            import os
-
             limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
             return
