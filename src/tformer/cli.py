@@ -186,6 +186,25 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto")
     pr.set_defaults(overrides=[])  # data.key=value / train.key=value, as for evaluate --data
 
+    at = sub.add_parser("attention", help="attention maps of a model for one input, every layer and head, as a "
+                                          "picture",
+                        description="Draws the attention weights of a GPT (causal self-attention), a BERT-family "
+                                    "encoder, fine-tuned or not (self-attention over [CLS] text [SEP]), or a "
+                                    "translation Transformer (encoder-decoder attention over its own translation, "
+                                    "or the encoder's or decoder's self-attention). Row t of a map is where token t "
+                                    "looks; each row sums to 1.")
+    at.add_argument("--model", required=True, help="model directory (tformer's or Hugging Face's GPT-2/BERT format)")
+    at.add_argument("--text", required=True, type=_text, help="the input; a translation model's source sentence")
+    at.add_argument("--target", type=_text, help="translation: the target to show (default: the model's translation)")
+    at.add_argument("--pair", type=_text, help="encoders: a second text, for sentence-pair models")
+    at.add_argument("--kind", choices=["self", "cross", "encoder", "decoder"],
+                    help="which attention: translation models cross (default), encoder or decoder; others self")
+    at.add_argument("--layer", type=int, help="one layer, drawn large (1: the lowest, -1: the top); default: a grid "
+                                              "of every layer and head")
+    at.add_argument("--head", type=int, help="with --layer: one head (default: the mean over the heads)")
+    at.add_argument("--output", required=True, help="the picture: a .png, .svg or .pdf file")
+    at.add_argument("--device", default="auto")
+
     sub.add_parser("list-models", help="the named model presets")
     return p
 
@@ -674,6 +693,42 @@ def cmd_similar(args) -> None:
         print(f"{score:7.4f}  {index + 1:6d}  {sentence}")
 
 
+def cmd_attention(args) -> None:
+    from tformer.viz.attention import plot_attention, plot_attention_grid
+    from tformer.viz.maps import AXES, attention_maps
+
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in (".png", ".svg", ".pdf"):
+        raise TformerError(f"--output {args.output}: name a .png, .svg or .pdf file")
+    if args.head is not None and args.layer is None:
+        raise TformerError("--head needs --layer: one head of one layer")
+    maps = attention_maps(args.model, args.text, target=args.target, pair=args.pair, kind=args.kind,
+                          device=_device(args.device))
+    n_layers, n_heads = maps.weights.shape[:2]
+    shown = args.text if len(args.text) <= 60 else args.text[:57] + "..."
+    title = f"{maps.kind} attention: {shown!r}" + (f" -> {maps.output!r}" if maps.output else "")
+    if args.layer is None:
+        what = f"{n_layers} layers x {n_heads} heads"
+
+        def draw(file: Path) -> None:
+            plot_attention_grid(maps.weights, maps.columns, maps.rows, file, title)
+    else:
+        if not (1 <= args.layer <= n_layers or -n_layers <= args.layer <= -1):
+            raise TformerError(f"--layer {args.layer}: the model has layers 1 to {n_layers} (or -1 to -{n_layers})")
+        if args.head is not None and not 1 <= args.head <= n_heads:
+            raise TformerError(f"--head {args.head}: the model has heads 1 to {n_heads}")
+        layer = args.layer - 1 if args.layer > 0 else n_layers + args.layer
+        weights = maps.weights[layer].mean(0) if args.head is None else maps.weights[layer, args.head - 1]
+        what = f"layer {layer + 1}, " + ("the mean over heads" if args.head is None else f"head {args.head}")
+        xlabel, ylabel = AXES[maps.kind]
+
+        def draw(file: Path) -> None:
+            plot_attention(weights, maps.columns, maps.rows, file, f"{title}\n{what}", xlabel, ylabel)
+    _write_output(args.output, draw, suffix=suffix, model=args.model)
+    print(f"{maps.kind} attention, {what}, {len(maps.rows)} x {len(maps.columns)} tokens -> {args.output}",
+          file=sys.stderr)
+
+
 def cmd_list_models(args) -> None:
     from tformer.registry import describe, list_models
 
@@ -695,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"demo": cmd_demo, "train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate,
                "generate": cmd_generate, "score": cmd_score, "embed": cmd_embed, "fill-mask": cmd_fill_mask,
                "similar": cmd_similar, "finetune": cmd_finetune, "predict": cmd_predict,
-               "list-models": cmd_list_models}[args.command]
+               "attention": cmd_attention, "list-models": cmd_list_models}[args.command]
     _warnings_as_lines()
     try:
         if getattr(args, "output", None) not in (None, "-"):  # before the work, not after it

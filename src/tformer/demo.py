@@ -17,11 +17,11 @@ import torch
 
 from tformer.config import RunConfig
 from tformer.data.dates import make_date_splits
-from tformer.generation.search import greedy_decode
 from tformer.metrics import bleu, exact_match
 from tformer.tasks.translation import TranslationTask, translate_lines
 from tformer.training.loop import train
 from tformer.viz.attention import plot_attention, plot_attention_grid
+from tformer.viz.maps import translation_maps
 
 
 @dataclass
@@ -80,22 +80,11 @@ def run_demo(out_dir: str | Path = "tformer-demo", steps: int = 800, minutes: fl
     return DemoResult(em, score, seconds, state.step, model.num_parameters(), out_dir / "model", heatmap, examples)
 
 
-@torch.no_grad()
 def write_alignment(model, task: TranslationTask, source: str, path: Path) -> Path:
     """Heatmap of the last decoder layer's encoder-decoder attention (mean over heads) for one example,
     plus a grid of every layer and head next to it."""
-    device = next(model.parameters()).device
-    c = model.config
-    src_ids = task.src_tok.encode(source)
-    src = torch.tensor([src_ids], device=device)
-    tgt_ids = greedy_decode(model, src)[0]
-    output = task.tgt_tok.decode(tgt_ids)
-    tgt_in = torch.tensor([[c.bos_id, *tgt_ids]], device=device)
-    out = model(src, tgt_in, need_weights=True)
-    cross = torch.stack(out.cross_attentions)[:, 0]  # (L, H, T, S)
-    src_tokens = [task.src_tok.id_to_token(i).replace("▁", "␣") for i in src_ids]
-    tgt_tokens = [task.tgt_tok.id_to_token(i).replace("▁", "␣") for i in tgt_ids] + ["</s>"]
-    plot_attention_grid(cross.cpu().numpy(), src_tokens, tgt_tokens, path.with_name(path.stem + "-all-heads.png"),
+    maps = translation_maps(model, task.src_tok, task.tgt_tok, source)
+    plot_attention_grid(maps.weights, maps.columns, maps.rows, path.with_name(path.stem + "-all-heads.png"),
                         f"encoder-decoder attention, every layer and head: {source!r}")
-    return plot_attention(cross[-1].mean(0).cpu().numpy(), src_tokens, tgt_tokens, path,
-                          f"{source!r} -> {output!r}\nlast layer, mean over heads")
+    return plot_attention(maps.weights[-1].mean(0), maps.columns, maps.rows, path,
+                          f"{source!r} -> {maps.output!r}\nlast layer, mean over heads")

@@ -13,18 +13,20 @@ import numpy as np  # noqa: E402
 
 
 def plot_attention(weights, source_tokens: Sequence[str], target_tokens: Sequence[str], path: str | Path,
-                   title: str = "") -> Path:
+                   title: str = "", xlabel: str = "source (encoder) tokens",
+                   ylabel: str = "output (decoder) tokens") -> Path:
     """Heatmap of weights (T, S): row t shows where output token t looked in the source."""
     w = np.asarray(weights, dtype=np.float32)
     t, s = w.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * s + 1.5), max(3.0, 0.35 * t + 1.2)))
+    title_width = 0.09 * max((len(line) for line in title.splitlines()), default=0)  # inches at font size 10
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * s + 1.5, title_width), max(3.0, 0.35 * t + 1.2)))
     im = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-6), aspect="auto")
     ax.set_xticks(range(s))
     ax.set_xticklabels(source_tokens, rotation=90, fontsize=9)
     ax.set_yticks(range(t))
     ax.set_yticklabels(target_tokens, fontsize=9)
-    ax.set_xlabel("source (encoder) tokens")
-    ax.set_ylabel("output (decoder) tokens")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
