@@ -205,6 +205,10 @@ def _parser() -> argparse.ArgumentParser:
     at.add_argument("--output", required=True, help="the picture: a .png, .svg or .pdf file")
     at.add_argument("--device", default="auto")
 
+    cu = sub.add_parser("curves", help="training curves of a saved run: loss, validation metrics, learning rate")
+    cu.add_argument("--model", required=True, help="a model directory that tformer train or finetune wrote")
+    cu.add_argument("--output", required=True, help="the picture: a .png, .svg or .pdf file")
+
     sub.add_parser("list-models", help="the named model presets")
     return p
 
@@ -697,9 +701,7 @@ def cmd_attention(args) -> None:
     from tformer.viz.attention import plot_attention, plot_attention_grid
     from tformer.viz.maps import AXES, attention_maps
 
-    suffix = Path(args.output).suffix.lower()
-    if suffix not in (".png", ".svg", ".pdf"):
-        raise TformerError(f"--output {args.output}: name a .png, .svg or .pdf file")
+    suffix = _picture_suffix(args.output)
     if args.head is not None and args.layer is None:
         raise TformerError("--head needs --layer: one head of one layer")
     maps = attention_maps(args.model, args.text, target=args.target, pair=args.pair, kind=args.kind,
@@ -729,6 +731,26 @@ def cmd_attention(args) -> None:
           file=sys.stderr)
 
 
+def cmd_curves(args) -> None:
+    from tformer.viz.curves import plot_training_curves, read_history
+
+    suffix = _picture_suffix(args.output)
+    history = read_history(args.model)
+    steps = [e["step"] for e in history]
+    _write_output(args.output, lambda file: plot_training_curves(history, file, f"training of {args.model}"),
+                  suffix=suffix, model=args.model)
+    n_valid = sum("valid" in e for e in history)
+    print(f"{len(history) - n_valid} log points and {n_valid} validations, steps {min(steps)} to {max(steps)} "
+          f"-> {args.output}", file=sys.stderr)
+
+
+def _picture_suffix(output: str) -> str:
+    suffix = Path(output).suffix.lower()
+    if suffix not in (".png", ".svg", ".pdf"):
+        raise TformerError(f"--output {output}: name a .png, .svg or .pdf file")
+    return suffix
+
+
 def cmd_list_models(args) -> None:
     from tformer.registry import describe, list_models
 
@@ -750,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"demo": cmd_demo, "train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate,
                "generate": cmd_generate, "score": cmd_score, "embed": cmd_embed, "fill-mask": cmd_fill_mask,
                "similar": cmd_similar, "finetune": cmd_finetune, "predict": cmd_predict,
-               "attention": cmd_attention, "list-models": cmd_list_models}[args.command]
+               "attention": cmd_attention, "curves": cmd_curves, "list-models": cmd_list_models}[args.command]
     _warnings_as_lines()
     try:
         if getattr(args, "output", None) not in (None, "-"):  # before the work, not after it

@@ -12,7 +12,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,6 +69,9 @@ class TrainerState:
     elapsed_s: float = 0.0
     last_valid: dict | None = None
     averaged: bool = False  # the saved weights are a checkpoint average (train.average_checkpoints)
+    # Every log line's {"step", "loss", "lr", "tokens_per_s"} and every validation's {"step", "valid": metrics},
+    # in order, across resumes: what `tformer curves` draws.
+    history: list[dict] = field(default_factory=list)
 
 
 def learning_rate(cfg: TrainConfig, step: int, d_model: int) -> float:
@@ -216,6 +219,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             model.train()
             state.last_valid = metrics
             if metrics:
+                state.history.append({"step": state.step, "valid": metrics})
                 log.write(f"valid step {state.step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         distributed.barrier(info)
 
@@ -296,6 +300,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
                     fields["mfu"] = throughput.format_mfu(flops_per_token * rate / info.world_size / peak_flops)
                 log.update(state.step, fields, is_log)
                 if is_log:
+                    state.history.append({"step": state.step, "loss": window_loss / max(window_tokens, 1), "lr": lr,
+                                          "tokens_per_s": rate})
                     window_tokens, window_seen, window_loss, window_start = 0, 0, 0.0, now
             if finished():
                 break

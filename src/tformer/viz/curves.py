@@ -1,0 +1,82 @@
+"""Training curves of a saved run: the training loss and the validation metrics against the step, and the
+learning-rate schedule (warmup, then decay), from the history the trainer keeps in trainer_state.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tformer.errors import TformerError  # noqa: E402
+from tformer.training import checkpoint  # noqa: E402
+
+MAX_METRIC_PANELS = 4  # validation metrics other than losses, one panel each
+
+
+def read_history(model_dir: str | Path) -> list[dict]:
+    """The trainer's history of a model directory: {"step", "loss", "lr", ...} and {"step", "valid": {...}} entries."""
+    file = Path(model_dir) / checkpoint.TRAINER_STATE
+    if not Path(model_dir).is_dir():
+        checkpoint.read_config(model_dir)  # its message: not found, a file, a save stopped midway
+    if not file.is_file():
+        raise TformerError(f"{model_dir}: no {checkpoint.TRAINER_STATE} (a model saved by another library, or without "
+                           "its training run)")
+    data = checkpoint.read_json(file)
+    trainer = data.get("trainer") if isinstance(data, dict) else None
+    history = trainer.get("history") if isinstance(trainer, dict) else None
+    if not history:
+        raise TformerError(f"{file}: no training history in it (runs saved before tformer kept one have none)")
+    for i, entry in enumerate(history if isinstance(history, list) else [None]):
+        valid = entry.get("valid", {}) if isinstance(entry, dict) else None
+        if not (isinstance(entry, dict) and type(entry.get("step")) is int and isinstance(valid, dict)
+                and all(_is_number(v) for k, v in entry.items() if k != "valid")
+                and all(_is_number(v) for v in valid.values())):
+            raise TformerError(f"{file}: trainer.history[{i}] is not a step's numbers ({entry!r:.80})")
+    return history
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
+    """Panels: loss (training, and validation losses), each other validation metric, the learning rate."""
+    train = [e for e in history if "loss" in e]
+    valid = [e for e in history if "valid" in e]
+    names = list(dict.fromkeys(k for e in valid for k in e["valid"]))
+    losses = [k for k in names if k.endswith("loss")]
+    others = [k for k in names if k not in losses and k != "ppl"][:MAX_METRIC_PANELS]  # ppl is exp(loss)
+    n_panels = 1 + len(others) + (1 if any("lr" in e for e in train) else 0)
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.4), squeeze=False)
+    axes = list(axes[0])
+    ax = axes.pop(0)
+    if train:
+        ax.plot([e["step"] for e in train], [e["loss"] for e in train], label="training loss", linewidth=1.2)
+    for name in losses:
+        points = [(e["step"], e["valid"][name]) for e in valid if name in e["valid"]]
+        ax.plot(*zip(*points), marker="o", markersize=3, label=f"validation {name}")
+    ax.set_xlabel("step")
+    ax.set_title("loss", fontsize=10)
+    ax.legend(fontsize=8)
+    for name in others:
+        ax = axes.pop(0)
+        points = [(e["step"], e["valid"][name]) for e in valid if name in e["valid"]]
+        ax.plot(*zip(*points), marker="o", markersize=3, color="tab:green")
+        ax.set_xlabel("step")
+        ax.set_title(f"validation {name}", fontsize=10)
+    if axes:
+        ax = axes.pop(0)
+        ax.plot([e["step"] for e in train if "lr" in e], [e["lr"] for e in train if "lr" in e], color="tab:red")
+        ax.set_xlabel("step")
+        ax.set_title("learning rate", fontsize=10)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,58 @@
+"""The trainer's history (trainer_state.json) and `tformer curves`: what was logged and validated, across a resume,
+drawn; a run without history or with a damaged one is one line."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import assert_one_line_error, run_cli
+from tformer.viz.curves import plot_training_curves
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_history_is_kept_across_a_resume_and_drawn(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("a cat sat on a mat. " * 60)
+    model = tmp_path / "model"
+    options = ["--preset", "gpt-micro", "--train-text", text, "--out", model, "--block-size", "16", "--batch-size", "4",
+               "train.log_every=2", "train.eval_every=4", "train.eval_batches=1"]
+    code, _, err = run_cli(capsys, "train", *options, "--max-steps", "8")
+    assert code == 0, err
+    first = json.loads((model / "trainer_state.json").read_text())["trainer"]["history"]
+    code, _, err = run_cli(capsys, "train", "--out", model, "--resume", "--max-steps", "12")
+    assert code == 0, err
+    history = json.loads((model / "trainer_state.json").read_text())["trainer"]["history"]
+    assert history[: len(first)] == first  # the resumed run goes on from the saved history
+    logged = [e["step"] for e in history if "loss" in e]
+    assert logged == [2, 4, 6, 8, 10, 12]
+    assert all(e["loss"] > 0 and e["lr"] > 0 and e["tokens_per_s"] > 0 for e in history if "loss" in e)
+    validated = [e["step"] for e in history if "valid" in e]
+    assert validated == [4, 8, 12] and all("loss" in e["valid"] for e in history if "valid" in e)
+    out = tmp_path / "curves.png"
+    code, _, err = run_cli(capsys, "curves", "--model", model, "--output", out)
+    assert code == 0, err
+    assert out.read_bytes()[:8] == PNG and "6 log points and 3 validations, steps 2 to 12" in err
+    # damaged or missing history: one line, nothing written
+    state = json.loads((model / "trainer_state.json").read_text())
+    state["trainer"]["history"][1] = {"step": "two"}
+    (model / "trainer_state.json").write_text(json.dumps(state))
+    code, _, err = run_cli(capsys, "curves", "--model", model, "--output", tmp_path / "again.png")
+    assert_one_line_error(code, err, "trainer_state.json: trainer.history[1]")
+    del state["trainer"]["history"]
+    (model / "trainer_state.json").write_text(json.dumps(state))
+    code, _, err = run_cli(capsys, "curves", "--model", model, "--output", tmp_path / "again.png")
+    assert_one_line_error(code, err, "no training history")
+    assert not (tmp_path / "again.png").exists()
+
+
+def test_curves_of_a_fine_tuning_run_show_its_metrics(tmp_path):
+    history = [{"step": 1, "loss": 0.7, "lr": 1e-4, "tokens_per_s": 10.0}, {"step": 2, "loss": 0.5, "lr": 2e-4},
+               {"step": 2, "valid": {"loss": 0.6, "accuracy": 0.7, "f1": 0.65}},
+               {"step": 4, "loss": 0.3, "lr": 1e-4}, {"step": 4, "valid": {"loss": 0.4, "accuracy": 0.8, "f1": 0.8}}]
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    out = plot_training_curves(history, tmp_path / "c.svg", "sst-2")
+    assert out.read_text().count("validation ") >= 3  # the loss legend, accuracy and f1 panels
+    assert plt.get_fignums() == before  # the figure is closed
