@@ -383,3 +383,20 @@ def test_unsmoothed_small_vocab_path_matches_the_custom_function(vocab):
     assert torch.allclose(loss, ref_loss, rtol=1e-6) and torch.allclose(nll, ref_nll, rtol=1e-6)
     assert torch.allclose(grad, ref_grad, atol=1e-6)
     assert int(count) == 40 and not nll.requires_grad
+
+
+def test_a_task_given_a_preset_of_another_family_names_it():
+    from tformer.data.dates import make_date_pairs
+    from tformer.tasks.language_modeling import LanguageModelingTask
+    from tformer.tasks.masked_lm import MaskedLMTask
+    from tformer.tasks.translation import TranslationTask
+
+    cases = [("gpt-micro", "char", lambda run: TranslationTask(run, make_date_pairs(20, seed=0)), "translation"),
+             ("bert-micro", "char", lambda run: LanguageModelingTask(run, ["a cat sat. " * 40]), "language modelling"),
+             ("transformer-micro", "wordpiece", lambda run: MaskedLMTask(run, [["a cat sat.", "a dog ran."]] * 20),
+              "masked-LM pretraining")]
+    for preset, tokenizer, build, task in cases:
+        run = RunConfig(model={"preset": preset})
+        run.data.tokenizer, run.data.vocab_size = tokenizer, 100
+        with pytest.raises(TformerError, match=f"model.preset='{preset}' is a .* model: {task} takes a "):
+            build(run)

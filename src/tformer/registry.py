@@ -111,3 +111,14 @@ def family(name: str) -> str:
     """The model family of a preset: "transformer", "gpt" or "encoder" (it decides which task trains it)."""
     config = get_config(name)
     return config.to_dict()["model_type"]
+
+
+_FAMILY_PRESETS = {"transformer": "transformer-*", "gpt": "gpt*", "encoder": "bert*, roberta* or albert*"}
+
+
+def require_family(preset: str, expected: str, task: str) -> None:
+    """A TformerError naming the preset when it is not of the family that `task` trains."""
+    found = family(preset)
+    if found != expected:
+        raise TformerError(f"model.preset={preset!r} is a {_FAMILY_PRESETS[found]} model: {task} takes a "
+                           f"{_FAMILY_PRESETS[expected]} preset (tformer list-models)")

@@ -17,7 +17,7 @@ from tformer.config import RunConfig
 from tformer.data.text import BlockSampler, encode_corpus, read_corpus, sequential_blocks, split_paths, split_train_valid
 from tformer.errors import TformerError
 from tformer.models.gpt import GPT, GPTConfig
-from tformer.registry import get_config
+from tformer.registry import get_config, require_family
 from tformer.tokenization import Tokenizer, load_gpt2_tokenizer, train_lm_tokenizer, warn_if_vocab_grew
 from tformer.training import checkpoint
 from tformer.training.losses import label_smoothed_cross_entropy
@@ -69,7 +69,9 @@ class LanguageModelingTask:
             # The window is the training block unless the run sets it: positions never trained are noise.
             options.setdefault("max_len", d.block_size)
             try:
-                config = get_config(run.model.get("preset", "gpt-char"), **options)
+                preset = run.model.get("preset", "gpt-char")
+                require_family(preset, "gpt", "language modelling")
+                config = get_config(preset, **options)
                 config = replace(config, vocab_size=self.tokenizer.vocab_size, eos_id=self.tokenizer.eos_id)
             except (TypeError, ValueError) as exc:
                 raise TformerError(f"model options: {exc}") from None

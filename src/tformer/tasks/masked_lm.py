@@ -30,7 +30,7 @@ from tformer.data.text import split_paths
 from tformer.encoder_tokenization import EncoderTokenizer, train_encoder_bpe, train_wordpiece
 from tformer.errors import TformerError
 from tformer.models.bert import BertConfig, BertForPreTraining, BertModel
-from tformer.registry import get_config
+from tformer.registry import get_config, require_family
 from tformer.tokenization import warn_if_vocab_grew
 from tformer.training import checkpoint
 
@@ -108,7 +108,9 @@ class MaskedLMTask:
         if model is None:
             options = {k: v for k, v in run.model.items() if k != "preset"}
             try:
-                config = get_config(run.model.get("preset", "bert-small"), **options)
+                preset = run.model.get("preset", "bert-small")
+                require_family(preset, "encoder", "masked-LM pretraining")
+                config = get_config(preset, **options)
                 config = replace(config, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
                                  max_len=max(config.max_len, d.block_size + config.position_offset))
             except (TypeError, ValueError) as exc:

@@ -22,7 +22,7 @@ from tformer.errors import TformerError
 from tformer.generation.search import translate_ids
 from tformer.metrics import bleu, chrf
 from tformer.models.transformer import Transformer, TransformerConfig
-from tformer.registry import get_config
+from tformer.registry import get_config, require_family
 from tformer.tokenization import Tokenizer, train_tokenizer, warn_if_vocab_grew
 from tformer.training import checkpoint
 from tformer.training.losses import label_smoothed_cross_entropy
@@ -53,8 +53,10 @@ class TranslationTask:
         if model is None:
             options = {k: v for k, v in run.model.items() if k != "preset"}
             joint = self.src_tok is self.tgt_tok
+            preset = run.model.get("preset", "transformer-small")
+            require_family(preset, "transformer", "translation")
             try:
-                config = get_config(run.model.get("preset", "transformer-small"), **options)
+                config = get_config(preset, **options)
                 config = replace(config, src_vocab_size=self.src_tok.vocab_size, tgt_vocab_size=self.tgt_tok.vocab_size,
                                  share_embeddings=joint and options.get("share_embeddings", True),
                                  pad_id=self.tgt_tok.pad_id, bos_id=self.tgt_tok.bos_id, eos_id=self.tgt_tok.eos_id)
