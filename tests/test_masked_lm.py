@@ -242,3 +242,14 @@ def test_fill_mask_with_an_exported_hugging_face_masked_lm(tmp_path):
     expected = torch.softmax(logits, -1).topk(3)
     assert [t for t, _ in top] == [tok.id_to_token(i) for i in expected.indices.tolist()]
     assert [p for _, p in top] == pytest.approx(expected.values.tolist(), abs=1e-5)
+
+
+def test_roberta_presets_default_to_byte_level_bpe_and_fill_mask_shows_text(tmp_path):
+    assert mlm_run_defaults("roberta-small").data.tokenizer == "bpe"
+    assert mlm_run_defaults("bert-micro").data.tokenizer == mlm_run_defaults("albert-small").data.tokenizer == "wordpiece"
+    torch.manual_seed(0)
+    run = run_config(tmp_path, "roberta-small", **{"data.tokenizer": "bpe"})
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+    ranked = fill_mask(task.model.eval(), task.tokenizer, "the [MASK] sleeps .", top_k=task.tokenizer.vocab_size)[0]
+    shown = {token for token, _ in ranked}
+    assert " garden" in shown and "Ġgarden" not in shown  # the word the piece stands for, its space included

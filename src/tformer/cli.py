@@ -335,7 +335,9 @@ def cmd_train(args) -> None:
     if kind in ("gpt", "encoder") and base is None:
         # Language models start from their own defaults (cosine schedule, AdamW, ...), then the file and
         # the command line; read them again over that base.
-        run = load_config(args.config, overrides, base=lm_run_defaults() if kind == "gpt" else mlm_run_defaults())
+        preset = run.model.get("preset", "transformer-small")
+        run = load_config(args.config, overrides,
+                          base=lm_run_defaults() if kind == "gpt" else mlm_run_defaults(preset))
     builder = {"gpt": build_lm_task, "encoder": build_mlm_task}.get(kind, build_task)
     _train_and_report(builder, run, out, args.resume)
 

@@ -192,7 +192,14 @@ def fill_mask(model: BertModel | BertForPreTraining, tokenizer: EncoderTokenizer
     logits = model(ids, torch.tensor([encoded.type_ids], device=ids.device), mlm_positions=positions).mlm_logits
     probs = torch.softmax(logits.float(), dim=-1)
     top = probs.topk(min(top_k, probs.size(-1)), dim=-1)
-    return [[(tokenizer.id_to_token(i), float(p)) for p, i in zip(ps.tolist(), ix.tolist())]
+    def shown(i: int) -> str:
+        # Byte-level BPE pieces are bytes in disguise ("Ġparis"): show the text they stand for (" paris"), unless
+        # the piece is part of a character (its bytes alone decode to U+FFFD).
+        if tokenizer.style == "bpe" and "\ufffd" not in (piece := tokenizer.decode([i], skip_special_tokens=False)):
+            return piece
+        return tokenizer.id_to_token(i)
+
+    return [[(shown(i), float(p)) for p, i in zip(ps.tolist(), ix.tolist())]
             for ps, ix in zip(top.values, top.indices)]
 
 

@@ -41,11 +41,12 @@ MLM_TRAIN_DEFAULTS = dict(schedule="cosine", lr=5e-4, min_lr=5e-5, warmup_steps=
 DOCUMENT_LINES = 100  # a text without blank lines is cut into documents of this many lines (NSP needs several)
 
 
-def mlm_run_defaults() -> RunConfig:
+def mlm_run_defaults(preset: str = "bert-small") -> RunConfig:
+    """Pretraining's defaults; the tokenizer is the preset's family's: RoBERTa's byte-level BPE, else WordPiece."""
     run = RunConfig(model={"preset": "bert-small"})
     for key, value in MLM_TRAIN_DEFAULTS.items():
         setattr(run.train, key, value)
-    run.data.tokenizer = "wordpiece"
+    run.data.tokenizer = "bpe" if getattr(get_config(preset), "family", "") == "roberta" else "wordpiece"
     run.data.block_size = 128
     return run
 
