@@ -1,5 +1,6 @@
 """Units of training: the label-smoothed loss, the learning-rate schedules, the run configuration."""
 
+import json
 import math
 from pathlib import Path
 
@@ -400,3 +401,48 @@ def test_a_task_given_a_preset_of_another_family_names_it():
         run.data.tokenizer, run.data.vocab_size = tokenizer, 100
         with pytest.raises(TformerError, match=f"model.preset='{preset}' is a .* model: {task} takes a "):
             build(run)
+
+
+class _ScriptedTask:
+    """A one-weight model on 4 batches an epoch whose validations give a scripted accuracy."""
+
+    selection_metric = ("accuracy", "max")
+
+    def __init__(self, scores):
+        self.model = torch.nn.Linear(1, 1)
+        self.model.config = type("Config", (), {"d_model": 1})()
+        self.scores = list(scores)
+
+    def train_batches(self, epoch, seed):
+        return [torch.ones(2, 1)] * 4
+
+    def collate(self, batch, device):
+        return {"x": batch.to(device)}
+
+    def count_tokens(self, batch):
+        return 2
+
+    def loss(self, model, batch):
+        return model(batch["x"]).pow(2).sum(), {}
+
+    def validate(self, model):
+        return {"accuracy": self.scores.pop(0)}
+
+    def save(self, path, model, trainer_state, optimizer_state):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "trainer_state.json").write_text(json.dumps(trainer_state))
+
+
+def test_the_summary_of_an_early_stopped_run_is_its_best_checkpoint_and_epochs_count_whole_ones(tmp_path):
+    from tformer.training.loop import train
+
+    cfg = RunConfig().train
+    cfg.max_epochs, cfg.eval_every, cfg.early_stopping, cfg.warmup_steps, cfg.lr = 3, 2, 2, 1, 0.01
+    state = train(_ScriptedTask([0.5, 0.9, 0.7, 0.6, 0.8]), cfg, tmp_path / "a", quiet=True)
+    assert state.step == 8 and state.last_valid == {"accuracy": 0.9}  # stopped at 8; step 4 is on disk
+    assert json.loads((tmp_path / "a" / "trainer_state.json").read_text())["trainer"]["step"] == 4
+    state = train(_ScriptedTask([0.9, 0.5, 0.6, 0.8]), cfg, tmp_path / "c", quiet=True)
+    assert state.step == 6 and state.epoch == 1  # stopped inside the second epoch: one whole epoch
+    cfg.early_stopping, cfg.eval_every, cfg.max_epochs, cfg.max_steps = 0, 0, 0, 8  # the limit on an epoch's end
+    state = train(_ScriptedTask([0.5]), cfg, tmp_path / "b", quiet=True)
+    assert state.step == 8 and state.epoch == 2 and state.batch_index == 0

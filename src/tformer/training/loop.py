@@ -229,14 +229,14 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
 
     # Early stopping (cfg.early_stopping validations without improvement): the checkpoint on disk is the best.
     select = getattr(task, "selection_metric", None)  # (metric name, "max" or "min")
-    best: dict[str, Any] = {"value": None, "bad": 0, "stop": False}
+    best: dict[str, Any] = {"value": None, "bad": 0, "stop": False, "metrics": None}
 
     def improved() -> bool:
         value = (state.last_valid or {}).get(select[0]) if select else None
         if value is None:
             return True
         if best["value"] is None or (value > best["value"] if select[1] == "max" else value < best["value"]):
-            best["value"], best["bad"] = value, 0
+            best["value"], best["bad"], best["metrics"] = value, 0, state.last_valid
             return True
         best["bad"] += 1
         best["stop"] = bool(cfg.early_stopping) and best["bad"] >= cfg.early_stopping
@@ -304,6 +304,9 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
                                           "tokens_per_s": rate})
                     window_tokens, window_seen, window_loss, window_start = 0, 0, 0.0, now
             if finished():
+                if state.batch_index + cfg.accum_steps > len(batches):  # it ended on the epoch's last batch
+                    state.epoch += 1
+                    state.batch_index = 0
                 break
             if cfg.eval_every and state.step % cfg.eval_every == 0:
                 validate()
@@ -314,6 +317,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             if cfg.save_every and state.step % cfg.save_every == 0:
                 save()
         else:
+            if state.batch_index + cfg.accum_steps <= len(batches):
+                continue  # early stopping ended the run inside the epoch: finished() ends the outer loop too
             state.epoch += 1
             state.batch_index = 0
             if cfg.early_stopping and not cfg.eval_every:  # validate once per epoch
@@ -327,6 +332,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             validate()
             if improved():
                 save()
+        if best["metrics"] is not None:
+            state.last_valid = best["metrics"]  # what the model on disk, the best checkpoint, scored
         return state
     if averager is not None and info.is_main:
         averager.snapshot(model, state.step)
