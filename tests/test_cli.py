@@ -199,3 +199,15 @@ def test_translation_says_when_it_cuts_a_long_sentence(trained, capsys, tmp_path
     code, out, err = run_cli(capsys, "translate", "--model", folder / "model", "--input", long_line, "--beam", 1)
     assert code == 0 and len(out.splitlines()) == 2
     assert "1 of 2 sentence(s) were longer" in err and err.count("\n") == 1
+
+
+def test_every_help_page_shows_the_defaults(capsys):
+    for command in ("demo", "train", "translate", "evaluate", "generate", "score", "embed", "fill-mask", "similar",
+                    "finetune", "predict", "attention", "curves", "list-models"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for shown in ("--beam BEAM beam size (1: greedy) (default: 4)", "(0: all) (default: 0)",
+                  "--max-new-tokens MAX_NEW_TOKENS default: 200"):
+        assert shown in out, shown

@@ -210,6 +210,12 @@ def _parser() -> argparse.ArgumentParser:
     cu.add_argument("--output", required=True, help="the picture: a .png, .svg or .pdf file")
 
     sub.add_parser("list-models", help="the named model presets")
+    for command in sub.choices.values():  # every option's default in its --help line
+        for action in command._actions:
+            shown = not any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) \
+                and action.default != []  # 0 is shown: `not in (None, False)` would take it for False
+            if action.option_strings and shown and "%(default)" not in (action.help or ""):
+                action.help = f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
     return p
 
 

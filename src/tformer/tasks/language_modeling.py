@@ -26,7 +26,7 @@ from tformer.training.losses import label_smoothed_cross_entropy
 # AdamW with decay 0.1 on matrices only, beta2 0.99 for small batches, warmup then cosine to lr/10.
 LM_TRAIN_DEFAULTS = dict(schedule="cosine", lr=1e-3, min_lr=1e-4, warmup_steps=100, adam_beta2=0.99,
                          adam_eps=1e-8, weight_decay=0.1, clip_norm=1.0, label_smoothing=0.0, batch_size=12,
-                         max_steps=2000, eval_every=250, log_every=50)
+                         max_steps=2000, eval_every=250, save_every=500, log_every=50)
 
 
 def lm_run_defaults() -> RunConfig:

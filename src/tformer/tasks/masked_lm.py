@@ -37,7 +37,7 @@ from tformer.training import checkpoint
 # BERT's recipe scaled to a small run: AdamW (0.9, 0.999), decay 0.01, warmup then linear-ish (cosine) decay.
 MLM_TRAIN_DEFAULTS = dict(schedule="cosine", lr=5e-4, min_lr=5e-5, warmup_steps=200, adam_beta2=0.999, adam_eps=1e-6,
                           weight_decay=0.01, clip_norm=1.0, label_smoothing=0.0, batch_size=32, max_steps=2000,
-                          eval_every=250, log_every=50)
+                          eval_every=250, save_every=500, log_every=50)
 DOCUMENT_LINES = 100  # a text without blank lines is cut into documents of this many lines (NSP needs several)
 
 
