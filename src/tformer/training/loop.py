@@ -26,6 +26,7 @@ from tformer.errors import TformerError
 from tformer.runtime import keep_freed_memory_for_reuse
 from tformer.training import checkpoint, distributed, schedules, throughput
 from tformer.training.averaging import CheckpointAverager
+from tformer.training.early_stopping import EarlyStopping
 from tformer.training.optim import make_adam
 
 # Where train.amp turns on bf16 autocast. Not on CPUs: there it is faster but changes the numbers a user
@@ -229,23 +230,24 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
 
     # Early stopping (cfg.early_stopping validations without improvement): the checkpoint on disk is the best.
     select = getattr(task, "selection_metric", None)  # (metric name, "max" or "min")
-    best: dict[str, Any] = {"value": None, "bad": 0, "stop": False, "metrics": None}
+    stopper = EarlyStopping(cfg.early_stopping, select[1]) if cfg.early_stopping and select else None
+    best: dict[str, Any] = {"metrics": None}  # the best validation's metrics
 
     def improved() -> bool:
+        """Record the validation just made; whether it is the best so far (without a metric to watch: always)."""
         value = (state.last_valid or {}).get(select[0]) if select else None
-        if value is None:
+        if stopper is None or value is None:
             return True
-        if best["value"] is None or (value > best["value"] if select[1] == "max" else value < best["value"]):
-            best["value"], best["bad"], best["metrics"] = value, 0, state.last_valid
-            return True
-        best["bad"] += 1
-        best["stop"] = bool(cfg.early_stopping) and best["bad"] >= cfg.early_stopping
-        return False
+        stopper.update(value, state.step)
+        if stopper.is_best:
+            best["metrics"] = state.last_valid
+        return stopper.is_best
 
     def finished() -> bool:
         return bool((cfg.max_steps and state.step >= cfg.max_steps)
                     or (cfg.max_minutes and state.elapsed_s >= cfg.max_minutes * 60)
-                    or (cfg.max_epochs and state.epoch >= cfg.max_epochs) or best["stop"])
+                    or (cfg.max_epochs and state.epoch >= cfg.max_epochs)
+                    or (stopper is not None and stopper.should_stop))
 
     while not finished():
         if hasattr(task, "on_epoch_start"):  # gradual unfreezing
@@ -328,7 +330,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     log.close()
     if cfg.early_stopping:
         # The best validation's checkpoint is already on disk; the final state replaces it only if better.
-        if not best["stop"]:
+        if stopper is None or not stopper.should_stop:
             validate()
             if improved():
                 save()
