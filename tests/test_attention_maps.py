@@ -96,7 +96,7 @@ def test_cli_draws_grids_and_single_maps(models, tmp_path, capsys):
         code, _, err = run_cli(capsys, "attention", "--model", root / model, "--text", "the cat sat",
                                "--output", out, *extra)
         assert code == 0, err
-        assert out.read_bytes()[:8] == PNG and "layers x" in err
+        assert out.read_bytes()[:8] == PNG and " x " in err and "heads" in err
     one = tmp_path / "one.svg"
     code, _, err = run_cli(capsys, "attention", "--model", root / "mt", "--text", "the cat", "--layer", "-1",
                            "--head", "2", "--output", one)

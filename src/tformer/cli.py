@@ -718,7 +718,7 @@ def cmd_attention(args) -> None:
     shown = args.text if len(args.text) <= 60 else args.text[:57] + "..."
     title = f"{maps.kind} attention: {shown!r}" + (f" -> {maps.output!r}" if maps.output else "")
     if args.layer is None:
-        what = f"{n_layers} layers x {n_heads} heads"
+        what = f"{n_layers} layer{'s' * (n_layers != 1)} x {n_heads} head{'s' * (n_heads != 1)}"
 
         def draw(file: Path) -> None:
             plot_attention_grid(maps.weights, maps.columns, maps.rows, file, title)
