@@ -79,7 +79,9 @@ def test_translation_maps_of_each_kind(models):
     for maps in (cross, decoder, encoder):
         assert rows_are_distributions(maps.weights)
     own = translation_maps(mt, bpe, bpe, source)  # no target: the model's greedy translation
-    assert own.rows[-1] == "</s>" and own.weights.shape[2] == len(own.rows)
+    # a random model never ends its translation: the length limit cuts it, and the last row is its next token
+    assert own.output.endswith(" ...") and own.rows[-1] != "</s>" and own.weights.shape[2] == len(own.rows)
+    assert translation_maps(mt, bpe, bpe, source, kind="encoder").output == ""  # no translation needed
 
 
 def test_maps_from_a_directory_and_its_choices(models):
@@ -91,10 +93,10 @@ def test_maps_from_a_directory_and_its_choices(models):
 
 def test_cli_draws_grids_and_single_maps(models, tmp_path, capsys):
     root = models[0]
-    for model, extra in (("gpt", []), ("bert", ["--pair", "a dog"]), ("mt", ["--kind", "decoder"])):
+    for model, text, extra in (("gpt", "the cat sat", []), ("bert", "a $cat^$ sat", ["--pair", "a dog"]),
+                               ("mt", "the $5 cat", ["--kind", "decoder"])):  # a $ is text, not matplotlib's maths
         out = tmp_path / f"{model}.png"
-        code, _, err = run_cli(capsys, "attention", "--model", root / model, "--text", "the cat sat",
-                               "--output", out, *extra)
+        code, _, err = run_cli(capsys, "attention", "--model", root / model, "--text", text, "--output", out, *extra)
         assert code == 0, err
         assert out.read_bytes()[:8] == PNG and " x " in err and "heads" in err
     one = tmp_path / "one.svg"
@@ -105,7 +107,7 @@ def test_cli_draws_grids_and_single_maps(models, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("model, extra, text, output, needles", [
-    ("gpt", ["--kind", "cross"], "the cat", "maps.png", ["language model has self attention", "'cross'"]),
+    ("gpt", ["--kind", "cross"], "the cat", "maps.png", ["is a language model: its attention is 'self'", "'cross'"]),
     ("gpt", ["--target", "x"], "the cat", "maps.png", ["target is for translation"]),
     ("mt", ["--pair", "x"], "the cat", "maps.png", ["pair is for encoders"]),
     ("gpt", ["--layer", "3"], "the cat", "maps.png", ["--layer 3", "1 to 2"]),
@@ -116,11 +118,14 @@ def test_cli_draws_grids_and_single_maps(models, tmp_path, capsys):
     ("gpt", [], "the cat " * 10, "maps.png", ["80 tokens", "32 positions"]),
     ("bert", [], "cat " * 200, "maps.png", ["the text has 202 tokens", "max_length=64"]),
     ("gpt", [], "the zebra", "maps.png", ["the text", "'z'", "character vocabulary"]),
+    ("bert", [], "cat " * 45, "maps.png", ["47 tokens", "(40 in a grid", "--layer N"]),
+    ("bert", [], "the cat", "maps.png/", ["names a folder"]),
+    ("bert", [], " ", "maps.png", ["the text is empty"]),
 ], ids=["kind", "target", "pair", "layer", "head", "head-alone", "extension", "empty", "long-gpt", "long-bert",
-        "unknown-char"])
+        "unknown-char", "too-many-for-a-grid", "a-folder", "empty-for-an-encoder"])
 def test_bad_requests_are_one_line_and_write_nothing(models, tmp_path, capsys, model, extra, text, output, needles):
     code, _, err = run_cli(capsys, "attention", "--model", models[0] / model, "--text", text,
-                           "--output", tmp_path / output, *extra)
+                           "--output", f"{tmp_path}/{output}", *extra)
     assert_one_line_error(code, err, *needles)
     assert not list(tmp_path.iterdir())
 

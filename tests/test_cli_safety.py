@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
 from conftest import assert_one_line_error, run_cli
 from tformer.cli import main
+from tformer.errors import TformerError
 
 TEXT = "the cat sat on the mat. " * 100
 
@@ -122,6 +124,26 @@ def test_out_and_output_never_replace_what_is_not_theirs(lm, capsys, tmp_path):
     os.symlink(real, tmp_path / "alias.txt")
     _write_output(str(tmp_path / "alias.txt"), "new\n")  # through a link: the file it points to is written
     assert real.read_text() == "new\n" and (tmp_path / "alias.txt").is_symlink()
+
+    # a writer that needs to seek (a PNG, an .npy) reaches a pipe through a temporary file, removed afterwards
+    reader = os.open(tmp_path / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+    _write_output(str(tmp_path / "fifo"), lambda file: Path(file).write_bytes(b"\x89PNG..."), suffix=".png")
+    assert os.read(reader, 100) == b"\x89PNG..."
+    os.close(reader)
+    # Ctrl-C in the middle of a write leaves the old file and no temporary one
+    def interrupted(file):
+        Path(file).write_text("half")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        _write_output(str(real), interrupted)
+    assert real.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir() if ".tmp-" in p.name) == []
+    # paths that cannot be the file: a trailing slash, a file as the folder, a link into a missing folder, empty
+    os.symlink(tmp_path / "missing" / "x.txt", tmp_path / "dangling.txt")
+    for path, needle in ((f"{tmp_path / 'new.txt'}/", "names a folder"), (f"{real}/x.txt", "is a file, not a folder"),
+                         (str(tmp_path / "dangling.txt"), "whose folder does not exist"), ("", "--output is empty")):
+        with pytest.raises(TformerError, match=needle):
+            _write_output(path, "text\n")
+    assert not (tmp_path / "new.txt").exists() and not (tmp_path / "missing").exists()
 
 
 @pytest.mark.parametrize("option, named", [

@@ -35,15 +35,41 @@ def test_history_is_kept_across_a_resume_and_drawn(tmp_path, capsys):
     assert out.read_bytes()[:8] == PNG and "6 log points and 3 validations, steps 2 to 12" in err
     # damaged or missing history: one line, nothing written
     state = json.loads((model / "trainer_state.json").read_text())
-    state["trainer"]["history"][1] = {"step": "two"}
+    state["trainer"]["history"][1] = {"step": 4, "loss": 1e308}  # finite, but beyond what axes can scale
     (model / "trainer_state.json").write_text(json.dumps(state))
     code, _, err = run_cli(capsys, "curves", "--model", model, "--output", tmp_path / "again.png")
     assert_one_line_error(code, err, "trainer_state.json: trainer.history[1]")
+    for bad in ({"step": "two"}, {"step": 2, "loss": float("nan")}, {"step": 2, "valid": {"f1": 10**400}}):
+        state["trainer"]["history"][1] = bad
+        (model / "trainer_state.json").write_text(json.dumps(state))
+        code, _, err = run_cli(capsys, "curves", "--model", model, "--output", tmp_path / "again.png")
+        assert_one_line_error(code, err, "trainer.history[1] is not a step's finite numbers")
     del state["trainer"]["history"]
     (model / "trainer_state.json").write_text(json.dumps(state))
     code, _, err = run_cli(capsys, "curves", "--model", model, "--output", tmp_path / "again.png")
     assert_one_line_error(code, err, "no training history")
     assert not (tmp_path / "again.png").exists()
+
+
+def test_a_single_point_is_drawn(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    markers = []
+    original = plt.Axes.plot
+
+    def record(ax, *args, **kwargs):
+        markers.append(kwargs.get("marker"))
+        return original(ax, *args, **kwargs)
+
+    plt.Axes.plot = record
+    try:
+        plot_training_curves([{"step": 5, "loss": 2.0, "lr": 1e-3}], tmp_path / "one.png")
+    finally:
+        plt.Axes.plot = original
+    assert markers == ["o", "o"]  # the loss and the rate, each a dot (a line through one point draws nothing)
 
 
 def test_curves_of_a_fine_tuning_run_show_its_metrics(tmp_path):

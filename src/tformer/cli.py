@@ -10,7 +10,9 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -380,6 +382,10 @@ def _train_and_report(builder, run, out: Path, resume: bool) -> None:
 def _output_file(path: str, inputs: tuple[str | None, ...] = (), model: str | None = None) -> Path:
     """--output as a file that can be written: not a folder, not one of the inputs, not inside the model
     directory, in a folder that exists."""
+    if not path:
+        raise TformerError("--output is empty; name a file")
+    if path.endswith(("/", os.sep)):
+        raise TformerError(f"--output {path} names a folder; name a file")
     target = Path(path)
     if any(i not in (None, "-") and Path(i).exists() and target.exists() and target.samefile(i) for i in inputs):
         raise TformerError(f"--output {path} is also an input file; write the output elsewhere")
@@ -387,9 +393,19 @@ def _output_file(path: str, inputs: tuple[str | None, ...] = (), model: str | No
         raise TformerError(f"--output {path} is inside the --model directory; write the output elsewhere")
     if target.is_dir():
         raise TformerError(f"--output {path} is a folder; name a file")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise TformerError(f"--output {path}: {target.parent} is a file, not a folder")
     if not target.parent.is_dir():
         raise TformerError(f"--output {path}: folder {target.parent} does not exist")
+    if target.is_symlink() and not target.resolve().parent.is_dir():
+        raise TformerError(f"--output {path} links to {target.resolve()}, whose folder does not exist")
     return target
+
+
+def _temporary_file(suffix: str) -> Path:
+    handle, name = tempfile.mkstemp(suffix=suffix)
+    os.close(handle)
+    return Path(name)
 
 
 def _write_output(path: str, text: str | Callable[[Path], None], inputs: tuple[str | None, ...] = (),
@@ -402,20 +418,30 @@ def _write_output(path: str, text: str | Callable[[Path], None], inputs: tuple[s
         return
     target = _output_file(path, inputs, model)
     special = target.exists() and not target.is_file()  # follows links: /dev/stdout is a link to a device
-    final = target if special else target.resolve()
-    tmp = target if special else final.with_name(f".{final.name}.tmp-{os.getpid()}{suffix}")
+    final = target.resolve()
+    # A writer function may need to seek (PNG, .npy): into a device or a pipe it writes a temporary file first.
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}{suffix}") if not special else \
+        target if not callable(text) else _temporary_file(suffix)
     try:
         if callable(text):
             text(tmp)
+            if special:
+                with open(tmp, "rb") as source, open(target, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
         else:
             with open(tmp, "w", encoding="utf-8") as fh:
                 fh.write(text)
         if not special:
             os.replace(tmp, final)
-    except OSError as exc:
-        if not special:
+    except BaseException as exc:  # an error, or Ctrl-C: no temporary file is left behind
+        if tmp != target:
             tmp.unlink(missing_ok=True)
-        raise TformerError(f"--output {path}: {exc.strerror or exc}") from None
+        if isinstance(exc, OSError):
+            raise TformerError(f"--output {path}: {exc.strerror or exc}") from None
+        raise
+    else:
+        if special and tmp != target:
+            tmp.unlink(missing_ok=True)
 
 
 def cmd_translate(args) -> None:
@@ -705,6 +731,9 @@ def cmd_similar(args) -> None:
         print(f"{score:7.4f}  {index + 1:6d}  {sentence}")
 
 
+_MAP_TOKENS = {"grid": 40, "one": 150}  # the most tokens a map shows: in a grid of every layer and head, alone
+
+
 def cmd_attention(args) -> None:
     from tformer.viz.attention import plot_attention, plot_attention_grid
     from tformer.viz.maps import AXES, attention_maps
@@ -715,8 +744,18 @@ def cmd_attention(args) -> None:
     maps = attention_maps(args.model, args.text, target=args.target, pair=args.pair, kind=args.kind,
                           device=_device(args.device))
     n_layers, n_heads = maps.weights.shape[:2]
-    shown = args.text if len(args.text) <= 60 else args.text[:57] + "..."
-    title = f"{maps.kind} attention: {shown!r}" + (f" -> {maps.output!r}" if maps.output else "")
+    n_tokens = max(len(maps.rows), len(maps.columns))
+    limit = _MAP_TOKENS["grid" if args.layer is None else "one"]
+    if n_tokens > limit:  # beyond it the labels overlap, and the picture takes minutes and gigabytes
+        hint = f"; --layer N draws one layer, up to {_MAP_TOKENS['one']}" if args.layer is None else ""
+        raise TformerError(f"{n_tokens} tokens are more than a readable map holds ({limit}"
+                           f"{' in a grid of every layer and head' if args.layer is None else ''}): give a shorter "
+                           f"text{hint}")
+
+    def short(text: str) -> str:
+        return repr(text if len(text) <= 60 else text[:57] + "...")
+
+    title = f"{maps.kind} attention: {short(args.text)}" + (f" -> {short(maps.output)}" if maps.output else "")
     if args.layer is None:
         what = f"{n_layers} layer{'s' * (n_layers != 1)} x {n_heads} head{'s' * (n_heads != 1)}"
 

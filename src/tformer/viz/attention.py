@@ -11,7 +11,10 @@ matplotlib.use("Agg")  # files only, no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tformer.viz.text import plain_text  # noqa: E402
 
+
+@plain_text
 def plot_attention(weights, source_tokens: Sequence[str], target_tokens: Sequence[str], path: str | Path,
                    title: str = "", xlabel: str = "source (encoder) tokens",
                    ylabel: str = "output (decoder) tokens") -> Path:
@@ -38,24 +41,28 @@ def plot_attention(weights, source_tokens: Sequence[str], target_tokens: Sequenc
     return path
 
 
+@plain_text
 def plot_attention_grid(weights, source_tokens: Sequence[str], target_tokens: Sequence[str], path: str | Path,
                         title: str = "") -> Path:
-    """All heads of all layers: weights (L, H, T, S) -> one grid of small heatmaps."""
+    """All heads of all layers: weights (L, H, T, S) -> one grid of small heatmaps on one colour scale (a head
+    that spreads its attention looks dark, one that focuses looks bright); tokens on the outer panels only."""
     w = np.asarray(weights, dtype=np.float32)
     n_layers, n_heads = w.shape[:2]
-    fig, axes = plt.subplots(n_layers, n_heads, figsize=(2.6 * n_heads, 2.4 * n_layers), squeeze=False)
+    fig, axes = plt.subplots(n_layers, n_heads, figsize=(2.6 * n_heads + 1.0, 2.4 * n_layers), squeeze=False)
+    top = max(float(w.max()), 1e-6)
     for layer in range(n_layers):
         for head in range(n_heads):
             ax = axes[layer][head]
-            ax.imshow(w[layer, head], cmap="viridis", vmin=0.0, aspect="auto")
+            image = ax.imshow(w[layer, head], cmap="viridis", vmin=0.0, vmax=top, aspect="auto")
             ax.set_title(f"layer {layer + 1} head {head + 1}", fontsize=8)
             ax.set_xticks(range(len(source_tokens)))
-            ax.set_xticklabels(source_tokens, rotation=90, fontsize=5)
+            ax.set_xticklabels(source_tokens if layer == n_layers - 1 else [], rotation=90, fontsize=5)
             ax.set_yticks(range(len(target_tokens)))
-            ax.set_yticklabels(target_tokens, fontsize=5)
+            ax.set_yticklabels(target_tokens if head == 0 else [], fontsize=5)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 0.93, 1.0))  # the right edge holds the one colour bar
+    fig.colorbar(image, cax=fig.add_axes((0.945, 0.15, 0.012, 0.7)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

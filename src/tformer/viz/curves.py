@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from tformer.errors import TformerError  # noqa: E402
 from tformer.training import checkpoint  # noqa: E402
+from tformer.viz.text import plain_text  # noqa: E402
 
 MAX_METRIC_PANELS = 4  # validation metrics other than losses, one panel each
 
@@ -19,29 +20,36 @@ MAX_METRIC_PANELS = 4  # validation metrics other than losses, one panel each
 def read_history(model_dir: str | Path) -> list[dict]:
     """The trainer's history of a model directory: {"step", "loss", "lr", ...} and {"step", "valid": {...}} entries."""
     file = Path(model_dir) / checkpoint.TRAINER_STATE
-    if not Path(model_dir).is_dir():
-        checkpoint.read_config(model_dir)  # its message: not found, a file, a save stopped midway
+    checkpoint.read_config(model_dir)  # its message: not found, a file, not a model, a save stopped midway
     if not file.is_file():
         raise TformerError(f"{model_dir}: no {checkpoint.TRAINER_STATE} (a model saved by another library, or without "
                            "its training run)")
     data = checkpoint.read_json(file)
     trainer = data.get("trainer") if isinstance(data, dict) else None
     history = trainer.get("history") if isinstance(trainer, dict) else None
+    if history is not None and not isinstance(history, list):
+        raise TformerError(f"{file}: trainer.history is not a list")
     if not history:
-        raise TformerError(f"{file}: no training history in it (runs saved before tformer kept one have none)")
-    for i, entry in enumerate(history if isinstance(history, list) else [None]):
+        raise TformerError(f"{file}: no training history in it: the run logged nothing (fewer steps than "
+                           "train.log_every, no validation), or was saved before tformer kept one")
+    for i, entry in enumerate(history):
         valid = entry.get("valid", {}) if isinstance(entry, dict) else None
         if not (isinstance(entry, dict) and type(entry.get("step")) is int and isinstance(valid, dict)
                 and all(_is_number(v) for k, v in entry.items() if k != "valid")
                 and all(_is_number(v) for v in valid.values())):
-            raise TformerError(f"{file}: trainer.history[{i}] is not a step's numbers ({entry!r:.80})")
+            raise TformerError(f"{file}: trainer.history[{i}] is not a step's finite numbers ({entry!r:.80})")
     return history
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number of a size a loss, a rate or a metric can have (no NaN or infinity; 1e308 breaks the axes)."""
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(float(value)) < 1e100
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
+@plain_text
 def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
     """Panels: loss (training, and validation losses), each other validation metric, the learning rate."""
     train = [e for e in history if "loss" in e]
@@ -54,13 +62,15 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
     axes = list(axes[0])
     ax = axes.pop(0)
     if train:
-        ax.plot([e["step"] for e in train], [e["loss"] for e in train], label="training loss", linewidth=1.2)
+        ax.plot([e["step"] for e in train], [e["loss"] for e in train], label="training loss", linewidth=1.2,
+                marker="o" if len(train) <= 50 else None, markersize=2)  # a single point shows too
     for name in losses:
         points = [(e["step"], e["valid"][name]) for e in valid if name in e["valid"]]
         ax.plot(*zip(*points), marker="o", markersize=3, label=f"validation {name}")
     ax.set_xlabel("step")
     ax.set_title("loss", fontsize=10)
-    ax.legend(fontsize=8)
+    if train or losses:
+        ax.legend(fontsize=8)
     for name in others:
         ax = axes.pop(0)
         points = [(e["step"], e["valid"][name]) for e in valid if name in e["valid"]]
@@ -69,7 +79,8 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
         ax.set_title(f"validation {name}", fontsize=10)
     if axes:
         ax = axes.pop(0)
-        ax.plot([e["step"] for e in train if "lr" in e], [e["lr"] for e in train if "lr" in e], color="tab:red")
+        rates = [(e["step"], e["lr"]) for e in train if "lr" in e]
+        ax.plot(*zip(*rates), color="tab:red", marker="o" if len(rates) <= 50 else None, markersize=2)
         ax.set_xlabel("step")
         ax.set_title("learning rate", fontsize=10)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import decoders
 
 from tformer.errors import TformerError
 from tformer.training import checkpoint
@@ -52,6 +53,23 @@ def readable(token: str) -> str:
     return token
 
 
+def token_labels(tokenizer, ids) -> list[str]:
+    """Tick labels of token ids: byte-level BPE pieces ("Ã©", "Ġcat") as the text they stand for ("é", "␣cat")
+    when they hold whole characters, every other piece as it is; see `readable`."""
+    byte_level = isinstance(getattr(tokenizer.backend, "decoder", None), decoders.ByteLevel)
+    labels = []
+    for i in ids:
+        piece = tokenizer.id_to_token(i)
+        if byte_level and "\ufffd" not in (text := tokenizer.backend.decode([int(i)], skip_special_tokens=False)):
+            piece = text
+        labels.append(readable(piece))
+    return labels
+
+
+def _article(family: str) -> str:
+    return f"an {family}" if family[0] in "aeiou" else f"a {family}"
+
+
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -68,7 +86,7 @@ def language_model_maps(model, tokenizer, text: str) -> AttentionMaps:
     ids = tokenizer.encode(text)
     _check_length(len(ids), model.config.max_len, "the text")
     out = model(torch.tensor([ids], device=_device(model)), need_weights=True)
-    tokens = [readable(tokenizer.id_to_token(i)) for i in ids]
+    tokens = token_labels(tokenizer, ids)
     return AttentionMaps(_stack(out.attentions), tokens, tokens, "self", "language model")
 
 
@@ -77,12 +95,15 @@ def encoder_maps(model, tokenizer, text: str, pair: str | None = None) -> Attent
     """A BERT-family encoder's self-attention over `text` (and `pair`), special tokens included. `model` is a
     BertModel or holds one as `.bert` (pretraining heads, a fine-tuned task head)."""
     bert = getattr(model, "bert", model)
+    for part, what in ((text, "the text"), (pair, "the text pair")):
+        if part is not None and not tokenizer.tokens(part):
+            raise TformerError(f"{what} is empty")
     encoded = tokenizer.encode_batch([text], None if pair is None else [pair], max_length=bert.config.max_tokens,
                                      truncation="error", names=["the text" if pair is None else "the text pair"])[0]
     device = _device(bert)
     out = bert(torch.tensor([encoded.ids], device=device), torch.tensor([encoded.type_ids], device=device),
                need_weights=True)
-    tokens = [readable(tokenizer.id_to_token(i)) for i in encoded.ids]
+    tokens = token_labels(tokenizer, encoded.ids)
     return AttentionMaps(_stack(out.attentions), tokens, tokens, "self", "encoder")
 
 
@@ -97,16 +118,22 @@ def translation_maps(model, src_tok, tgt_tok, source: str, target: str | None = 
     src_ids = src_tok.encode(source)
     _check_length(len(src_ids), c.max_len, "the source")
     src = torch.tensor([src_ids], device=device)
+    own = target is None and kind != "encoder"  # the encoder's maps do not depend on a target
     if target is None:
-        tgt_ids = greedy_decode(model, src)[0]
+        tgt_ids = greedy_decode(model, src)[0] if own else []
         target = tgt_tok.decode(tgt_ids)
     else:
         tgt_tok.check_chars(target, "the target")
         tgt_ids = tgt_tok.encode(target)
         _check_length(len(tgt_ids) + 1, c.max_len, "the target (with <s>)")
     out = model(src, torch.tensor([[c.bos_id, *tgt_ids]], device=device), need_weights=True)
-    src_tokens = [readable(src_tok.id_to_token(i)) for i in src_ids]
-    produced = [readable(tgt_tok.id_to_token(i)) for i in tgt_ids] + ["</s>"]
+    src_tokens = token_labels(src_tok, src_ids)
+    # The last row produces what follows the target: </s> for a given target; for the model's own translation,
+    # its next token, which is </s> unless decoding stopped at its length limit first.
+    last = int(out.logits[0, -1].argmax()) if own else c.eos_id
+    if last != c.eos_id:
+        target += " ..."
+    produced = token_labels(tgt_tok, tgt_ids) + ["</s>" if last == c.eos_id else token_labels(tgt_tok, [last])[0]]
     fed = ["<s>"] + produced[:-1]
     per_layer, rows, columns = {"cross": (out.cross_attentions, produced, src_tokens),
                                 "encoder": (out.encoder_attentions, src_tokens, src_tokens),
@@ -124,6 +151,7 @@ def _check_length(n: int, limit: int, what: str) -> None:
 def model_family(path: str | Path) -> str:
     """Which of KINDS' families the model directory `path` holds (a TformerError for any other model)."""
     kind = checkpoint.read_config(path).get("model_type")
+    kind = kind if isinstance(kind, str) else repr(kind)
     families = {"gpt": "language model", "gpt2": "language model", "gpt_for_classification": "language model",
                 "encoder": "encoder", "bert": "encoder", "roberta": "encoder", "albert": "encoder",
                 "encoder_for_task": "encoder", "transformer": "translation"}
@@ -142,11 +170,12 @@ def attention_maps(path: str | Path, text: str, *, target: str | None = None, pa
     family = model_family(path)
     kind = kind or KINDS[family][0]
     if kind not in KINDS[family]:
-        raise TformerError(f"a {family} has {', '.join(KINDS[family])} attention, not {kind!r}")
+        raise TformerError(f"{path} is {_article(family)}: its attention is {' or '.join(map(repr, KINDS[family]))}, "
+                           f"not {kind!r}" + (" (a translation model's kinds)" if family != "translation" else ""))
     if target is not None and family != "translation":
-        raise TformerError(f"a target is for translation models; {path} is a {family}")
+        raise TformerError(f"a target is for translation models; {path} is {_article(family)}")
     if pair is not None and family != "encoder":
-        raise TformerError(f"a text pair is for encoders; {path} is a {family}")
+        raise TformerError(f"a text pair is for encoders; {path} is {_article(family)}")
     config = checkpoint.read_config(path)
     finetuned = config.get("model_type") in ("encoder_for_task", "gpt_for_classification")
     if finetuned:
