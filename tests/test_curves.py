@@ -49,6 +49,8 @@ def test_history_is_kept_across_a_resume_and_drawn(tmp_path, capsys):
     code, _, err = run_cli(capsys, "curves", "--model", model, "--output", tmp_path / "again.png")
     assert_one_line_error(code, err, "no training history")
     assert not (tmp_path / "again.png").exists()
+    code, _, err = run_cli(capsys, "curves", "--model", "", "--output", tmp_path / "again.png")
+    assert_one_line_error(code, err, "--model is empty")  # not the current folder
 
 
 def test_a_single_point_is_drawn(tmp_path):

@@ -822,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
                "attention": cmd_attention, "curves": cmd_curves, "list-models": cmd_list_models}[args.command]
     _warnings_as_lines()
     try:
+        if getattr(args, "model", None) == "":  # Path("") is the current folder: not what was meant
+            raise TformerError("--model is empty; name a model directory")
         if getattr(args, "output", None) not in (None, "-"):  # before the work, not after it
             _output_file(args.output, tuple(getattr(args, k, None) for k in ("input", "src", "ref", "data")),
                          getattr(args, "model", None))
