@@ -116,7 +116,7 @@ def test_cli_draws_grids_and_single_maps(models, tmp_path, capsys):
     ("gpt", [], "the cat", "maps.jpg", ["maps.jpg", ".png"]),
     ("gpt", [], "", "maps.png", ["the text is empty"]),
     ("gpt", [], "the cat " * 10, "maps.png", ["80 tokens", "32 positions"]),
-    ("bert", [], "cat " * 200, "maps.png", ["the text has 202 tokens", "max_length=64"]),
+    ("bert", [], "cat " * 200, "maps.png", ["the text (with its special tokens) has 202 tokens", "the model's 64 positions"]),
     ("gpt", [], "the zebra", "maps.png", ["the text", "'z'", "character vocabulary"]),
     ("bert", [], "cat " * 45, "maps.png", ["47 tokens", "(40 in a grid", "--layer N"]),
     ("bert", [], "the cat", "maps.png/", ["names a folder"]),

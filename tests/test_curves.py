@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from conftest import assert_one_line_error, run_cli
-from tformer.viz.curves import plot_training_curves
+from tformer.viz.curves import not_drawn, plot_training_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -84,3 +84,5 @@ def test_curves_of_a_fine_tuning_run_show_its_metrics(tmp_path):
     out = plot_training_curves(history, tmp_path / "c.svg", "sst-2")
     assert out.read_text().count("validation ") >= 3  # the loss legend, accuracy and f1 panels
     assert plt.get_fignums() == before  # the figure is closed
+    many = [{"step": 1, "valid": {"loss": 1.0, **{f"m{i}": 0.5 for i in range(6)}, "ppl": 2.7}}]
+    assert not_drawn(many) == ["m4", "m5"] and not_drawn(history) == []  # named by `tformer curves`

@@ -446,3 +446,14 @@ def test_the_summary_of_an_early_stopped_run_is_its_best_checkpoint_and_epochs_c
     cfg.early_stopping, cfg.eval_every, cfg.max_epochs, cfg.max_steps = 0, 0, 0, 8  # the limit on an epoch's end
     state = train(_ScriptedTask([0.5]), cfg, tmp_path / "b", quiet=True)
     assert state.step == 8 and state.epoch == 2 and state.batch_index == 0
+
+
+def test_an_early_stopping_run_that_validates_each_epoch_validates_its_last_step_once(tmp_path):
+    from tformer.training.loop import train
+
+    cfg = RunConfig().train
+    cfg.max_epochs, cfg.eval_every, cfg.early_stopping, cfg.warmup_steps, cfg.lr = 2, 0, 3, 1, 0.01
+    task = _ScriptedTask([0.5, 0.6, 0.7])
+    state = train(task, cfg, tmp_path / "a", quiet=True)
+    assert state.step == 8 and [e["step"] for e in state.history if "valid" in e] == [4, 8]
+    assert task.scores == [0.7]  # two validations, one per epoch: the end did not validate step 8 again

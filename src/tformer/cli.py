@@ -779,7 +779,7 @@ def cmd_attention(args) -> None:
 
 
 def cmd_curves(args) -> None:
-    from tformer.viz.curves import plot_training_curves, read_history
+    from tformer.viz.curves import not_drawn, plot_training_curves, read_history
 
     suffix = _picture_suffix(args.output)
     history = read_history(args.model)
@@ -787,8 +787,9 @@ def cmd_curves(args) -> None:
     _write_output(args.output, lambda file: plot_training_curves(history, file, f"training of {args.model}"),
                   suffix=suffix, model=args.model)
     n_valid = sum("valid" in e for e in history)
+    left_out = not_drawn(history)
     print(f"{len(history) - n_valid} log points and {n_valid} validations, steps {min(steps)} to {max(steps)} "
-          f"-> {args.output}", file=sys.stderr)
+          f"-> {args.output}" + (f" (not drawn: {', '.join(left_out)})" if left_out else ""), file=sys.stderr)
 
 
 def _picture_suffix(output: str) -> str:

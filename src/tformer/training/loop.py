@@ -213,7 +213,10 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             task.save(out_dir, model, trainer_meta, {"optimizer": optimizer.state_dict(), "rng": _rng_state()})
         distributed.barrier(info)
 
+    validated = {"step": None}  # the step of the last validation
+
     def validate() -> None:
+        validated["step"] = state.step
         if info.is_main:
             model.eval()
             metrics = task.validate(model)
@@ -330,7 +333,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     log.close()
     if cfg.early_stopping:
         # The best validation's checkpoint is already on disk; the final state replaces it only if better.
-        if stopper is None or not stopper.should_stop:
+        # (not again when the epoch's end has just validated this very step)
+        if (stopper is None or not stopper.should_stop) and validated["step"] != state.step:
             validate()
             if improved():
                 save()

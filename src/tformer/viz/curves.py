@@ -49,14 +49,25 @@ def _is_number(value) -> bool:
         return False
 
 
+def _metric_panels(history: list[dict]) -> tuple[list[str], list[str]]:
+    """(validation losses, drawn on the loss panel; the other metrics that get a panel each)."""
+    names = list(dict.fromkeys(k for e in history if "valid" in e for k in e["valid"]))
+    losses = [k for k in names if k.endswith("loss")]
+    return losses, [k for k in names if k not in losses and k != "ppl"]  # ppl is exp(loss)
+
+
+def not_drawn(history: list[dict]) -> list[str]:
+    """The validation metrics beyond the panels a picture has room for."""
+    return _metric_panels(history)[1][MAX_METRIC_PANELS:]
+
+
 @plain_text
 def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
     """Panels: loss (training, and validation losses), each other validation metric, the learning rate."""
     train = [e for e in history if "loss" in e]
     valid = [e for e in history if "valid" in e]
-    names = list(dict.fromkeys(k for e in valid for k in e["valid"]))
-    losses = [k for k in names if k.endswith("loss")]
-    others = [k for k in names if k not in losses and k != "ppl"][:MAX_METRIC_PANELS]  # ppl is exp(loss)
+    losses, others = _metric_panels(history)
+    others = others[:MAX_METRIC_PANELS]
     n_panels = 1 + len(others) + (1 if any("lr" in e for e in train) else 0)
     fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.4), squeeze=False)
     axes = list(axes[0])

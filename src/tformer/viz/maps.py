@@ -98,8 +98,9 @@ def encoder_maps(model, tokenizer, text: str, pair: str | None = None) -> Attent
     for part, what in ((text, "the text"), (pair, "the text pair")):
         if part is not None and not tokenizer.tokens(part):
             raise TformerError(f"{what} is empty")
-    encoded = tokenizer.encode_batch([text], None if pair is None else [pair], max_length=bert.config.max_tokens,
-                                     truncation="error", names=["the text" if pair is None else "the text pair"])[0]
+    encoded = tokenizer.encode_batch([text], None if pair is None else [pair])[0]
+    _check_length(len(encoded.ids), bert.config.max_tokens,
+                  "the text (with its special tokens)" if pair is None else "the text pair (with its special tokens)")
     device = _device(bert)
     out = bert(torch.tensor([encoded.ids], device=device), torch.tensor([encoded.type_ids], device=device),
                need_weights=True)
