@@ -152,6 +152,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, kind: str = "b
 # -- language-model tokenizers ------------------------------------------------------------------------
 
 
+def piece_text(tokenizer, i: int) -> str:
+    """Token i as a person reads it: a byte-level BPE piece ("Ġparis", "Ã©") as the text it stands for (" paris",
+    "é") when its bytes are whole characters; any other piece (WordPiece, metaspace BPE, characters) as it is.
+    `tokenizer` is a Tokenizer or an EncoderTokenizer (both wrap a tokenizers `backend`)."""
+    piece = tokenizer.id_to_token(i)
+    if isinstance(getattr(tokenizer.backend, "decoder", None), decoders.ByteLevel):
+        text = tokenizer.backend.decode([int(i)], skip_special_tokens=False)
+        if "\ufffd" not in text:  # a piece of a character alone decodes to U+FFFD
+            return text
+    return piece
+
+
 def warn_if_vocab_grew(tokenizer, requested: int) -> None:
     """Trainers raise a vocabulary size below what the alphabet and special tokens need; say so, once."""
     if tokenizer.vocab_size > requested:

@@ -26,6 +26,7 @@ from torch import Tensor
 from tformer.encoder_tokenization import EncoderTokenizer
 from tformer.errors import TformerError
 from tformer.models.bert import BertForPreTraining, BertModel
+from tformer.tokenization import piece_text
 
 Pooling = Literal["cls", "mean", "pooler"]
 Combine = Literal["concat", "sum", "mean"]
@@ -192,14 +193,7 @@ def fill_mask(model: BertModel | BertForPreTraining, tokenizer: EncoderTokenizer
     logits = model(ids, torch.tensor([encoded.type_ids], device=ids.device), mlm_positions=positions).mlm_logits
     probs = torch.softmax(logits.float(), dim=-1)
     top = probs.topk(min(top_k, probs.size(-1)), dim=-1)
-    def shown(i: int) -> str:
-        # Byte-level BPE pieces are bytes in disguise ("Ġparis"): show the text they stand for (" paris"), unless
-        # the piece is part of a character (its bytes alone decode to U+FFFD).
-        if tokenizer.style == "bpe" and "\ufffd" not in (piece := tokenizer.decode([i], skip_special_tokens=False)):
-            return piece
-        return tokenizer.id_to_token(i)
-
-    return [[(shown(i), float(p)) for p, i in zip(ps.tolist(), ix.tolist())]
+    return [[(piece_text(tokenizer, i), float(p)) for p, i in zip(ps.tolist(), ix.tolist())]
             for ps, ix in zip(top.values, top.indices)]
 
 

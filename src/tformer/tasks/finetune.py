@@ -34,6 +34,7 @@ from tformer.errors import TformerError
 from tformer.models.bert import BertConfig, BertForPreTraining, BertModel
 from tformer.models.gpt import GPTConfig
 from tformer.models.heads import EncoderForTask, HeadConfig
+from tformer.tasks.masked_lm import ENCODER_MODEL_TYPES
 from tformer.training import checkpoint
 
 # BERT's fine-tuning recipe (Devlin et al. 2019, appendix A.3): AdamW, lr 2e-5..5e-5 (higher for small
@@ -470,7 +471,7 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
     source = checkpoint.read_config(pretrained)
     kind = source.get("model_type")
     from_gpt = kind in GPT_MODEL_TYPES
-    if kind not in (*GPT_MODEL_TYPES, *FINETUNED_MODEL_TYPES, "encoder", "bert", "roberta", "albert"):
+    if kind not in (*GPT_MODEL_TYPES, *FINETUNED_MODEL_TYPES, *ENCODER_MODEL_TYPES):
         raise TformerError(f"{pretrained}: model_type {kind!r} cannot be fine-tuned here: --model takes a BERT-family "
                            "encoder (tformer's, or bert, roberta, albert) or a GPT language model (tformer's or gpt2)")
     _check_model_options(run.model, from_gpt)

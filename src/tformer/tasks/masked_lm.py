@@ -38,6 +38,8 @@ from tformer.training import checkpoint
 MLM_TRAIN_DEFAULTS = dict(schedule="cosine", lr=5e-4, min_lr=5e-5, warmup_steps=200, adam_beta2=0.999, adam_eps=1e-6,
                           weight_decay=0.01, clip_norm=1.0, label_smoothing=0.0, batch_size=32, max_steps=2000,
                           eval_every=250, save_every=500, log_every=50)
+# model_type of the encoders load_encoder reads: tformer's own, and Hugging Face's BERT, RoBERTa and ALBERT
+ENCODER_MODEL_TYPES = ("encoder", "bert", "roberta", "albert")
 DOCUMENT_LINES = 100  # a text without blank lines is cut into documents of this many lines (NSP needs several)
 
 
@@ -337,7 +339,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu"
     path = Path(path)
     data = checkpoint.read_config(path)
     kind = data.get("model_type")
-    if kind in ("bert", "roberta", "albert"):
+    if kind in ENCODER_MODEL_TYPES[1:]:
         from tformer.interop.bert import load_hf_encoder
 
         return load_hf_encoder(path, device), EncoderTokenizer.load(path)

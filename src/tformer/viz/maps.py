@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import decoders
 
 from tformer.errors import TformerError
+from tformer.tokenization import piece_text
 from tformer.training import checkpoint
 
 # The maps each family of model has, the default first.
@@ -54,16 +54,8 @@ def readable(token: str) -> str:
 
 
 def token_labels(tokenizer, ids) -> list[str]:
-    """Tick labels of token ids: byte-level BPE pieces ("Ã©", "Ġcat") as the text they stand for ("é", "␣cat")
-    when they hold whole characters, every other piece as it is; see `readable`."""
-    byte_level = isinstance(getattr(tokenizer.backend, "decoder", None), decoders.ByteLevel)
-    labels = []
-    for i in ids:
-        piece = tokenizer.id_to_token(i)
-        if byte_level and "\ufffd" not in (text := tokenizer.backend.decode([int(i)], skip_special_tokens=False)):
-            piece = text
-        labels.append(readable(piece))
-    return labels
+    """Tick labels of token ids: byte-level pieces as their text (tokenization.piece_text), made `readable`."""
+    return [readable(piece_text(tokenizer, i)) for i in ids]
 
 
 def _article(family: str) -> str:
@@ -149,13 +141,16 @@ def _check_length(n: int, limit: int, what: str) -> None:
         raise TformerError(f"{what} has {n} tokens, more than the model's {limit} positions")
 
 
-def model_family(path: str | Path) -> str:
-    """Which of KINDS' families the model directory `path` holds (a TformerError for any other model)."""
-    kind = checkpoint.read_config(path).get("model_type")
+def model_family(path: str | Path, config: dict | None = None) -> str:
+    """Which of KINDS' families the model directory `path` holds (a TformerError for any other model);
+    config: its config.json, when already read."""
+    from tformer.tasks.finetune import GPT_MODEL_TYPES
+    from tformer.tasks.masked_lm import ENCODER_MODEL_TYPES
+
+    kind = (config if config is not None else checkpoint.read_config(path)).get("model_type")
     kind = kind if isinstance(kind, str) else repr(kind)
-    families = {"gpt": "language model", "gpt2": "language model", "gpt_for_classification": "language model",
-                "encoder": "encoder", "bert": "encoder", "roberta": "encoder", "albert": "encoder",
-                "encoder_for_task": "encoder", "transformer": "translation"}
+    families = {**dict.fromkeys(GPT_MODEL_TYPES, "language model"), **dict.fromkeys(ENCODER_MODEL_TYPES, "encoder"),
+                "gpt_for_classification": "language model", "encoder_for_task": "encoder", "transformer": "translation"}
     if kind not in families:
         raise TformerError(f"{path}: model_type {kind!r} has no attention maps here (a GPT, a BERT-family encoder, "
                            "a fine-tuned one, or a translation Transformer)")
@@ -168,7 +163,10 @@ def attention_maps(path: str | Path, text: str, *, target: str | None = None, pa
 
     kind: one of KINDS[family] (None: the first); target: a translation's target (None: the model's own);
     pair: an encoder's second text."""
-    family = model_family(path)
+    from tformer.tasks.finetune import FINETUNED_MODEL_TYPES
+
+    config = checkpoint.read_config(path)
+    family = model_family(path, config)
     kind = kind or KINDS[family][0]
     if kind not in KINDS[family]:
         raise TformerError(f"{path} is {_article(family)}: its attention is {' or '.join(map(repr, KINDS[family]))}, "
@@ -177,8 +175,7 @@ def attention_maps(path: str | Path, text: str, *, target: str | None = None, pa
         raise TformerError(f"a target is for translation models; {path} is {_article(family)}")
     if pair is not None and family != "encoder":
         raise TformerError(f"a text pair is for encoders; {path} is {_article(family)}")
-    config = checkpoint.read_config(path)
-    finetuned = config.get("model_type") in ("encoder_for_task", "gpt_for_classification")
+    finetuned = config.get("model_type") in FINETUNED_MODEL_TYPES
     if finetuned:
         from tformer.tasks.finetune import load_finetuned
 
