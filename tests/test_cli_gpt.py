@@ -51,6 +51,40 @@ def test_sampling_is_reproducible_and_stop_strings_cut(lm, capsys):
     assert code == 0 and out == "the cat sat on the mat\n"
 
 
+def test_one_text_is_streamed_as_it_grows(lm, capsys, monkeypatch):
+    import sys
+
+    writes = []
+    real_write = sys.stdout.write
+    monkeypatch.setattr(sys.stdout, "write", lambda text: writes.append(text) or real_write(text))
+    code, out, err = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "the cat sat on the",
+                             "--greedy", "--max-new-tokens", "9")
+    assert code == 0, err
+    assert out == "the cat sat on the mat. the\n"  # the same text as printed at once
+    assert len(writes) >= 6  # the prompt, then the continuation piece by piece
+
+
+def test_repetition_options_reach_generation(lm, capsys):
+    code, plain, err = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "the cat sat on the",
+                               "--greedy", "--max-new-tokens", "30")
+    assert code == 0 and "the cat sat" in plain[5:]  # the model repeats its one sentence
+    code, out, err = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "the cat sat on the",
+                             "--greedy", "--max-new-tokens", "30", "--no-repeat-ngram-size", "4")
+    text = out.rstrip("\n")
+    grams = [text[i : i + 4] for i in range(len(text) - 3)]
+    assert code == 0 and len(grams) == len(set(grams)) and len(text) == len("the cat sat on the") + 30
+    # This model is so sure of its one sentence that no penalty above 1 changes a greedy choice; one far below
+    # 1 does (seen tokens favoured), and shows that the option reaches generation.
+    args = ["generate", "--model", lm / "model", "--prompt", "the", "--greedy", "--max-new-tokens", "12"]
+    code, plain, err = run_cli(capsys, *args)
+    code, penalized, err = run_cli(capsys, *args, "--repetition-penalty", "0.05")  # below 1: repeats favoured
+    assert code == 0 and penalized != plain and penalized.startswith("the")
+    for option, value in (("--repetition-penalty", "0"), ("--repetition-penalty", "nan"),
+                          ("--no-repeat-ngram-size", "-2")):
+        code, _, err = run_cli(capsys, "generate", "--model", lm / "model", "--prompt", "the", option, value)
+        assert_one_line_error(code, err, option, value)
+
+
 def test_score_and_choose(lm, capsys, tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("the cat sat on the mat. the cat sat on the mat.")

@@ -131,6 +131,27 @@ def test_greedy_generation_matches_transformers_generate(tmp_path):
     assert len(set(mine.flatten().tolist())) > 1  # not a degenerate model that repeats one token
 
 
+@pytest.mark.parametrize("options", [dict(repetition_penalty=1.8), dict(repetition_penalty=0.7),
+                                     dict(no_repeat_ngram_size=2), dict(no_repeat_ngram_size=1),
+                                     dict(repetition_penalty=1.3, no_repeat_ngram_size=3)])
+def test_repetition_options_match_transformers_generate(tmp_path, options):
+    from tformer.generation.sampling import generate
+
+    ref = _hf_model(seed=3)
+    ref.save_pretrained(tmp_path)
+    ours = load_gpt2(tmp_path)
+    prompt = [5, 17, 5, 17, 42, 8, 5, 17]  # repeats inside the prompt: the options look at it too
+    mine = generate(ours, [prompt], 16, **options)[0]
+    with torch.no_grad():
+        out = ref.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                           do_sample=False, max_new_tokens=16, min_new_tokens=16, pad_token_id=0, use_cache=True,
+                           **options)
+    theirs = out[0, len(prompt):].tolist()
+    assert VOCAB - 1 not in theirs  # no end-of-text, which tformer would stop at and transformers forbids here
+    assert mine == theirs
+    assert mine != generate(ours, [prompt], 16)[0]  # the option changed the continuation
+
+
 def _tformer_model(seed: int = 0, **options) -> GPT:
     config = GPTConfig(**{"vocab_size": VOCAB, "max_len": POSITIONS, "d_model": 32, "n_heads": 2, "n_layers": 2,
                           "dropout": 0.0, "attention_dropout": 0.0, "eos_id": VOCAB - 1, **options})

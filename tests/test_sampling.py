@@ -8,10 +8,12 @@ from torch import nn
 
 from tformer.errors import TformerError
 from tformer.generation.sampling import (
+    NgramBan,
     apply_temperature,
     generate,
     generate_text,
     next_token,
+    penalize_repetition,
     top_k_filter,
     top_p_filter,
 )
@@ -123,6 +125,75 @@ def test_sampling_follows_the_filtered_distribution():
 
 # --------------------------------------------------------------------------------------------------
 # Greedy decoding
+
+
+def test_repetition_penalty_lowers_seen_tokens_whatever_their_sign():
+    logits = torch.tensor([[2.0, -2.0, 3.0, -1.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    assert torch.equal(penalize_repetition(logits, seen, 2.0), torch.tensor([[1.0, -4.0, 3.0, -1.0]]))
+    assert torch.equal(penalize_repetition(logits, seen, 0.5), torch.tensor([[4.0, -1.0, 3.0, -1.0]]))
+    assert penalize_repetition(logits, seen, 1.0) is logits
+
+
+def _ngrams(row: list[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
+
+
+def test_ngram_ban_names_the_tokens_that_would_repeat_an_ngram():
+    assert NgramBan(3, [1, 2, 3, 1, 2]).banned() == [3]
+    assert NgramBan(3, [1, 2, 3, 1, 2, 4, 1, 2]).banned() == [3, 4]
+    assert NgramBan(2, [5, 6, 5]).banned() == [6]
+    assert NgramBan(1, [5, 6, 5]).banned() == [5, 6]
+    assert NgramBan(3, [1]).banned() == [] and NgramBan(2, [1, 2]).banned() == []
+    ban = NgramBan(2, [7])
+    ban.append(8)
+    ban.append(7)
+    assert ban.banned() == [8]
+    with pytest.raises(TformerError, match="at least 1"):
+        NgramBan(0, [])
+
+
+def test_generation_never_repeats_an_ngram_when_asked():
+    model = random_gpt()
+    plain = generate(model, PROMPTS, 30)
+    assert any(len(set(_ngrams(p + r, 2))) < len(_ngrams(p + r, 2)) for p, r in zip(PROMPTS, plain))  # it does repeat
+    for n in (2, 3):
+        for sampled in (False, True):
+            out = generate(model, PROMPTS, 30, no_repeat_ngram_size=n, do_sample=sampled, seed=0)
+            assert [len(r) for r in out] == [30, 30, 30]
+            for p, r in zip(PROMPTS, out):
+                grams = _ngrams(p + r, n)
+                assert len(set(grams)) == len(grams), (n, p, r)
+    # rows stay independent under left padding, and the sliding window keeps the ban on the whole row
+    banned = generate(model, PROMPTS, 12, no_repeat_ngram_size=2)
+    assert banned == [generate(model, [p], 12, no_repeat_ngram_size=2)[0] for p in PROMPTS]
+    small = random_gpt(max_len=8)
+    row = PROMPTS[0] + generate(small, [PROMPTS[0]], 20, no_repeat_ngram_size=2)[0]
+    assert len(set(_ngrams(row, 2))) == len(_ngrams(row, 2))
+
+
+def test_repetition_penalty_changes_greedy_choices_row_by_row():
+    model = random_gpt()
+    plain = generate(model, PROMPTS, 20)
+    penalized = generate(model, PROMPTS, 20, repetition_penalty=3.0)
+    assert penalized != plain
+    repeats = [sum(t in p + r[:i] for i, t in enumerate(r)) for p, r in zip(PROMPTS, plain)]
+    fewer = [sum(t in p + r[:i] for i, t in enumerate(r)) for p, r in zip(PROMPTS, penalized)]
+    assert sum(fewer) < sum(repeats)
+    assert penalized == [generate(model, [p], 20, repetition_penalty=3.0)[0] for p in PROMPTS]
+    assert generate(model, PROMPTS, 20, repetition_penalty=1.0) == plain
+
+
+def test_repetition_options_are_checked():
+    model = random_gpt()
+    for bad in (0, -1.0, float("nan"), float("inf"), "2"):
+        with pytest.raises(TformerError, match="repetition_penalty must be a positive number"):
+            generate(model, PROMPTS, 3, repetition_penalty=bad)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(TformerError, match="no_repeat_ngram_size must be a non-negative integer"):
+            generate(model, PROMPTS, 3, no_repeat_ngram_size=bad)
+    with pytest.raises(TformerError, match="no_repeat_ngram_size=1 leaves no token to choose at new token"):
+        generate(random_gpt(vocab_size=16), [[1]], 40, no_repeat_ngram_size=1)
 
 
 def test_cached_uncached_plain_loop_and_alone_agree():
@@ -242,3 +313,44 @@ def test_stop_strings_across_tokens_cut_and_stop_early(letters):
     model = random_gpt(vocab_size=letters.vocab_size)
     text = generate_text(model, letters, ["abc", ""], 6, stop=["a"], eos_id=7, do_sample=True, seed=0)
     assert all("a" not in t and "h" not in t and len(t) <= 6 for t in text)
+
+
+class ScriptedStub(NextTokenStub):
+    """A 'language model' whose k-th call predicts script[k] (call 0 is the prompt)."""
+
+    def __init__(self, vocab_size: int, script: list[int]):
+        super().__init__(vocab_size, max_len=256)
+        self.script = script
+
+    def forward(self, ids, attention_mask=None, positions=None, cache=None, keep=None, need_weights=False,
+                return_hidden=False):
+        k = min(self.calls, len(self.script) - 1)
+        self.calls += 1
+        logits = F.one_hot(torch.full(ids.shape, self.script[k]), self.config.vocab_size).float() * 10
+        return LMOutput(logits[keep] if keep is not None else logits)
+
+
+def test_streamer_shows_the_text_as_it_grows_and_joins_to_the_result(letters):
+    pieces = []
+    out = generate_text(NextTokenStub(letters.vocab_size), letters, ["a"], 12, streamer=pieces.append)
+    assert out == ["bcdefghabcde"] and "".join(pieces) == out[0]
+    assert len(pieces) >= 10  # a piece per token, not the whole text at the end
+
+    pieces = []
+    out = generate_text(NextTokenStub(letters.vocab_size), letters, ["a"], 40, stop=["efx", "fg"],
+                        streamer=pieces.append)
+    assert out == ["bcde"] and "".join(pieces) == "bcde"  # "e" and "f" waited: both could start a stop string
+    assert all("f" not in p for p in pieces)
+    with pytest.raises(TformerError, match="one prompt"):
+        generate_text(NextTokenStub(letters.vocab_size), letters, ["a", "b"], 3, streamer=pieces.append)
+
+
+def test_streamer_waits_for_every_byte_of_a_character():
+    tok = train_lm_tokenizer(["plain ascii text only"], "byte_bpe", vocab_size=270)
+    wanted = "snow \u2603 \u00e9t\u00e9 ok"
+    script = tok.encode(wanted)
+    assert len(script) > len(wanted)  # the snowman and the accents are several byte tokens each
+    pieces = []
+    out = generate_text(ScriptedStub(tok.vocab_size, script), tok, ["x"], len(script), streamer=pieces.append)
+    assert out == [wanted] and "".join(pieces) == wanted
+    assert all("\ufffd" not in p for p in pieces) and len(pieces) > 5

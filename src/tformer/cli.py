@@ -103,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the most likely tokens up to p")
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="above 1, tokens already in the text (prompt included) get less likely (1: off)")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="never repeat an n-gram of this many tokens (0: off)")
     g.add_argument("--stop", action="append", default=[], type=_text, help="stop at this string (repeatable)")
     g.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
     g.add_argument("--seed", type=int, help="makes sampling reproducible")
@@ -583,6 +587,10 @@ def cmd_generate(args) -> None:
         raise TformerError("--stop: an empty stop string would stop before the first token")
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise TformerError(f"--seed must be in [0, 2^63), not {args.seed}")
+    if not (math.isfinite(args.repetition_penalty) and args.repetition_penalty > 0):
+        raise TformerError(f"--repetition-penalty must be a positive number (1: off), not {args.repetition_penalty}")
+    if args.no_repeat_ngram_size < 0:
+        raise TformerError(f"--no-repeat-ngram-size must not be negative (0: off), not {args.no_repeat_ngram_size}")
     prompts = _prompts(args)
     model, tokenizer = load_lm(args.model, _device(args.device))
     n_flags, window, longest = len(args.prompt or []), model.config.max_len, 0
@@ -598,13 +606,29 @@ def cmd_generate(args) -> None:
                                f"{window}; shorten it (keep its last {window} tokens)")
     check_generation_fits(model, len(prompts) * args.num_samples, longest, args.max_new_tokens)  # before the batch
     batch = [p for p in prompts for _ in range(args.num_samples)]
-    outs = generate_text(model, tokenizer, batch, args.max_new_tokens, stop=args.stop, do_sample=not args.greedy,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    for i, (p, o) in enumerate(zip(batch, outs)):
-        if i:
-            sys.stdout.write("\n----\n")
-        sys.stdout.write(p + o)
+    options = dict(stop=args.stop, do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, seed=args.seed, repetition_penalty=args.repetition_penalty,
+                   no_repeat_ngram_size=args.no_repeat_ngram_size)
+    if len(batch) == 1:  # one text: shown as it grows (the same characters as printing it at the end)
+        sys.stdout.write(batch[0])
+        sys.stdout.flush()
+        try:
+            generate_text(model, tokenizer, batch, args.max_new_tokens, streamer=_write_now, **options)
+        except (TformerError, KeyboardInterrupt):
+            _write_now("\n")  # the text so far stays; the message goes on a line of its own
+            raise
+    else:
+        outs = generate_text(model, tokenizer, batch, args.max_new_tokens, **options)
+        for i, (p, o) in enumerate(zip(batch, outs)):
+            if i:
+                sys.stdout.write("\n----\n")
+            sys.stdout.write(p + o)
     sys.stdout.write("\n")
+
+
+def _write_now(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def cmd_score(args) -> None:

@@ -6,6 +6,9 @@ once (prefill) and then only the newest token, reading earlier keys/values from 
 tokens for O(1) instead of O(t) new work per step.
 
 The next token comes from small pure functions on (B, V) logits, applied in this order:
+    repetition    every token already in the row (prompt included) made less likely: CTRL's penalty
+                  (Keskar et al. 2019, sec. 4.1), as transformers' `repetition_penalty` applies it
+    n-gram ban    no n-gram may appear twice in a row's sequence (`no_repeat_ngram_size`; Paulus et al. 2018)
     temperature   logits / t: t < 1 sharpens the distribution, t > 1 flattens it (t = 0 means greedy)
     top-k         keep the k most probable tokens (Fan et al. 2018)
     top-p         keep the smallest set of most probable tokens whose probability reaches p: the
@@ -24,6 +27,7 @@ Shapes: B batch, P padded prompt length, N new tokens, V vocabulary.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 
@@ -71,6 +75,45 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def penalize_repetition(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """The logits of tokens already seen (seen: (B, V) bool) divided by `penalty` where positive and multiplied
+    by it where negative, so that penalty > 1 makes every repeat less likely whatever its logit's sign (a plain
+    division would make a negative logit more likely); 1: off, below 1 favours repeats."""
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+class NgramBan:
+    """The tokens that would complete an n-gram already in one row's sequence.
+
+    An index from each (n-1)-gram seen to the tokens that followed it, grown one token at a time: O(n) per
+    step, where scanning the sequence would be O(length)."""
+
+    def __init__(self, n: int, tokens: list[int]):
+        if n < 1:
+            raise TformerError(f"no_repeat_ngram_size must be at least 1 (0: off), not {n}")
+        self.n = n
+        self.tokens: list[int] = []
+        self.followers: dict[tuple[int, ...], set[int]] = {}
+        for t in tokens:
+            self.append(t)
+
+    def append(self, token: int) -> None:
+        self.tokens.append(token)
+        if len(self.tokens) >= self.n:
+            prefix = tuple(self.tokens[len(self.tokens) - self.n : -1])
+            self.followers.setdefault(prefix, set()).add(token)
+
+    def banned(self) -> list[int]:
+        """The tokens not allowed next: those that followed the last n-1 tokens before."""
+        if len(self.tokens) < self.n - 1:
+            return []
+        prefix = tuple(self.tokens[len(self.tokens) - self.n + 1 :]) if self.n > 1 else ()
+        return sorted(self.followers.get(prefix, ()))
+
+
 def next_token(logits: Tensor, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
     """Token ids (B,) from next-token logits (B, V): the argmax (greedy), or a sample from the distribution
@@ -94,43 +137,75 @@ def next_token(logits: Tensor, do_sample: bool = False, temperature: float = 1.0
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
-             seed: int | None = None, use_cache: bool = True,
-             stop_ids: list[list[int]] | None = None) -> list[list[int]]:
+             seed: int | None = None, use_cache: bool = True, stop_ids: list[list[int]] | None = None,
+             repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> list[list[int]]:
     """The new tokens (at most max_new_tokens) that follow each prompt.
 
     A row ends at eos_id (default: model.config.eos_id) or at the end of a sequence in stop_ids; neither the
     eos token nor the stop sequence is returned, and stop sequences are only looked for in the new tokens.
     An empty prompt starts from the eos token, as GPT-2 starts from <|endoftext|>. `seed` makes sampling
-    reproducible (a generator of its own; the global RNG is left alone).
+    reproducible (a generator of its own; the global RNG is left alone). repetition_penalty (> 0; 1: off) and
+    no_repeat_ngram_size (0: off) look at the whole row, prompt included, as transformers' options of those
+    names do; they apply to greedy decoding and to sampling alike.
     """
     return _generate(model, prompts, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                     top_k=top_k, top_p=top_p, eos_id=eos_id, seed=seed, use_cache=use_cache, stop_ids=stop_ids)
+                     top_k=top_k, top_p=top_p, eos_id=eos_id, seed=seed, use_cache=use_cache, stop_ids=stop_ids,
+                     repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
 
 
 def generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int, *, stop: list[str] | None = None,
-                  **options) -> list[str]:
+                  streamer: Callable[[str], object] | None = None, **options) -> list[str]:
     """The generated continuation of each prompt, cut before the first of the `stop` strings.
 
     A stop string may span several tokens: each row's continuation is decoded every few steps and the row
     ends once it holds a stop string. `options` are those of `generate`; eos_id defaults to the model's,
     else the tokenizer's.
+
+    streamer (one prompt only): called with each new piece of the continuation as soon as it is final, so a
+    reader sees the text grow; the pieces joined are exactly the returned text. A piece is held back while it
+    could still change: the start of a stop string, or a character whose bytes have not all arrived yet (byte-
+    level BPE decodes an incomplete UTF-8 sequence as U+FFFD).
     """
     if options.get("eos_id") is None:
         eos = getattr(model.config, "eos_id", None)
         options["eos_id"] = eos if eos is not None else tokenizer.eos_id
     stop = [s for s in (stop or []) if s]
     ids = [tokenizer.encode(p) for p in prompts]
+    if streamer is not None and len(prompts) != 1:
+        raise TformerError(f"a streamer follows one prompt, not {len(prompts)}")
+    shown = [""]  # what the streamer has been given so far
 
-    def stop_found(new_ids: Tensor, finished: Tensor) -> Tensor:
+    def rows_done(new_ids: Tensor, finished: Tensor) -> Tensor:
         done = finished.tolist()
         for i, row in enumerate(new_ids.tolist()):
-            if not done[i] and _cut(tokenizer.decode(row), stop) is not None:
-                done[i] = True
+            if done[i] and streamer is None:
+                continue
+            text = tokenizer.decode(_trim(row, options["eos_id"], options.get("stop_ids") or []))
+            cut = _cut(text, stop)
+            done[i] = done[i] or cut is not None
+            if streamer is not None:
+                final = text[:cut] if cut is not None else _settled(text, stop)
+                if len(final) > len(shown[0]) and final.startswith(shown[0]):
+                    streamer(final[len(shown[0]) :])
+                    shown[0] = final
         return torch.tensor(done, device=finished.device)
 
-    outs = _generate(model, ids, max_new_tokens, row_done=stop_found if stop else None, **options)
+    watch = bool(stop) or streamer is not None
+    outs = _generate(model, ids, max_new_tokens, row_done=rows_done if watch else None,
+                     row_done_every=1 if streamer is not None else None, **options)
     texts = [tokenizer.decode(row) for row in outs]
-    return [t[: _cut(t, stop)] for t in texts]
+    texts = [t[: _cut(t, stop)] for t in texts]
+    if streamer is not None and len(texts[0]) > len(shown[0]) and texts[0].startswith(shown[0]):
+        streamer(texts[0][len(shown[0]) :])  # the rest: the last steps, and anything held back at the end
+    return texts
+
+
+def _settled(text: str, stop: list[str]) -> str:
+    """text without the tail that may still change: an incomplete character (U+FFFD at the end) or the
+    beginning of a stop string."""
+    text = text.rstrip("\ufffd")
+    hold = max((k for s in stop for k in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:k])), default=0)
+    return text[: len(text) - hold]
 
 
 def check_generation_fits(model, rows: int, prompt_len: int, max_new_tokens: int) -> None:
@@ -169,12 +244,16 @@ def _cut(text: str, stop: list[str]) -> int | None:
 def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample: bool = False,
               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
               seed: int | None = None, use_cache: bool = True, stop_ids: list[list[int]] | None = None,
-              row_done: Callable[[Tensor, Tensor], Tensor] | None = None) -> list[list[int]]:
-    """`generate`, plus row_done(new ids (B, n), finished (B,)) -> finished, asked every few steps."""
+              repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+              row_done: Callable[[Tensor, Tensor], Tensor] | None = None,
+              row_done_every: int | None = None) -> list[list[int]]:
+    """`generate`, plus row_done(new ids (B, n), finished (B,)) -> finished, asked every few steps (every
+    row_done_every steps when given)."""
     cfg = model.config
     window = cfg.max_len
     eos = eos_id if eos_id is not None else getattr(cfg, "eos_id", None)
     prompts = _check(prompts, max_new_tokens, cfg.vocab_size, window, eos, temperature)
+    _check_repetition_options(repetition_penalty, no_repeat_ngram_size)
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
     device = next(iter(model.parameters()), torch.empty(0)).device
@@ -199,7 +278,13 @@ def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     check_every = 1 if device.type == "cpu" else _DEVICE_CHECK_EVERY
     if row_done is not None:
-        check_every = max(check_every, _STOP_STRING_CHECK_EVERY)
+        check_every = row_done_every or max(check_every, _STOP_STRING_CHECK_EVERY)
+    seen = None  # (B, V): the tokens in each row so far, for the repetition penalty
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(b, cfg.vocab_size, dtype=torch.bool, device=device)
+        for i, p in enumerate(prompts):
+            seen[i, torch.tensor(p, device=device)] = True
+    bans = [NgramBan(no_repeat_ngram_size, p) for p in prompts] if no_repeat_ngram_size else None
 
     cache = None
     if use_cache:
@@ -227,8 +312,17 @@ def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample
                 # Positions restart at 0 where a row's window begins (its first real token, or the crop).
                 pos = torch.minimum(positions[:, start:n], columns[: n - start]) if padded else None
                 logits = _last_logits(model, ids[:, start:n], real[:, start:n] if padded else None, pos, None)
+            if seen is not None:
+                logits = penalize_repetition(logits, seen, repetition_penalty)
+            if bans is not None:
+                _ban_ngrams(logits, bans, no_repeat_ngram_size, step)
             tok = next_token(logits, do_sample, temperature, top_k, top_p, generator)  # (B,)
             ids[:, n] = tok
+            if seen is not None:
+                seen[torch.arange(b, device=device), tok] = True
+            if bans is not None:
+                for ban, t in zip(bans, tok.tolist()):
+                    ban.append(t)
             if not track:
                 continue
             if eos is not None:
@@ -246,6 +340,25 @@ def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample
         model.train(was_training)
     rows = ids[:, p_len : p_len + n_new].tolist()
     return [_trim(row, eos, stop_ids or []) for row in rows]
+
+
+def _ban_ngrams(logits: Tensor, bans: list[NgramBan], n: int, step: int) -> None:
+    """Set to -inf, in place, the logits of tokens that would repeat an n-gram of their row."""
+    for i, ban in enumerate(bans):
+        banned = ban.banned()
+        if banned:
+            logits[i, banned] = float("-inf")
+    if bool(torch.isinf(logits).all(dim=-1).any()):
+        raise TformerError(f"no_repeat_ngram_size={n} leaves no token to choose at new token {step + 1}: every "
+                           f"token of the vocabulary ({logits.size(-1)}) would repeat an n-gram; use a larger size")
+
+
+def _check_repetition_options(penalty: float, ngram: int) -> None:
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty) \
+            or penalty <= 0:
+        raise TformerError(f"repetition_penalty must be a positive number (1: off), not {penalty!r}")
+    if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 0:
+        raise TformerError(f"no_repeat_ngram_size must be a non-negative integer (0: off), not {ngram!r}")
 
 
 def _last_logits(model, ids: Tensor, mask: Tensor | None, positions: Tensor | None, cache) -> Tensor:
