@@ -194,6 +194,12 @@ def test_repetition_options_are_checked():
             generate(model, PROMPTS, 3, no_repeat_ngram_size=bad)
     with pytest.raises(TformerError, match="no_repeat_ngram_size=1 leaves no token to choose at new token"):
         generate(random_gpt(vocab_size=16), [[1]], 40, no_repeat_ngram_size=1)
+    # With an end-of-text token every row ends before it runs out (the eos token is never banned before it is
+    # drawn); a row that ended keeps drawing unbanned tokens, which are dropped, while the others go on.
+    prompts = [[1], list(range(2, 14))]  # the second row has at most 3 tokens left before the eos token
+    rows = generate(random_gpt(vocab_size=16, eos_id=15), prompts, 40, no_repeat_ngram_size=1)
+    assert all(len(set(p + r)) == len(p + r) and 15 not in r for p, r in zip(prompts, rows))
+    assert len(rows[1]) < 4 < len(rows[0])
 
 
 def test_cached_uncached_plain_loop_and_alone_agree():

@@ -315,7 +315,7 @@ def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample
             if seen is not None:
                 logits = penalize_repetition(logits, seen, repetition_penalty)
             if bans is not None:
-                _ban_ngrams(logits, bans, no_repeat_ngram_size, step)
+                _ban_ngrams(logits, bans, no_repeat_ngram_size, step, finished)
             tok = next_token(logits, do_sample, temperature, top_k, top_p, generator)  # (B,)
             ids[:, n] = tok
             if seen is not None:
@@ -342,13 +342,15 @@ def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample
     return [_trim(row, eos, stop_ids or []) for row in rows]
 
 
-def _ban_ngrams(logits: Tensor, bans: list[NgramBan], n: int, step: int) -> None:
-    """Set to -inf, in place, the logits of tokens that would repeat an n-gram of their row."""
+def _ban_ngrams(logits: Tensor, bans: list[NgramBan], n: int, step: int, finished: Tensor) -> None:
+    """Set to -inf, in place, the logits of tokens that would repeat an n-gram of their row (rows still going:
+    what a finished row draws is dropped, and it must not run out of tokens)."""
+    going = (~finished).tolist()
     for i, ban in enumerate(bans):
-        banned = ban.banned()
+        banned = ban.banned() if going[i] else None
         if banned:
             logits[i, banned] = float("-inf")
-    if bool(torch.isinf(logits).all(dim=-1).any()):
+    if bool(torch.isneginf(logits).all(dim=-1).any()):
         raise TformerError(f"no_repeat_ngram_size={n} leaves no token to choose at new token {step + 1}: every "
                            f"token of the vocabulary ({logits.size(-1)}) would repeat an n-gram; use a larger size")
 
