@@ -84,6 +84,35 @@ def test_load_gpt2_untied_head(tmp_path):
         torch.testing.assert_close(ours(ids).logits, ref(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
 
 
+def test_a_head_that_differs_from_the_embeddings_is_loaded_untied(tmp_path):
+    """config.json says tied, the file holds its own lm_head: transformers keeps both; so does tformer."""
+    ref = _hf_model(seed=5, tie_word_embeddings=False)
+    ref.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    with pytest.warns(UserWarning, match="lm_head.weight differs from wte.weight.*loaded untied"):
+        ours = load_gpt2(tmp_path)
+    assert not ours.config.tie_output
+    ids = torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, ref(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours.tok_embed.weight, ref.transformer.wte.weight)
+
+
+def test_an_eos_outside_the_vocabulary_is_not_used(tmp_path):
+    """GPT2Config's default eos_token_id (50256) survives in small configs; it must not reach the model."""
+    from tformer.generation.scoring import token_logprobs
+
+    ref = _hf_model(seed=6, eos_token_id=50256, bos_token_id=50256)
+    ref.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="eos_token_id=50256 is not a token of the 100-token vocabulary"):
+        ours = load_gpt2(tmp_path)
+    assert ours.config.eos_id is None
+    assert len(token_logprobs(ours, [1, 2, 3])) >= 2  # scoring used to index the embedding with 50256
+    with pytest.raises(ValueError, match="eos_id must be a token id below vocab_size=100"):
+        GPTConfig(vocab_size=VOCAB, max_len=8, d_model=8, n_heads=2, n_layers=1, eos_id=VOCAB)
+
+
 def test_load_gpt2_from_old_pytorch_model_bin(tmp_path):
     """The original GPT-2 release: pytorch_model.bin, keys without "transformer.", causal-mask buffers."""
     ref = _hf_model(seed=4)

@@ -189,6 +189,10 @@ def test_repetition_options_are_checked():
     for bad in (0, -1.0, float("nan"), float("inf"), "2"):
         with pytest.raises(TformerError, match="repetition_penalty must be a positive number"):
             generate(model, PROMPTS, 3, repetition_penalty=bad)
+    import numpy as np
+
+    assert generate(model, PROMPTS, 5, no_repeat_ngram_size=np.int64(2), repetition_penalty=np.float32(1.5)) == \
+        generate(model, PROMPTS, 5, no_repeat_ngram_size=2, repetition_penalty=1.5)
     for bad in (-1, 1.5, True):
         with pytest.raises(TformerError, match="no_repeat_ngram_size must be a non-negative integer"):
             generate(model, PROMPTS, 3, no_repeat_ngram_size=bad)
@@ -349,6 +353,8 @@ def test_streamer_shows_the_text_as_it_grows_and_joins_to_the_result(letters):
     assert all("f" not in p for p in pieces)
     with pytest.raises(TformerError, match="one prompt"):
         generate_text(NextTokenStub(letters.vocab_size), letters, ["a", "b"], 3, streamer=pieces.append)
+    with pytest.raises(TformerError, match="streamer must be a function"):
+        generate_text(NextTokenStub(letters.vocab_size), letters, ["a"], 3, streamer=pieces)
 
 
 def test_streamer_waits_for_every_byte_of_a_character():

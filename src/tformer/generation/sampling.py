@@ -28,6 +28,7 @@ Shapes: B batch, P padded prompt length, N new tokens, V vocabulary.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable
 
@@ -171,6 +172,8 @@ def generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int, *, 
         options["eos_id"] = eos if eos is not None else tokenizer.eos_id
     stop = [s for s in (stop or []) if s]
     ids = [tokenizer.encode(p) for p in prompts]
+    if streamer is not None and not callable(streamer):
+        raise TformerError(f"streamer must be a function taking each new piece of text, not {type(streamer).__name__}")
     if streamer is not None and len(prompts) != 1:
         raise TformerError(f"a streamer follows one prompt, not {len(prompts)}")
     shown = [""]  # what the streamer has been given so far
@@ -284,7 +287,7 @@ def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample
         seen = torch.zeros(b, cfg.vocab_size, dtype=torch.bool, device=device)
         for i, p in enumerate(prompts):
             seen[i, torch.tensor(p, device=device)] = True
-    bans = [NgramBan(no_repeat_ngram_size, p) for p in prompts] if no_repeat_ngram_size else None
+    bans = [NgramBan(int(no_repeat_ngram_size), p) for p in prompts] if no_repeat_ngram_size else None
 
     cache = None
     if use_cache:
@@ -356,10 +359,10 @@ def _ban_ngrams(logits: Tensor, bans: list[NgramBan], n: int, step: int, finishe
 
 
 def _check_repetition_options(penalty: float, ngram: int) -> None:
-    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty) \
+    if isinstance(penalty, bool) or not isinstance(penalty, numbers.Real) or not math.isfinite(penalty) \
             or penalty <= 0:
         raise TformerError(f"repetition_penalty must be a positive number (1: off), not {penalty!r}")
-    if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 0:
+    if isinstance(ngram, bool) or not isinstance(ngram, numbers.Integral) or ngram < 0:
         raise TformerError(f"no_repeat_ngram_size must be a non-negative integer (0: off), not {ngram!r}")
 
 

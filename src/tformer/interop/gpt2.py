@@ -24,8 +24,10 @@ Shapes: V vocabulary, D d_model, F feed-forward width.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -111,6 +113,12 @@ def gpt2_config_to_tformer(hf: dict) -> GPTConfig:
     eos = hf.get("eos_token_id", 50256)
     if isinstance(eos, list):  # several stop tokens: tformer stops at one, the first
         eos = eos[0] if eos else None
+    vocab = hf.get("vocab_size", 50257)
+    if isinstance(eos, int) and isinstance(vocab, int) and not 0 <= eos < vocab:
+        # GPT2Config's default 50256 survives in configs of smaller vocabularies; transformers only warns.
+        warnings.warn(f"GPT-2 config: eos_token_id={eos} is not a token of the {vocab}-token vocabulary; "
+                      "not used as the end-of-text token", stacklevel=2)
+        eos = None
     values = dict(
         vocab_size=hf.get("vocab_size", 50257),
         max_len=hf.get("n_positions", 1024),
@@ -272,6 +280,12 @@ def load_gpt2(path: str | Path, device: str | torch.device = "cpu") -> GPT:
         state = gpt2_state_to_tformer(state, config.n_layers)
     except TformerError as exc:
         raise TformerError(f"{source}: {exc}") from None
+    head, embed = state["output.weight"], state["tok_embed.weight"]
+    if config.tie_output and head.shape == embed.shape and not torch.equal(head, embed):
+        # As transformers does: a checkpoint that holds its own, different lm_head is loaded untied.
+        warnings.warn(f"{source}: lm_head.weight differs from wte.weight though {CONFIG} ties them; "
+                      "loaded untied, as transformers does", stacklevel=2)
+        config = dataclasses.replace(config, tie_output=False)
     model = GPT(config)
     for name, param in model.state_dict().items():
         if state[name].shape != param.shape:

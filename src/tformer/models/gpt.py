@@ -50,6 +50,9 @@ class GPTConfig:
         check_config(self, positive=("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "eps"))
         if self.d_ff < 0:
             raise ValueError(f"d_ff must not be negative (0: 4 * d_model), not {self.d_ff}")
+        if self.eos_id is not None and not 0 <= self.eos_id < self.vocab_size:
+            raise ValueError(f"eos_id must be a token id below vocab_size={self.vocab_size} (or null), "
+                             f"not {self.eos_id}")
 
     @property
     def ff_width(self) -> int:
