@@ -146,3 +146,83 @@ def test_several_config_files_and_a_list_of_texts(capsys, tmp_path):
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     vocab = json.loads((tmp_path / "m" / "tokenizer.json").read_text())["model"]["vocab"]
     assert saved["d_model"] == 32 and "g" in vocab  # the first file set the model, "g" is only in b.txt
+
+
+def test_extreme_sampling_values_do_not_break_generation(lm, capsys):
+    base = ["generate", "--model", lm / "model", "--prompt", "the cat", "--max-new-tokens", "12"]
+    greedy = run_cli(capsys, *base, "--greedy")[1]
+    code, out, err = run_cli(capsys, *base, "--temperature", "1e-40", "--seed", "1")
+    assert code == 0 and out == greedy, err  # a vanishing temperature is greedy decoding, not NaN
+    code, out, err = run_cli(capsys, *base, "--repetition-penalty", "1e-300", "--seed", "1")
+    assert code == 0 and out.startswith("the cat"), err  # +inf logits: certain tokens, not a torch error
+    code, _, err = run_cli(capsys, *base, "--greedy", "--temperature", "-5")
+    assert_one_line_error(code, err, "--temperature", "-5")
+
+
+class _Stdin:
+    def __init__(self, data: bytes):
+        import io
+
+        self.buffer = io.BytesIO(data)
+
+
+def test_score_reads_stdin_as_a_file_and_names_what_is_wrong(lm, capsys, tmp_path, monkeypatch):
+    import sys
+
+    text = "the cat sat. the mat."
+    f = tmp_path / "s.txt"
+    f.write_text(text)
+    from_file = run_cli(capsys, "score", "--model", lm / "model", "--input", f)[1]
+    monkeypatch.setattr(sys, "stdin", _Stdin(text.encode()))
+    code, from_stdin, err = run_cli(capsys, "score", "--model", lm / "model", "--input", "-")
+    assert code == 0 and from_stdin == from_file and json.loads(from_file)["tokens"] == len(text) - 1, err
+    # stdin keeps every character, a final newline too (this model has none: an error, as from a file)
+    f.write_text(text + "\n")
+    monkeypatch.setattr(sys, "stdin", _Stdin((text + "\n").encode()))
+    for source in (f, "-"):
+        code, _, err = run_cli(capsys, "score", "--model", lm / "model", "--input", source)
+        assert_one_line_error(code, err, "'\\n'")
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("the cat\nt\nthe mat\n")
+    code, _, err = run_cli(capsys, "score", "--model", lm / "model", "--input", lines, "--per-line")
+    assert_one_line_error(code, err, "lines.txt:2:", "nothing to score")  # one character: nothing to predict
+    model = ["score", "--model", lm / "model", "--prompt", "the cat sat on the"]
+    code, _, err = run_cli(capsys, *model, "--choice", " mat", "--choice", " zoo")
+    assert_one_line_error(code, err, "--choice 2:", "'z'")
+    code, _, err = run_cli(capsys, *model, "--choice", " mat", "--choice", "")
+    assert_one_line_error(code, err, "--choice 2:", "no tokens")
+    code, _, err = run_cli(capsys, *model, "--choice", "a\\nb", "--choice", " mat")
+    assert_one_line_error(code, err, "--choice 1:", "'\\n'")  # \n is a newline here too, as in --prompt
+    code, out, _ = run_cli(capsys, *model, "--choice", " mat", "--choice", " mat")
+    assert code == 0 and [line[0] for line in out.splitlines()] == ["*", " "]  # ties go to the first, once
+    code, _, err = run_cli(capsys, "score", "--model", lm / "model", "--input", f, "--prompt", "the")
+    assert_one_line_error(code, err, "--prompt", "--choice")
+
+
+def test_training_names_the_file_the_tokenizer_and_the_vocabulary_problems(lm, capsys, tmp_path):
+    import shutil
+
+    train = tmp_path / "a.txt"
+    train.write_text(TEXT.replace(". ", ".\n"))
+    valid = tmp_path / "v.txt"
+    valid.write_text("the cat\nthe möt\n")
+    short = ["--preset", "gpt-micro", "--block-size", "16", "--max-steps", "2", "--train-text", train]
+    code, _, err = run_cli(capsys, "train", *short, "--valid-text", valid, "--out", tmp_path / "m1")
+    assert_one_line_error(code, err, "v.txt:2:", "'ö'")
+    code, _, err = run_cli(capsys, "train", *short, "--out", tmp_path / "m2", "data.tokenizer=wordpiece")
+    assert_one_line_error(code, err, "wordpiece", "char or byte_bpe")
+    toml = tmp_path / "c.toml"
+    toml.write_text("[data]\ntrain_text = 5\n")
+    code, _, err = run_cli(capsys, "train", "--preset", "gpt-micro", "--config", toml, "--out", tmp_path / "m3")
+    assert_one_line_error(code, err, "train_text", "expected a string")
+    assert not any((tmp_path / m).exists() for m in ("m1", "m2", "m3"))
+
+    # Another model's tokenizer, with more tokens than this model has rows, is refused when loading.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(lm / "model", mixed)
+    from tformer.tokenization import train_lm_tokenizer
+
+    train_lm_tokenizer([TEXT + "xyzXYZ0123456789"], "char").save(mixed / "tokenizer.json")
+    code, _, err = run_cli(capsys, "generate", "--model", mixed, "--prompt", "the")
+    assert_one_line_error(code, err, "tokenizer.json has", "vocab_size=", "config.json")

@@ -127,6 +127,17 @@ def test_sampling_follows_the_filtered_distribution():
 # Greedy decoding
 
 
+def test_sampling_survives_infinite_logits_and_vanishing_temperatures():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[1.0, float("inf"), 2.0, float("inf")], [3.0, 1.0, 2.0, 0.5]])
+    for _ in range(20):  # +inf: certain (shared between ties); a tiny temperature: the argmax, not NaN
+        tok = next_token(logits, do_sample=True, temperature=1e-40, generator=g)
+        assert tok[0].item() in (1, 3) and tok[1].item() == 0
+    assert next_token(logits, do_sample=True, temperature=1.0, top_p=0.5, generator=g)[0].item() in (1, 3)
+    large = torch.tensor([[3e38, 1e38, -3e38]])
+    assert next_token(large, do_sample=True, temperature=0.5, generator=g).item() == 0
+
+
 def test_repetition_penalty_lowers_seen_tokens_whatever_their_sign():
     logits = torch.tensor([[2.0, -2.0, 3.0, -1.0]])
     seen = torch.tensor([[True, True, False, False]])

@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="above 1, tokens already in the text (prompt included) get less likely (1: off)")
     g.add_argument("--no-repeat-ngram-size", type=int, default=0,
                    help="never repeat an n-gram of this many tokens (0: off)")
-    g.add_argument("--stop", action="append", default=[], type=_text, help="stop at this string (repeatable)")
+    g.add_argument("--stop", action="append", default=[], type=_text,
+                   help="stop at this string (repeatable); \\n means a newline")
     g.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
     g.add_argument("--seed", type=int, help="makes sampling reproducible")
     g.add_argument("--device", default="auto")
@@ -116,8 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", required=True)
     sc.add_argument("--input", help="text file to score as a whole ('-': stdin)")
     sc.add_argument("--per-line", action="store_true", help="score each line of --input on its own")
-    sc.add_argument("--prompt", type=_text, help="multiple choice: the question or context")
-    sc.add_argument("--choice", action="append", default=[], type=_text, help="multiple choice: a candidate continuation")
+    sc.add_argument("--prompt", type=_text, help="multiple choice: the question or context; \\n means a newline")
+    sc.add_argument("--choice", action="append", default=[], type=_text,
+                    help="multiple choice: a candidate continuation (repeat for each); \\n means a newline")
     sc.add_argument("--normalize", choices=["mean", "sum"], default="mean",
                     help="rank choices by mean or summed token log-probability")
     sc.add_argument("--device", default="auto")
@@ -575,7 +577,7 @@ def cmd_generate(args) -> None:
     _positive("num-samples", args.num_samples)
     if args.max_new_tokens < 0:
         raise TformerError(f"--max-new-tokens must not be negative, not {args.max_new_tokens}")
-    if not args.greedy and args.temperature < 0:
+    if args.temperature < 0:
         raise TformerError(f"--temperature must not be negative, not {args.temperature}")
     if not 0.0 < args.top_p <= 1.0:
         raise TformerError(f"--top-p must be in (0, 1], not {args.top_p}")
@@ -606,15 +608,17 @@ def cmd_generate(args) -> None:
                                f"{window}; shorten it (keep its last {window} tokens)")
     check_generation_fits(model, len(prompts) * args.num_samples, longest, args.max_new_tokens)  # before the batch
     batch = [p for p in prompts for _ in range(args.num_samples)]
-    options = dict(stop=args.stop, do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, seed=args.seed, repetition_penalty=args.repetition_penalty,
-                   no_repeat_ngram_size=args.no_repeat_ngram_size)
+    options = dict(stop=[s.replace("\\n", "\n") for s in args.stop], do_sample=not args.greedy,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                   repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
     if len(batch) == 1:  # one text: shown as it grows (the same characters as printing it at the end)
         sys.stdout.write(batch[0])
         sys.stdout.flush()
         try:
             generate_text(model, tokenizer, batch, args.max_new_tokens, streamer=_write_now, **options)
-        except (TformerError, KeyboardInterrupt):
+        except BrokenPipeError:
+            raise
+        except BaseException:
             _write_now("\n")  # the text so far stays; the message goes on a line of its own
             raise
     else:
@@ -632,34 +636,49 @@ def _write_now(text: str) -> None:
 
 
 def cmd_score(args) -> None:
-    from tformer.data.parallel import read_text, read_text_input
-    from tformer.generation.scoring import choose, score_text, score_texts
+    from tformer.data.parallel import read_text_input, read_whole_input
+    from tformer.generation.scoring import choose, score_texts
     from tformer.tasks.language_modeling import load_lm
 
     if bool(args.choice) == bool(args.input):
         raise TformerError("give either --input FILE (scoring) or --prompt with two or more --choice (choosing)")
+    if args.input and args.prompt is not None:
+        raise TformerError("--prompt goes with --choice (multiple choice); --input scores a text on its own")
     model, tokenizer = load_lm(args.model, _device(args.device))
     if args.choice:
         if len(args.choice) < 2 or args.prompt is None:
             raise TformerError("multiple choice needs --prompt and at least two --choice")
-        result = choose(model, tokenizer, args.prompt.replace("\\n", "\n"), args.choice, args.normalize)
-        for choice, score in zip(args.choice, result["scores"]):
-            mark = "*" if choice == result["choice"] else " "
+        prompt = args.prompt.replace("\\n", "\n")
+        choices = [c.replace("\\n", "\n") for c in args.choice]
+        tokenizer.check_chars(prompt, "--prompt")
+        for i, c in enumerate(choices):  # named as given, 1-based: the library only knows its list
+            tokenizer.check_chars(c, f"--choice {i + 1}")
+            if not tokenizer.encode(c):
+                raise TformerError(f"--choice {i + 1}: {c!r} has no tokens to score")
+        result = choose(model, tokenizer, prompt, choices, args.normalize)
+        for i, (choice, score) in enumerate(zip(args.choice, result["scores"])):
+            mark = "*" if i == result["index"] else " "
             print(f"{mark} {score:9.4f}  {choice}")
         return
-    lines = read_text_input(args.input) if args.per_line or args.input == "-" else read_text(args.input).split("\n")
-    if not any(lines):
-        raise TformerError(f"{_source(args.input)}: nothing to score (it is empty)")
-    for i, line in enumerate(lines):  # named by line here: the library's checks only know the whole text
-        tokenizer.check_chars(line, f"{_source(args.input)}:{i + 1}")
-        if args.per_line and not line:
-            raise TformerError(f"{_source(args.input)}:{i + 1}: an empty line; --per-line scores each line, and "
-                               "this one has no tokens")
+    source = _source(args.input)
     if args.per_line:
-        for line, r in zip(lines, score_texts(model, tokenizer, lines)):
+        lines = read_text_input(args.input)
+        if not lines:
+            raise TformerError(f"{source}: nothing to score (it is empty)")
+        for i, line in enumerate(lines):
+            if not line:
+                raise TformerError(f"{source}:{i + 1}: an empty line; --per-line scores each line, and "
+                                   "this one has no tokens")
+        names = [f"{source}:{i + 1}" for i in range(len(lines))]
+        for line, r in zip(lines, score_texts(model, tokenizer, lines, names=names)):
             print(f"{r['log_likelihood']:10.3f}  {r['tokens']:5d} tokens  ppl {r['perplexity']:9.3f}  {line}")
         return
-    r = score_text(model, tokenizer, "\n".join(lines))
+    text = read_whole_input(args.input)  # the same characters from a file and from stdin
+    if not text:
+        raise TformerError(f"{source}: nothing to score (it is empty)")
+    for i, line in enumerate(text.split("\n")):  # a character the model lacks, named by its line
+        tokenizer.check_chars(line, f"{source}:{i + 1}")
+    r = score_texts(model, tokenizer, [text], names=[source])[0]
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
 
 

@@ -82,7 +82,12 @@ class Tokenizer:
         """A whole corpus -> int64 ids. Characters are looked up directly (a megabyte in milliseconds);
         subword text is encoded in line-aligned chunks, in parallel."""
         if self.is_char:
-            self.check_chars(text, where)
+            try:
+                self.check_chars(text, where)
+            except TformerError as exc:  # name the first line that holds such a character
+                missing = set(text) - set(self.backend.get_vocab())
+                line = text.count("\n", 0, min(text.find(c) for c in missing)) + 1
+                raise TformerError(str(exc).replace(f"{where}:", f"{where}:{line}:", 1)) from None
             codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
             return self._char_ids[np.searchsorted(self._char_codes, codes)]
         lines = text.splitlines(keepends=True)

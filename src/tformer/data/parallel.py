@@ -66,6 +66,19 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> list[tuple[str,
     return list(zip(src, tgt))
 
 
+def read_whole_input(path: str | Path | None, stdin: io.TextIOBase | None = None) -> str:
+    """The whole text of a file, or of standard input when path is None or '-': the same characters either way
+    (line endings and a final newline kept)."""
+    if path is None or str(path) == "-":
+        import sys
+
+        stream = stdin or sys.stdin
+        if hasattr(stream, "buffer"):
+            return _decode(stream.buffer.read(), "<stdin>")
+        return stream.read()
+    return read_text(path, allow_empty=True)
+
+
 def read_text_input(path: str | Path | None, stdin: io.TextIOBase | None = None) -> list[str]:
     """Lines from a file, or from standard input when path is None or '-'."""
     if path is None or str(path) == "-":

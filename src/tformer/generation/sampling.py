@@ -121,7 +121,12 @@ def next_token(logits: Tensor, do_sample: bool = False, temperature: float = 1.0
     left by temperature, top-k and top-p. Temperature 0 means greedy."""
     if not do_sample or temperature == 0:
         return logits.argmax(dim=-1)
-    logits = apply_temperature(logits.float(), temperature)
+    logits = logits.float()
+    # A logit of +inf (a repetition penalty far below 1 can make one) is a certainty: such tokens share all the
+    # probability. Then the largest logit is moved to 0, so that no temperature, however small, overflows.
+    infinite = logits == float("inf")
+    logits = torch.where(infinite.any(dim=-1, keepdim=True), torch.where(infinite, 0.0, float("-inf")), logits)
+    logits = apply_temperature(logits - logits.amax(dim=-1, keepdim=True), temperature)
     index = None
     if 0 < top_k < logits.size(-1):
         # top_k_filter, with the -inf columns left out: top-p then sorts k values, not V.

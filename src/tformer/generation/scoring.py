@@ -160,19 +160,24 @@ def score_text(model: nn.Module, tokenizer, text: str, stride: int | None = None
     return score_texts(model, tokenizer, [text], stride=stride)[0]
 
 
-def score_texts(model: nn.Module, tokenizer, texts: Sequence[str], stride: int | None = None) -> list[dict]:
+def score_texts(model: nn.Module, tokenizer, texts: Sequence[str], stride: int | None = None,
+                names: Sequence[str] | None = None) -> list[dict]:
     """score_text for each text, each scored on its own (no context carried between texts).
 
     Texts that fit the context window run together, right-padded, in batches; longer ones are slid along
     one by one (see token_logprobs). A text with no token to score (empty, or a single token without eos)
-    is an error naming its index.
+    is an error naming it: by names[k] when given (a file and line, say), else by its index.
     """
-    encoded = [_check_ids(model, tokenizer.encode(t)) for t in texts]
+    names = names or [f"text {k}" for k in range(len(texts))]
+    encoded = []
+    for name, text in zip(names, texts):
+        tokenizer.check_chars(text, name)
+        encoded.append(_check_ids(model, tokenizer.encode(text)))
     prefix = _prefix(model)
     first = max(1, len(prefix))
-    for k, ids in enumerate(encoded):
+    for name, ids in zip(names, encoded):
         if len(prefix) + len(ids) <= first:
-            raise TformerError(f"text {k} has {len(ids)} token(s): nothing to score "
+            raise TformerError(f"{name}: {len(ids)} token(s), nothing to score "
                                "(the first token has no context when the model has no eos_id)")
     short = [k for k, ids in enumerate(encoded) if len(prefix) + len(ids) <= model.config.max_len]
     logprobs: dict[int, Tensor] = {}

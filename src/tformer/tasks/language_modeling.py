@@ -41,6 +41,8 @@ def build_tokenizer(run: RunConfig, texts: list[str]) -> Tokenizer:
     d = run.data
     if d.tokenizer_file:
         return load_gpt2_tokenizer(d.tokenizer_file)
+    if d.tokenizer == "wordpiece":
+        raise TformerError("data.tokenizer=wordpiece is for BERT-family encoders; a GPT takes char or byte_bpe")
     kind = "byte_bpe" if d.tokenizer in ("bpe", "byte_bpe") else "char"
     tokenizer = train_lm_tokenizer(texts, kind, d.vocab_size)
     if kind == "byte_bpe":  # a character vocabulary is the text's characters, whatever vocab_size says
@@ -50,7 +52,8 @@ def build_tokenizer(run: RunConfig, texts: list[str]) -> Tokenizer:
 
 class LanguageModelingTask:
     def __init__(self, run: RunConfig, train_texts: list[str], valid_texts: list[str] | None = None,
-                 tokenizer: Tokenizer | None = None, model: GPT | None = None, names: list[str] | None = None):
+                 tokenizer: Tokenizer | None = None, model: GPT | None = None, names: list[str] | None = None,
+                 valid_names: list[str] | None = None):
         self.run = run
         d, t = run.data, run.train
         if d.block_size < 1:
@@ -60,7 +63,7 @@ class LanguageModelingTask:
         self.tokenizer = tokenizer or build_tokenizer(run, train_texts)
         ids = encode_corpus(train_texts, self.tokenizer, names)
         if valid_texts:
-            self.train_ids, self.valid_ids = ids, encode_corpus(valid_texts, self.tokenizer)
+            self.train_ids, self.valid_ids = ids, encode_corpus(valid_texts, self.tokenizer, valid_names)
         else:
             self.train_ids, self.valid_ids = split_train_valid(ids, d.valid_fraction)
         self.sampler = BlockSampler(self.train_ids, d.block_size, t.batch_size)
@@ -128,13 +131,14 @@ class LanguageModelingTask:
 
 def build_lm_task(run: RunConfig, resume_dir: str | Path | None = None) -> LanguageModelingTask:
     """Read the text named by run.data; when resuming, reuse the saved tokenizer and model shape."""
-    paths = split_paths(run.data.train_text)
+    paths, valid_paths = split_paths(run.data.train_text), split_paths(run.data.valid_text)
     texts = read_corpus(paths)
-    valid = read_corpus(split_paths(run.data.valid_text)) if run.data.valid_text else None
+    valid = read_corpus(valid_paths) if valid_paths else None
     if resume_dir is not None and (Path(resume_dir) / checkpoint.CONFIG).is_file():
         model, tokenizer = load_lm(resume_dir)
-        return LanguageModelingTask(run, texts, valid, tokenizer, model.train(), names=paths)
-    return LanguageModelingTask(run, texts, valid, names=paths)
+        return LanguageModelingTask(run, texts, valid, tokenizer, model.train(), names=paths,
+                                    valid_names=valid_paths)
+    return LanguageModelingTask(run, texts, valid, names=paths, valid_names=valid_paths)
 
 
 # -- using a saved model ------------------------------------------------------------------------------
@@ -148,13 +152,25 @@ def load_lm(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, 
     if kind == "gpt2":
         from tformer.interop.gpt2 import load_gpt2
 
-        return load_gpt2(path, device), load_gpt2_tokenizer(path)
+        model, tokenizer = load_gpt2(path, device), load_gpt2_tokenizer(path)
+        check_vocabularies_agree(path, tokenizer, model.config.vocab_size)
+        return model, tokenizer
     if kind != "gpt":
         raise TformerError(f"{path}: model_type {kind!r} is not a language model (expected gpt or gpt2)")
     model = GPT(checkpoint.from_saved(GPTConfig, data, str(path / checkpoint.CONFIG)))
     checkpoint.load_weights(path, model)
     tokenizer = Tokenizer.load(path / checkpoint.TOKENIZER, required=())
+    check_vocabularies_agree(path, tokenizer, model.config.vocab_size)
     return model.to(device).eval(), tokenizer
+
+
+def check_vocabularies_agree(path: Path, tokenizer: Tokenizer, vocab_size: int) -> None:
+    """A tokenizer with more tokens than the model has rows is another model's: its ids would index past the
+    embeddings. Fewer is fine (GPT-2 vocabularies are often padded up to a multiple of 64)."""
+    if tokenizer.vocab_size > vocab_size:
+        raise TformerError(f"{path / checkpoint.TOKENIZER} has {tokenizer.vocab_size} tokens, more than the "
+                           f"vocab_size={vocab_size} of {path / checkpoint.CONFIG}: the two come from different "
+                           "models")
 
 
 def parameter_count_line(model: GPT) -> str:
