@@ -226,3 +226,18 @@ def test_training_names_the_file_the_tokenizer_and_the_vocabulary_problems(lm, c
     train_lm_tokenizer([TEXT + "xyzXYZ0123456789"], "char").save(mixed / "tokenizer.json")
     code, _, err = run_cli(capsys, "generate", "--model", mixed, "--prompt", "the")
     assert_one_line_error(code, err, "tokenizer.json has", "vocab_size=", "config.json")
+
+
+def test_resume_from_another_folder_names_the_saved_relative_path(capsys, tmp_path, monkeypatch):
+    (tmp_path / "start").mkdir()
+    (tmp_path / "start" / "a.txt").write_text(TEXT)
+    monkeypatch.chdir(tmp_path / "start")
+    code, _, err = run_cli(capsys, "train", "--preset", "gpt-micro", "--block-size", "16", "--max-steps", "2",
+                           "--train-text", "a.txt", "--out", tmp_path / "m")
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "m", "--resume", "--max-steps", "4")
+    assert_one_line_error(code, err, "--resume", "data.train_text 'a.txt'", "config.json", "data.train_text=PATH")
+    code, out, err = run_cli(capsys, "train", "--out", tmp_path / "m", "--resume", "--max-steps", "4",
+                             "--train-text", tmp_path / "start" / "a.txt")
+    assert code == 0 and json.loads(out.splitlines()[-1])["steps"] == 4, err

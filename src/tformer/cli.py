@@ -329,6 +329,20 @@ def _check_resumed(base, run, fields: tuple[str, ...]) -> None:
                                    "continues as it started (start a new run to change it)")
 
 
+def _check_data_found(run, out: Path) -> None:
+    """On --resume the data files are the saved run's, relative to the folder that run started in: name the
+    one not found from here, and say how to point at it, before a bare 'file not found'."""
+    from tformer.data.text import split_paths
+
+    for field in ("train_text", "valid_text", "train_src", "train_tgt", "valid_src", "valid_tgt", "train_file",
+                  "valid_file"):
+        for path in split_paths(getattr(run.data, field, "") or ""):
+            if not Path(path).exists():
+                raise TformerError(f"--resume: data.{field} {path!r} (from {out / 'config.json'} unless given "
+                                   f"again) is not found from {Path.cwd()}; run from the folder the training "
+                                   f"started in, or give data.{field}=PATH")
+
+
 def cmd_train(args) -> None:
     from tformer.config import load_config
     from tformer.registry import family
@@ -345,6 +359,7 @@ def cmd_train(args) -> None:
     if base is not None:  # the tokenizer is the saved one: options that would make another cannot change
         _check_resumed(base, run, ("model", "data.tokenizer", "data.vocab_size", "data.tokenizer_file",
                                               "data.joint_vocab"))
+        _check_data_found(run, out)
     kind = family(run.model.get("preset", "transformer-small"))
     if kind in ("gpt", "encoder") and base is None:
         # Language models start from their own defaults (cosine schedule, AdamW, ...), then the file and
