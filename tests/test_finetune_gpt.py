@@ -144,3 +144,24 @@ def test_auxiliary_lm_loss_reads_only_real_next_tokens():
     assert lm_logits.shape == (5 + 2, 20)
     expected = torch.nn.functional.cross_entropy(lm_logits, torch.cat([ids[0, 1:], ids[1, 1:3]]))
     assert parts["lm"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_attention_maps_of_a_finetuned_gpt_show_what_its_classifier_reads(tmp_path, pretrained_gpt, capsys):
+    from tformer.viz.maps import attention_maps
+
+    train_file = write_tsv(tmp_path / "train.tsv", sentiment_rows(32, 0))
+    out = tmp_path / "clf"
+    assert main(["finetune", "--model", str(pretrained_gpt), "--train", str(train_file), "--out", str(out),
+                 "--epochs", "1", "--batch-size", "16"]) == 0
+    capsys.readouterr()
+    one = attention_maps(out, "a good film")
+    assert one.rows[0] == one.rows[-1] == "<|endoftext|>" and one.rows.count("<|endoftext|>") == 2
+    two = attention_maps(out, "a good film", pair="a bad one")
+    assert two.rows.count("<|endoftext|>") == 3 and two.weights.shape[2] == len(two.rows)
+    model, tok = load_finetuned(out)
+    rows = [Example("a", None, "good", 2), Example("b", None, "bad", 3)]
+    task = GPTClassificationTask(gpt_run(tmp_path, pretrained_gpt), model.gpt, tok, rows)
+    ids = task.encode([Example("a good film", "a bad one", None, 2)], "valid")[0]["ids"]  # what fine-tuning reads
+    with torch.no_grad():
+        direct = model.gpt(torch.tensor([ids]), need_weights=True).attentions
+    assert torch.allclose(torch.from_numpy(two.weights), torch.stack(direct)[:, 0], atol=1e-6)

@@ -29,6 +29,22 @@ from tformer.tokenization import Tokenizer
 GPT1_LM_WEIGHT = 0.5  # lambda of GPT-1's L3 = L2 + lambda * L1
 
 
+def gpt1_special_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """(start = extract, delimiter) ids of the input transformation: the end-of-text token for both; without
+    one, no start or extract token and a newline (when the vocabulary has one) as delimiter."""
+    eos = tokenizer.eos_id
+    if eos is not None:
+        return [eos], [eos]
+    newline = tokenizer.backend.token_to_id("\n")
+    return [], [newline] if newline is not None else []
+
+
+def gpt1_input(special: tuple[list[int], list[int]], text: list[int], pair: list[int] | None = None) -> list[int]:
+    """<s> text <e>, or <s> text <d> pair <e>: the one sequence the decoder reads for an example."""
+    start_end, delimiter = special
+    return start_end + text + (delimiter + pair if pair is not None else []) + start_end
+
+
 def require_classification(task: str) -> None:
     if task != "classification":
         raise TformerError(f"a GPT model fine-tunes for classification (the GPT-1 head), not --task {task}: "
@@ -41,8 +57,7 @@ class GPTClassificationTask(FineTuneTask):
     def __init__(self, run: RunConfig, gpt: GPT, tokenizer: Tokenizer, train_data, valid_data=None,
                  model: GPTForClassification | None = None):
         require_classification(run.data.task)
-        self.separator_id = tokenizer.eos_id
-        self.newline_id = tokenizer.backend.token_to_id("\n") if self.separator_id is None else None
+        self.special = gpt1_special_tokens(tokenizer)
         super().__init__(run, gpt, tokenizer, train_data, valid_data, model=model)
 
     def _context_size(self, encoder: nn.Module) -> int:
@@ -54,9 +69,7 @@ class GPTClassificationTask(FineTuneTask):
                                     dropout=float(m.get("classifier_dropout", encoder.config.dropout)))
 
     def encode(self, data, split: str) -> list[dict]:
-        tok, sep = self.tokenizer, self.separator_id
-        start_end = [sep] if sep is not None else []
-        delimiter = [sep] if sep is not None else ([self.newline_id] if self.newline_id is not None else [])
+        tok, (start_end, delimiter) = self.tokenizer, self.special
         out, cut = [], 0
         for e in data:
             where = f"{self._where(split)}:{e.line}"
@@ -70,7 +83,7 @@ class GPTClassificationTask(FineTuneTask):
             if len(text) + len(pair or []) > budget:
                 cut += 1
                 text, pair = _truncate_longest_first(text, pair, budget)
-            ids = start_end + text + (delimiter + pair if pair is not None else []) + start_end
+            ids = gpt1_input(self.special, text, pair)
             if not ids:
                 raise TformerError(f"{where}: the text is empty")
             item = {"ids": ids, "type_ids": [0] * len(ids)}

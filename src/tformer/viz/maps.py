@@ -72,11 +72,21 @@ def _stack(per_layer) -> np.ndarray:
 
 
 @torch.no_grad()
-def language_model_maps(model, tokenizer, text: str) -> AttentionMaps:
-    """A GPT's causal self-attention over `text`."""
-    tokenizer.check_chars(text, "the text")
+def language_model_maps(model, tokenizer, text: str, pair: str | None = None, classifier: bool = False
+                        ) -> AttentionMaps:
+    """A GPT's causal self-attention over `text`; classifier: as a GPT-1 fine-tuned classifier reads it (and
+    `pair`), framed by its start, delimiter and extract tokens."""
+    from tformer.tasks.finetune_gpt import gpt1_input, gpt1_special_tokens
+
+    if pair is not None and not classifier:
+        raise TformerError("a text pair is for encoders and fine-tuned classifiers, not a language model")
+    for part, what in ((text, "the text"), (pair, "the text pair")):
+        if part is not None:
+            tokenizer.check_chars(part, what)
     ids = tokenizer.encode(text)
-    _check_length(len(ids), model.config.max_len, "the text")
+    if classifier:
+        ids = gpt1_input(gpt1_special_tokens(tokenizer), ids, None if pair is None else tokenizer.encode(pair))
+    _check_length(len(ids), model.config.max_len, "the text" if pair is None else "the text pair")
     out = model(torch.tensor([ids], device=_device(model)), need_weights=True)
     tokens = token_labels(tokenizer, ids)
     return AttentionMaps(_stack(out.attentions), tokens, tokens, "self", "language model")
@@ -173,9 +183,9 @@ def attention_maps(path: str | Path, text: str, *, target: str | None = None, pa
                            f"not {kind!r}" + (" (a translation model's kinds)" if family != "translation" else ""))
     if target is not None and family != "translation":
         raise TformerError(f"a target is for translation models; {path} is {_article(family)}")
-    if pair is not None and family != "encoder":
-        raise TformerError(f"a text pair is for encoders; {path} is {_article(family)}")
     finetuned = config.get("model_type") in FINETUNED_MODEL_TYPES
+    if pair is not None and family != "encoder" and not finetuned:
+        raise TformerError(f"a text pair is for encoders and fine-tuned classifiers; {path} is {_article(family)}")
     if finetuned:
         from tformer.tasks.finetune import load_finetuned
 
@@ -190,7 +200,7 @@ def attention_maps(path: str | Path, text: str, *, target: str | None = None, pa
             from tformer.tasks.language_modeling import load_lm
 
             model, tokenizer = load_lm(path, device)
-        return language_model_maps(getattr(model, "gpt", model), tokenizer, text)
+        return language_model_maps(getattr(model, "gpt", model), tokenizer, text, pair, classifier=finetuned)
     if not finetuned:
         from tformer.tasks.masked_lm import load_encoder
 
