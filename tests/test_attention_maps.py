@@ -135,3 +135,27 @@ def test_real_minilm_maps(tmp_path, capsys):
     maps = attention_maps(package.get_model_path(), "Attention is all you need.")
     assert maps.weights.shape[:2] == (6, 12) and maps.rows[0] == "[CLS]" and "attention" in maps.rows
     assert rows_are_distributions(maps.weights)
+
+
+def test_characters_no_font_has_are_named_in_one_warning(tmp_path):
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from tformer.viz.text import _font_families, plain_text
+
+    @plain_text
+    def draw(path):
+        fig, ax = plt.subplots()
+        ax.set_title("猫が $5 猫")  # the dollar stays text, as everywhere
+        fig.savefig(path)
+        plt.close(fig)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        draw(tmp_path / "t.png")
+    glyphs = [str(w.message) for w in caught if "font" in str(w.message)]
+    assert len(glyphs) <= 1, glyphs  # matplotlib's own: two per character
+    if _font_families() == ["DejaVu Sans"]:  # no fallback font here: the one warning names each character once
+        assert len(glyphs) == 1 and "猫 が" in glyphs[0] and glyphs[0].count("猫") == 1, glyphs
+    assert (tmp_path / "t.png").read_bytes()[:8] == PNG
