@@ -83,6 +83,17 @@ def test_different_line_counts(capsys, tmp_path):
     assert_one_line_error(code, err, "a.txt", "b.txt", "3", "2")
 
 
+def test_validation_needs_both_sides(capsys, tmp_path):
+    (tmp_path / "a.txt").write_text("one\ntwo\n")
+    (tmp_path / "b.txt").write_text("eins\nzwei\n")
+    both = ["train", "--out", tmp_path / "m", "--train-src", tmp_path / "a.txt", "--train-tgt", tmp_path / "b.txt"]
+    code, _, err = run_cli(capsys, *both, "--valid-src", tmp_path / "a.txt")
+    assert_one_line_error(code, err, "data.valid_src is set but data.valid_tgt is not", "--valid-tgt")
+    code, _, err = run_cli(capsys, *both, "--valid-tgt", tmp_path / "b.txt")
+    assert_one_line_error(code, err, "data.valid_tgt is set but data.valid_src is not", "--valid-src")
+    assert not (tmp_path / "m").exists()
+
+
 def test_empty_file(capsys, tmp_path):
     (tmp_path / "a.txt").write_text("")
     (tmp_path / "b.txt").write_text("x\n")

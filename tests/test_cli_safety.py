@@ -146,6 +146,22 @@ def test_out_and_output_never_replace_what_is_not_theirs(lm, capsys, tmp_path):
     assert not (tmp_path / "new.txt").exists() and not (tmp_path / "missing").exists()
 
 
+def test_output_to_dev_stdout_writes_into_the_redirected_file(tmp_path):
+    """--output /dev/stdout with stdout redirected to a file: written into that file, after what is there (the
+    shell's >> as much as its >), never renamed over it."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from pathlib import Path; from tformer.cli import _write_output; print('before', flush=True); "
+              "_write_output('/dev/stdout', 'middle\\n'); "
+              "_write_output('/dev/stdout', lambda f: Path(f).write_bytes(b'PNG\\n'), suffix='.png'); print('after')")
+    log = tmp_path / "log.txt"
+    log.write_text("earlier\n")
+    with open(log, "a") as out:
+        subprocess.run([sys.executable, "-c", script], stdout=out, check=True)
+    assert log.read_text() == "earlier\nbefore\nmiddle\nPNG\nafter\n"
+
+
 @pytest.mark.parametrize("option, named", [
     ("train.lr=-1", "train.lr"), ("train.adam_beta1=1.5", "train.adam_beta1"), ("train.accum_steps=0", "accum_steps"),
     ("train.max_minutes=inf", "max_minutes"), ("train.label_smoothing=2", "label_smoothing"),

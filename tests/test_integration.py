@@ -32,6 +32,9 @@ def test_tiny_corpus_is_learned_to_exact_copies(tmp_path):
     # The saved directory reloads to the same model.
     model, src_tok, tgt_tok = load_translator(tmp_path / "m")
     assert translate_lines(model, src_tok, tgt_tok, sources[:10]) == out[:10]
+    # An empty or blank line has nothing to translate: it comes back empty, in its place.
+    assert translate_lines(model, src_tok, tgt_tok, ["", sources[0], "   ", sources[1]]) == ["", out[0], "", out[1]]
+    assert translate_lines(model, src_tok, tgt_tok, ["", " "]) == ["", ""]
 
 
 def _params(model):
@@ -215,3 +218,17 @@ def test_resume_at_the_step_limit_trains_no_further(tmp_path):
     assert state.step == 3
     after = _params(task.model)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_beam_search_takes_any_beam_up_to_the_vocabulary():
+    """2K candidates per beam cannot exceed a vocabulary of V < 2K tokens: every token is then a candidate."""
+    from tformer.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("transformer-micro", src_vocab_size=12, tgt_vocab_size=9).eval()
+    src = torch.randint(4, 12, (2, 5))
+    for beam in (4, 5, 8, 9):  # 2K > 9 from 5 on
+        results = beam_search(model, src, beam_size=beam, max_len=6, n_best=beam)
+        assert len(results) == 2 and all(1 <= len(h) <= beam for h in results)
+        assert all([x.score for x in h] == sorted((x.score for x in h), reverse=True) for h in results)
+    assert [h[0].tokens for h in beam_search(model, src, beam_size=1, max_len=6)] == greedy_decode(model, src, max_len=6)

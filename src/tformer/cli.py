@@ -438,7 +438,12 @@ def _write_output(path: str, text: str | Callable[[Path], None], inputs: tuple[s
         sys.stdout.write(text)
         return
     target = _output_file(path, inputs, model)
-    special = target.exists() and not target.is_file()  # follows links: /dev/stdout is a link to a device
+    stream = _standard_stream(target)
+    if stream is not None:  # /dev/stdout of a redirected run: the file the shell opened, not one to replace
+        _write_to_stream(stream, text, suffix)
+        return
+    # Follows links: /dev/null is a device, /dev/fd/3 may lead to a pipe or to a file the shell opened.
+    special = (target.exists() and not target.is_file()) or str(target).startswith(("/dev/", "/proc/"))
     final = target.resolve()
     # A writer function may need to seek (PNG, .npy): into a device or a pipe it writes a temporary file first.
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}{suffix}") if not special else \
@@ -446,11 +451,11 @@ def _write_output(path: str, text: str | Callable[[Path], None], inputs: tuple[s
     try:
         if callable(text):
             text(tmp)
-            if special:
-                with open(tmp, "rb") as source, open(target, "wb") as sink:
+            if special:  # appended: a file behind /dev/fd/N was opened (and emptied, if at all) by the shell
+                with open(tmp, "rb") as source, open(target, "ab") as sink:
                     shutil.copyfileobj(source, sink)
         else:
-            with open(tmp, "w", encoding="utf-8") as fh:
+            with open(tmp, "a" if special else "w", encoding="utf-8") as fh:
                 fh.write(text)
         if not special:
             os.replace(tmp, final)
@@ -463,6 +468,38 @@ def _write_output(path: str, text: str | Callable[[Path], None], inputs: tuple[s
     else:
         if special and tmp != target:
             tmp.unlink(missing_ok=True)
+
+
+def _standard_stream(target: Path):
+    """sys.stdout or sys.stderr when `target` is the very file (or terminal, or pipe) they write to."""
+    try:
+        where = target.stat()
+    except OSError:
+        return None
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            mine = os.fstat(stream.fileno())
+        except (OSError, AttributeError, ValueError):  # replaced by a test's capture, or closed
+            continue
+        if (mine.st_dev, mine.st_ino) == (where.st_dev, where.st_ino):
+            return stream
+    return None
+
+
+def _write_to_stream(stream, text: str | Callable[[Path], None], suffix: str) -> None:
+    stream.flush()
+    if not callable(text):
+        stream.write(text)
+        stream.flush()
+        return
+    tmp = _temporary_file(suffix)  # a picture or an array: written whole, then copied in
+    try:
+        text(tmp)
+        with open(tmp, "rb") as source:
+            shutil.copyfileobj(source, stream.buffer)
+        stream.buffer.flush()
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cmd_translate(args) -> None:

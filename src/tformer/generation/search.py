@@ -93,19 +93,20 @@ def beam_search(model, src: Tensor, beam_size: int = 4, max_len: int | None = No
         n = alive.numel()
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1].float()  # (n*K, V)
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        per_beam = min(width, logits.size(-1))  # a vocabulary smaller than 2K offers every token
         if step == max_len:  # out of room: only </s> may follow
-            beam_lp = torch.full((n * k, width), float("-inf"), device=device)
+            beam_lp = torch.full((n * k, per_beam), float("-inf"), device=device)
             beam_lp[:, 0] = logits[:, cfg.eos_id] - lse[:, 0]
-            beam_tok = torch.full((n * k, width), cfg.eos_id, dtype=torch.long, device=device)
+            beam_tok = torch.full((n * k, per_beam), cfg.eos_id, dtype=torch.long, device=device)
         else:
             # The sentence's 2K best extensions are among each beam's 2K best tokens: rank those only,
             # instead of materialising all K*V candidate scores.
-            beam_lp, beam_tok = logits.topk(width, dim=-1)
+            beam_lp, beam_tok = logits.topk(per_beam, dim=-1)
             beam_lp = beam_lp - lse  # log-probabilities (n*K, 2K)
-        cand = (scores.view(n * k, 1) + beam_lp).view(n, k * width)
+        cand = (scores.view(n * k, 1) + beam_lp).view(n, k * per_beam)
         top_scores, top_pos = cand.topk(width, dim=-1)  # (n, 2K), best first
-        top_beams = top_pos // width
-        top_tokens = beam_tok.view(n, k * width).gather(1, top_pos)
+        top_beams = top_pos // per_beam
+        top_tokens = beam_tok.view(n, k * per_beam).gather(1, top_pos)
         is_eos = top_tokens == cfg.eos_id
 
         # Finish: </s> candidates ranked within the top K of their sentence.

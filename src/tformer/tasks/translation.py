@@ -122,6 +122,10 @@ def build_task(run: RunConfig, resume_dir: str | Path | None = None) -> Translat
     d = run.data
     if not d.train_src or not d.train_tgt:
         raise TformerError("training needs data.train_src and data.train_tgt (two aligned text files)")
+    if bool(d.valid_src) != bool(d.valid_tgt):
+        given, missing = ("valid_src", "valid_tgt") if d.valid_src else ("valid_tgt", "valid_src")
+        raise TformerError(f"data.{given} is set but data.{missing} is not: validation needs both sides "
+                           f"(--{missing.replace('_', '-')})")
     pairs = read_parallel(d.train_src, d.train_tgt)
     valid = read_parallel(d.valid_src, d.valid_tgt) if d.valid_src and d.valid_tgt else []
     if resume_dir is not None and (Path(resume_dir) / checkpoint.CONFIG).is_file():
@@ -163,7 +167,8 @@ def translate_lines(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokenizer, 
                       f"positions and were cut to them", UserWarning, stacklevel=2)
         ids = [s[: c.max_len] for s in ids]
     out: list[str] = [""] * len(ids)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    # An empty (or blank) line has nothing to translate: it stays empty, keeping the lines aligned.
+    order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))
     start = 0
     while start < len(order):
         # Grow the batch while its padded size (sentences x longest) stays within max_tokens.
@@ -172,7 +177,7 @@ def translate_lines(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokenizer, 
             longest = max(longest, len(ids[order[end]]))
             end += 1
         idx = order[start : max(end, start + 1)]
-        src = pad([ids[i] or [c.eos_id] for i in idx], c.pad_id).to(device)
+        src = pad([ids[i] for i in idx], c.pad_id).to(device)
         limit = max_len or min(c.max_len - 1, src.size(1) * 2 + 10)
         for i, toks in zip(idx, translate_ids(model, src, beam_size, limit, length_penalty)):
             out[i] = tgt_tok.decode(toks)
