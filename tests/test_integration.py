@@ -232,3 +232,13 @@ def test_beam_search_takes_any_beam_up_to_the_vocabulary():
         assert len(results) == 2 and all(1 <= len(h) <= beam for h in results)
         assert all([x.score for x in h] == sorted((x.score for x in h), reverse=True) for h in results)
     assert [h[0].tokens for h in beam_search(model, src, beam_size=1, max_len=6)] == greedy_decode(model, src, max_len=6)
+
+
+def test_training_pairs_left_out_are_counted():
+    from tformer.config import load_config
+
+    run = load_config(None, ["data.max_len=6", "data.vocab_size=60", "model.preset=transformer-micro"])
+    pairs = [("a b c", "x y"), ("a b c d e f g h", "x"), ("", "x"), ("a", "y z")] * 5
+    with pytest.warns(UserWarning, match="10 of 20 training pairs left out.*data.max_len=6"):
+        task = TranslationTask(run, pairs)
+    assert len(task.examples) == 10

@@ -48,6 +48,9 @@ class TranslationTask:
         self.examples = [(s, t) for s, t in zip(src_ids, tgt_ids) if 0 < len(s) <= d.max_len and len(t) + 1 <= d.max_len]
         if not self.examples:
             raise TformerError(f"no training pair fits data.max_len={d.max_len} tokens")
+        if len(self.examples) < len(pairs):  # as fairseq reports the examples it skips
+            warnings.warn(f"{len(pairs) - len(self.examples)} of {len(pairs)} training pairs left out: a side longer "
+                          f"than data.max_len={d.max_len} tokens (with </s>), or an empty source", stacklevel=2)
         self.lengths = [max(len(s), len(t) + 1) for s, t in self.examples]
         self.valid_pairs = list(valid_pairs)
         if model is None:
