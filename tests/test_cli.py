@@ -154,6 +154,8 @@ def test_translate_and_evaluate_errors(trained, capsys, tmp_path):
     assert_one_line_error(code, err, "ref.txt")
     code, _, err = run_cli(capsys, "evaluate", "--model", folder / "model", "--src", src, "--ref", src, "data.max_len=9")
     assert_one_line_error(code, err, "data.max_len=9", "--data")  # section.key=value is for fine-tuned models
+    code, _, err = run_cli(capsys, "evaluate", "--model", folder / "model", "--src", "-", "--ref", src)
+    assert_one_line_error(code, err, "--src -", "not stdin")
     plain = tmp_path / "plain.txt"
     plain.write_text("abc\n")
     code, _, err = run_cli(capsys, "translate", "--model", folder / "model", "--input", plain, "--output", plain)

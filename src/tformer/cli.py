@@ -593,6 +593,9 @@ def cmd_evaluate(args) -> None:
                            "(--data), not to translation")
     if not (args.src and args.ref):
         raise TformerError("give --src and --ref (translation) or --data (a fine-tuned model)")
+    if "-" in (args.src, args.ref):
+        raise TformerError(f"--{'src' if args.src == '-' else 'ref'} -: evaluate reads two aligned files, not "
+                           "stdin; give a file")
 
     args.beam = 4 if args.beam is None else _positive("beam", args.beam)
     result = evaluate_files(args.model, args.src, args.ref, args.beam, _device(args.device), args.max_tokens)
