@@ -168,7 +168,7 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path, pretrained):
     assert saved["trainer"]["step"] == 2  # the best checkpoint is the one on disk
 
 
-def test_sentence_pairs_regression_and_tagging(tmp_path, pretrained):
+def test_sentence_pairs_regression_and_tagging(tmp_path, pretrained, capsys):
     rng = random.Random(0)
     # pairs: label 1 when both sentences name the same animal
     rows = []
@@ -221,6 +221,12 @@ def test_sentence_pairs_regression_and_tagging(tmp_path, pretrained):
     assert sum(label != -100 for label in x["labels"]) == 5  # one label per word, on its first sub-token
     state = train(task, run.train, tmp_path / "ner", quiet=True)
     assert state.last_valid["f1"] > 0.9
+    # text to tag needs no tag column: one token a line is enough
+    (tmp_path / "tokens.txt").write_text(f"the\n{ANIMALS[0]}\nsat\n\n{ANIMALS[1]}\n")
+    assert main(["predict", "--model", str(tmp_path / "ner"), "--input", str(tmp_path / "tokens.txt")]) == 0
+    tagged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [t["tokens"] for t in tagged] == [["the", ANIMALS[0], "sat"], [ANIMALS[1]]]
+    assert tagged[0]["tags"][1] == "B-ANI" and tagged[1]["tags"] == ["B-ANI"]
 
 
 def test_extractive_qa_learns_to_point_at_the_answer(tmp_path, pretrained):
@@ -289,6 +295,11 @@ def test_cli_finetune_predict_evaluate_and_errors(tmp_path, pretrained, capsys):
     assert main(["evaluate", "--model", str(out), "--data", str(valid_file), "model.d_model=8"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.d_model=8" in err
+    for command in (["evaluate", "--model", str(out), "--data", str(valid_file)],
+                    ["predict", "--model", str(out), "--input", str(unlabeled)]):
+        assert main(command + ["data.task=regression"]) == 2  # the head answers its own task only
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "data.task cannot change from 'classification' to 'regression'" in err
     # a label training never saw, at a named line
     bad = write_tsv(tmp_path / "bad.tsv", [("a fine film", "1"), ("so so", "neutral")])
     assert main(["evaluate", "--model", str(out), "--data", str(bad)]) == 2

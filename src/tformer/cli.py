@@ -526,7 +526,12 @@ def _finetuned(args):
     fixed = [o for o in args.overrides if o.lstrip("-").startswith("model.")]
     if fixed:  # the model is what the directory holds; only how data is read and batched may change
         raise TformerError(f"option {fixed[0]!r}: a saved model's shape cannot change here (data.* and train.* can)")
-    return model, tokenizer, load_config(None, args.overrides, base=run)
+    saved_task = run.data.task
+    options = load_config(None, args.overrides, base=run)
+    if options.data.task != saved_task:  # its head answers the task it was trained for, and no other
+        raise TformerError(f"data.task cannot change from {saved_task!r} to {options.data.task!r}: {args.model} was "
+                           f"fine-tuned for {saved_task}")
+    return model, tokenizer, options
 
 
 def cmd_evaluate_finetuned(args) -> None:

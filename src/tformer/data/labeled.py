@@ -295,13 +295,15 @@ class LabelVocab:
 # -- CoNLL column files --------------------------------------------------------------------------------------------
 
 
-def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) -> list[TaggedSentence]:
+def read_conll(path: str | Path, token_column: int = 0, tag_column: int | None = -1) -> list[TaggedSentence]:
     """The sentences of a CoNLL column file (CoNLL-2003: `token POS chunk NER`), in file order.
 
     One token per line, columns separated by white space, a blank line between sentences; the token and tag are
     taken from the given columns (negative counts from the end). `-DOCSTART-` lines mark documents and are
     skipped; so is the blank line after them. A last sentence without a blank line after it is kept. Every token
     line must have as many columns as the first, so that a negative tag_column always means the same column.
+    tag_column=None reads tokens only (text to tag: one column is enough, a tag column is ignored); the tags are
+    then empty strings.
     """
     path = Path(path)
     lines = split_lines(read_text(path))
@@ -325,7 +327,11 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) ->
             close()
             continue
         n = len(columns)
-        if not (-n <= token_column < n and -n <= tag_column < n) or token_column % n == tag_column % n:
+        if tag_column is None:
+            if not -n <= token_column < n:
+                raise TformerError(f"{path}:{number}: too few columns ({n}) to read the token from column "
+                                   f"{token_column}")
+        elif not (-n <= token_column < n and -n <= tag_column < n) or token_column % n == tag_column % n:
             raise TformerError(f"{path}:{number}: too few columns ({n}) to read the token from column {token_column} "
                                f"and the tag from column {tag_column}")
         if not columns_seen:
@@ -336,7 +342,7 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) ->
         if not tokens:
             start = number
         tokens.append(columns[token_column])
-        tags.append(columns[tag_column])
+        tags.append(columns[tag_column] if tag_column is not None else "")
     close()
     if not sentences:
         raise TformerError(f"{path}: no sentences (only blank and -DOCSTART- lines)")

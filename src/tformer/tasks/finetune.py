@@ -431,7 +431,7 @@ def read_task_file(run: RunConfig, path: str, labelled: bool = True):
     if d.task == "tagging":
         from tformer.data.labeled import read_conll
 
-        return read_conll(path)
+        return read_conll(path, tag_column=-1 if labelled else None)
     from tformer.data.squad import read_squad
 
     return read_squad(path)
