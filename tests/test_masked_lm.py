@@ -177,6 +177,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "x"), "--preset", "bert-micro", "--train-text",
                  str(tmp_path / "missing.txt")]) == 2
     assert "missing.txt" in capsys.readouterr().err
+    one_document = tmp_path / "one.txt"
+    one_document.write_text("the cat sat .\nthe dog ran .\n")  # no blank line: one document, no pair to validate
+    assert main(["train", "--out", str(tmp_path / "y"), "--preset", "bert-micro", "--train-text", str(text),
+                 "--valid-text", str(one_document), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data.valid_text" in err and "one.txt holds 1" in err
+    assert not (tmp_path / "y").exists()
 
 
 def test_embed_options_from_python(tmp_path):

@@ -125,12 +125,16 @@ class MaskedLMTask:
         if d.block_size > c.max_tokens:
             raise TformerError(f"data.block_size={d.block_size} exceeds the model's {c.max_tokens} positions")
         self.objective = c.sentence_objective
+        given_valid = valid_documents is not None
         if valid_documents is None:
             documents, valid_documents = self._split(documents, d.valid_fraction)
         self.train_docs = self._encode(documents)
         self.valid_docs = self._encode(valid_documents)
         if self.objective == "nsp" and len(self.train_docs) < 2:
             raise TformerError("next-sentence prediction needs at least 2 documents (separate them by blank lines)")
+        if self.objective == "nsp" and given_valid and len(self.valid_docs) < 2:  # else validation is silently empty
+            raise TformerError(f"data.valid_text: next-sentence prediction needs at least 2 documents to validate on, "
+                               f"and {d.valid_text} holds {len(self.valid_docs)} (separate them by blank lines)")
         # Random replacements come from the ordinary vocabulary, never from the special tokens.
         self.random_low = max(tok.special_ids) + 1 if max(tok.special_ids) < 10 else 0
         self.span = SpanMasking() if d.masking == "span" else None
