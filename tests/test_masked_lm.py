@@ -246,7 +246,9 @@ def test_fill_mask_with_an_exported_hugging_face_masked_lm(tmp_path):
     enc = tok.encode("the [MASK] sleeps .".replace("[MASK]", tok.id_to_token(tok.mask_id)))
     with torch.no_grad():
         logits = hf(input_ids=torch.tensor([enc.ids])).logits[0, enc.ids.index(tok.mask_id)]
-    expected = torch.softmax(logits, -1).topk(3)
+    probs = torch.softmax(logits, -1)
+    probs[list(tok.special_ids)] = 0.0  # special tokens are never offered as fillers
+    expected = probs.topk(3)
     assert [t for t, _ in top] == [tok.id_to_token(i) for i in expected.indices.tolist()]
     assert [p for _, p in top] == pytest.approx(expected.values.tolist(), abs=1e-5)
 
@@ -260,3 +262,5 @@ def test_roberta_presets_default_to_byte_level_bpe_and_fill_mask_shows_text(tmp_
     ranked = fill_mask(task.model.eval(), task.tokenizer, "the [MASK] sleeps .", top_k=task.tokenizer.vocab_size)[0]
     shown = {token for token, _ in ranked}
     assert " garden" in shown and "Ġgarden" not in shown  # the word the piece stands for, its space included
+    specials = {task.tokenizer.id_to_token(i) for i in task.tokenizer.special_ids}
+    assert not shown & specials and len(ranked) == task.tokenizer.vocab_size - len(specials)

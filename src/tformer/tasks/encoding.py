@@ -192,7 +192,9 @@ def fill_mask(model: BertModel | BertForPreTraining, tokenizer: EncoderTokenizer
         raise TformerError(f"the tokenizer did not keep {MASK_PLACEHOLDER} as one token")
     logits = model(ids, torch.tensor([encoded.type_ids], device=ids.device), mlm_positions=positions).mlm_logits
     probs = torch.softmax(logits.float(), dim=-1)
-    top = probs.topk(min(top_k, probs.size(-1)), dim=-1)
+    special = [i for i in tokenizer.special_ids if i < probs.size(-1)]
+    probs[:, special] = 0.0  # [PAD], [CLS], [MASK] ... are no word to fill in: never listed
+    top = probs.topk(min(top_k, probs.size(-1) - len(special)), dim=-1)
     return [[(piece_text(tokenizer, i), float(p)) for p, i in zip(ps.tolist(), ix.tolist())]
             for ps, ix in zip(top.values, top.indices)]
 
