@@ -148,6 +148,23 @@ def test_cli_trains_resumes_and_uses_the_encoder(tmp_path, capsys):
     assert main(["similar", "--model", str(out), "--query", "the cat sleeps .", "--input", str(sentences)]) == 0
     ranked = capsys.readouterr().out.strip().splitlines()
     assert len(ranked) == 3 and ranked[0].endswith("the cat sleeps .")  # identical sentence ranks first
+    gaps = tmp_path / "gaps.txt"
+    gaps.write_text("\nthe dog runs .\n   \nthe cat sleeps .\n")  # blank lines are no candidates; numbers stay
+    assert main(["similar", "--model", str(out), "--query", "the cat sleeps .", "--input", str(gaps)]) == 0
+    ranked = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r[1] for r in ranked] == ["4", "2"]
+    (tmp_path / "blank.txt").write_text("\n \n")
+    assert main(["similar", "--model", str(out), "--query", "x", "--input", str(tmp_path / "blank.txt")]) == 2
+    assert "only blank lines" in capsys.readouterr().err
+    import io
+    import sys
+
+    stdin, sys.stdin = sys.stdin, io.TextIOWrapper(io.BytesIO(b""))
+    try:  # empty stdin: said so, not "give --input FILE"
+        assert main(["embed", "--model", str(out), "--input", "-"]) == 2
+        assert "<stdin>: no sentences in it" in capsys.readouterr().err
+    finally:
+        sys.stdin = stdin
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

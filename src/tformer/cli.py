@@ -778,6 +778,8 @@ def cmd_embed(args) -> None:
     names = [f"--sentence {k + 1}" for k in range(len(sentences))]
     if args.input:
         lines = read_text_input(args.input)
+        if not lines:
+            raise TformerError(f"{_source(args.input)}: no sentences in it (it is empty)")
         sentences += lines
         names += [f"{_source(args.input)}:{k + 1}" for k in range(len(lines))]
     if not sentences:
@@ -826,12 +828,15 @@ def cmd_similar(args) -> None:
     from tformer.tasks.encoding import similar
 
     _positive("top-k", args.top_k)
-    sentences = read_text_input(args.input)
+    lines = read_text_input(args.input)
+    kept = [k for k, line in enumerate(lines) if line.strip()]  # a blank line is no candidate; numbers stay
+    if lines and not kept:
+        raise TformerError(f"{_source(args.input)}: only blank lines, no sentences to rank")
     model, tokenizer, defaults = _load_encoder(args)
-    names = [f"{_source(args.input)}:{k + 1}" for k in range(len(sentences))]
-    for score, index, sentence in similar(model, tokenizer, args.query, sentences, args.top_k, names=names,
-                                          **_embed_options(args, defaults)):
-        print(f"{score:7.4f}  {index + 1:6d}  {sentence}")
+    names = [f"{_source(args.input)}:{k + 1}" for k in kept]
+    for score, index, sentence in similar(model, tokenizer, args.query, [lines[k] for k in kept], args.top_k,
+                                          names=names, **_embed_options(args, defaults)):
+        print(f"{score:7.4f}  {kept[index] + 1:6d}  {sentence}")
 
 
 _MAP_TOKENS = {"grid": 40, "one": 150}  # the most tokens a map shows: in a grid of every layer and head, alone
