@@ -295,6 +295,14 @@ def test_cli_finetune_predict_evaluate_and_errors(tmp_path, pretrained, capsys):
     assert main(["evaluate", "--model", str(out), "--data", str(valid_file), "model.d_model=8"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.d_model=8" in err
+    # feature extraction after fine-tuning: the fine-tuned encoder's vectors, without its head
+    assert main(["embed", "--model", str(out), "--sentence", "what a superb film"]) == 0
+    vector = json.loads(capsys.readouterr().out)["vector"]
+    model, tok = load_finetuned(out)
+    with torch.no_grad():
+        enc = tok.encode("what a superb film")
+        cls = model.bert(torch.tensor([enc.ids]), torch.tensor([enc.type_ids])).hidden[0, 0]
+    assert vector == pytest.approx(cls.tolist(), abs=1e-5)
     for command in (["evaluate", "--model", str(out), "--data", str(valid_file)],
                     ["predict", "--model", str(out), "--input", str(unlabeled)]):
         assert main(command + ["data.task=regression"]) == 2  # the head answers its own task only

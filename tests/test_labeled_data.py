@@ -62,6 +62,8 @@ def test_gzip_and_explicit_format(tmp_path):
     assert read_classification(q, text_column="text", label_column="y", fmt="csv")[0].label == "a"
     with raises_at(str(q), "cannot tell the format", ".tsv", "--task tagging"):  # a CoNLL file is often .txt
         read_classification(q)
+    with raises_at("-", "from a file", "not from stdin"):
+        read_classification("-")
 
 
 def test_columns_by_option_sentence_pairs_and_unlabelled(tmp_path):

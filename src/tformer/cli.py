@@ -745,8 +745,15 @@ def cmd_score(args) -> None:
 def _load_encoder(args):
     from tformer.tasks.encoding import encoder_defaults
     from tformer.tasks.masked_lm import load_encoder
+    from tformer.training.checkpoint import read_config
 
-    model, tokenizer = load_encoder(args.model, _device(args.device))
+    if read_config(args.model).get("model_type") == "encoder_for_task":  # fine-tuned: its encoder, without the head
+        from tformer.tasks.finetune import load_finetuned
+
+        model, tokenizer = load_finetuned(args.model, _device(args.device))
+        model = model.bert
+    else:
+        model, tokenizer = load_encoder(args.model, _device(args.device))
     return model, tokenizer, encoder_defaults(args.model, model)
 
 

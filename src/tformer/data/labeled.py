@@ -101,8 +101,11 @@ def _format_of(path: Path) -> str:
         suffixes.pop()
     if suffixes and suffixes[-1] in _EXTENSIONS:
         return _EXTENSIONS[suffixes[-1]]
+    if str(path) == "-":
+        raise TformerError("-: labelled data is read from a file (its name says its format), not from stdin")
     raise TformerError(f"{path}: cannot tell the format from the file name; name it .tsv, .csv or .jsonl "
-                       f"(optionally .gz), or give --task tagging for CoNLL columns or --task qa for SQuAD JSON")
+                       f"(optionally .gz); CoNLL columns and SQuAD JSON are read by tagging and qa models "
+                       f"(finetune --task tagging or --task qa)")
 
 
 def _table_rows(path: Path, text: str, fmt: str, wanted: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
