@@ -116,7 +116,8 @@ def test_pretraining_learns_and_reports_masked_accuracy(tmp_path):
     # the saved model fills a mask with a word of the right kind: animals sleep, places do not
     ranked = fill_mask(model, tok, "the [MASK] sleeps in the garden .", top_k=tok.vocab_size)[0]
     probability = dict(ranked)
-    assert sum(p for _, p in ranked) == pytest.approx(1.0, abs=1e-4)
+    # every word but the special tokens, with the probabilities of the model's softmax over the whole vocabulary
+    assert len(ranked) == tok.vocab_size - len(tok.special_ids) and 0.5 < sum(p for _, p in ranked) <= 1.0 + 1e-6
     assert [p for _, p in ranked] == sorted((p for _, p in ranked), reverse=True)
     assert sum(probability.get(w, 0) for w in ANIMALS) > 3 * sum(probability.get(w, 0) for w in PLACES)
     assert any(w in ANIMALS for w, _ in ranked[:3])
