@@ -222,5 +222,6 @@ def test_every_help_page_shows_the_defaults(capsys):
         assert exit_.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     for shown in ("--beam BEAM beam size (1: greedy) (default: 4)", "(0: all) (default: 0)",
-                  "--max-new-tokens MAX_NEW_TOKENS default: 200"):
+                  "--max-new-tokens MAX_NEW_TOKENS default: 200", "--text-column TEXT_COLUMN the text's column or "
+                  "JSON field (default: sentence)"):
         assert shown in out, shown

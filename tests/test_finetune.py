@@ -264,7 +264,14 @@ def test_qa_windows_shrink_with_a_model_of_few_positions(tmp_path, pretrained):
     assert all(len(f["ids"]) <= 64 for f in task.train_set)
     run = load_config(None, options + ["data.doc_stride=300"], base=finetune_run_defaults("qa"))  # 50 of 64
     run.model["pretrained"] = str(pretrained)
-    with pytest.raises(TformerError, match="the model's 64 positions.*lower data.doc_stride$"):
+    with pytest.raises(TformerError, match="the model's 64 positions.*data.doc_stride=300, scaled to 50 for the "
+                                           "model's 64 positions.*lower data.doc_stride$"):
+        build_finetune_task(run)  # the stride as the user gave it, and what it became
+    data[0]["paragraphs"][0]["qas"][0]["answers"] = []
+    (tmp_path / "qa.json").write_text(json.dumps({"version": "1.1", "data": data}))
+    run = load_config(None, options, base=finetune_run_defaults("qa"))
+    run.model["pretrained"] = str(pretrained)
+    with pytest.raises(TformerError, match=r"qa\.json: example q0: no answer to train on"):
         build_finetune_task(run)
 
 

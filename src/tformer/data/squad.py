@@ -150,7 +150,7 @@ def _field(obj: dict, key: str, kind: type, path: Path, where: str):
 
 def make_features(tokenizer: EncoderTokenizer, examples: Sequence[QAExample], max_length: int = 384,
                   stride: int = 128, max_question_tokens: int = 64, training: bool = True,
-                  length_name: str | None = None) -> list[QAFeature]:
+                  length_name: str | None = None, stride_name: str | None = None) -> list[QAFeature]:
     """Windows over each example's context, each framed with its question, at most `max_length` tokens.
 
     Layout: wordpiece `[CLS] q [SEP] ctx [SEP]`, type ids 0 for `[CLS] q [SEP]` and 1 for `ctx [SEP]`;
@@ -169,7 +169,8 @@ def make_features(tokenizer: EncoderTokenizer, examples: Sequence[QAExample], ma
     A context token that lies in several windows is marked (`max_context`) in the one where it sits farthest
     from a window edge: the score min(tokens to its left, tokens to its right) + 0.01 * window length, the
     first window winning ties, as in BERT's run_squad. n_best_answers can restrict answer starts to those.
-    length_name: what set max_length, for the error when windows leave no room (default data.max_tokens).
+    length_name: what set max_length, for the error when windows leave no room (default data.max_tokens);
+    stride_name: what set the stride, for the same error (default data.doc_stride=<stride>).
     """
     n_special = 3 if tokenizer.style == "wordpiece" else 4
     if max_question_tokens < 1 or stride < 0:
@@ -181,7 +182,7 @@ def make_features(tokenizer: EncoderTokenizer, examples: Sequence[QAExample], ma
                       if length_name is None else (length_name, "lower data.doc_stride"))
         raise TformerError(f"windows of {max_length} tokens ({cause}) leave {min_window} for context after "
                            f"a question of up to {max_question_tokens} tokens and {n_special} special tokens, not "
-                           f"more than the stride (data.doc_stride={stride}): {fix}")
+                           f"more than the stride ({stride_name or f'data.doc_stride={stride}'}): {fix}")
     contexts = list(dict.fromkeys(e.context for e in examples))  # paragraphs are shared by many questions
     encoded = tokenizer.backend.encode_batch(contexts, add_special_tokens=False)
     tokenized = {c: (enc.ids, _trim_offsets(c, enc.offsets)) for c, enc in zip(contexts, encoded)}

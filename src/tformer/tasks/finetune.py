@@ -148,13 +148,21 @@ class FineTuneTask:
         from tformer.data.squad import make_features
 
         stride, asked = self.run.data.doc_stride, self.run.data.max_tokens
-        limit = None
+        limit = stride_name = None
         if self.max_tokens < asked:
             # The model's positions cut the windows (bert-micro: 128 instead of 384): the stride shrinks in
             # proportion, so the default 128 of 384 becomes 42 of 128 rather than leaving no room for context.
-            stride, limit = stride * self.max_tokens // asked, f"the model's {self.max_tokens} positions"
-        return make_features(self.tokenizer, data, max_length=self.max_tokens, stride=stride,
-                             max_question_tokens=self.question_budget(), training=training, length_name=limit)
+            limit = f"the model's {self.max_tokens} positions"
+            stride_name = f"data.doc_stride={stride}, scaled to {stride * self.max_tokens // asked} for {limit}"
+            stride = stride * self.max_tokens // asked
+        try:
+            return make_features(self.tokenizer, data, max_length=self.max_tokens, stride=stride,
+                                 max_question_tokens=self.question_budget(), training=training, length_name=limit,
+                                 stride_name=stride_name)
+        except TformerError as exc:
+            if training and str(exc).startswith("example "):  # which file the example is in
+                raise TformerError(f"{self.run.data.train_file}: {exc}") from None
+            raise
 
     def _where(self, split: str) -> str:
         """The file a split came from, for error messages."""
