@@ -113,6 +113,10 @@ def test_feature_extraction_trains_only_the_head(tmp_path, pretrained):
     before = snapshot(task.model)
     train(task, run.train, tmp_path / "out", quiet=True)
     assert not changed(before, task.model, "bert.") and changed(before, task.model, "head.")
+    for extra, named in (({"train.gradual_unfreezing": True}, "train.gradual_unfreezing"),
+                         ({"train.freeze_layers": 1}, "train.freeze_layers=1")):  # they contradict a frozen encoder
+        with pytest.raises(TformerError, match=f"{named} goes with --strategy full"):
+            build_finetune_task(run_for(tmp_path, pretrained, **{"train.strategy": "feature_extraction", **extra}))
 
 
 def test_freezing_lower_layers(tmp_path, pretrained):

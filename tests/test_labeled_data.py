@@ -64,6 +64,8 @@ def test_gzip_and_explicit_format(tmp_path):
         read_classification(q)
     with raises_at("-", "from a file", "not from stdin"):
         read_classification("-")
+    with raises_at(str(q), "columns must differ", "'text', 'text'"):
+        read_classification(q, text_column="text", pair_column="text", label_column="y", fmt="csv")
 
 
 def test_columns_by_option_sentence_pairs_and_unlabelled(tmp_path):

@@ -77,6 +77,8 @@ def read_classification(
         raise TformerError(f"unknown label type {label_type!r}: expected 'str' (classification) "
                            f"or 'float' (regression)")
     wanted = [c for c in (text_column, pair_column, label_column) if c is not None]
+    if len(set(wanted)) < len(wanted):  # a text paired with itself, or a label that is its own text
+        raise TformerError(f"{path}: the text, pair and label columns must differ, not {', '.join(map(repr, wanted))}")
     text = read_text(path)
     rows = _json_rows(path, text, wanted) if fmt == "jsonl" else _table_rows(path, text, fmt, wanted)
     examples = []

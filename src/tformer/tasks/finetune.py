@@ -115,6 +115,10 @@ class FineTuneTask:
         self.valid_data = valid_data
         self.valid_set = self.encode(valid_data, "valid") if valid_data is not None else None
         # Strategies
+        if t.strategy == "feature_extraction" and (t.gradual_unfreezing or t.freeze_layers):
+            extra = "train.gradual_unfreezing" if t.gradual_unfreezing else f"train.freeze_layers={t.freeze_layers}"
+            raise TformerError(f"{extra} goes with --strategy full: feature_extraction keeps the whole encoder "
+                               "frozen")
         if t.strategy == "feature_extraction":
             transfer.freeze_encoder(model)
         elif t.freeze_layers:
