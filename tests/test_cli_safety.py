@@ -81,7 +81,7 @@ def _umask() -> int:
 
 def test_resume_refuses_what_it_would_ignore_or_undo(lm, capsys, tmp_path):
     before = digest(lm / "model")
-    for options, named in ((["model.d_model=64"], "model.d_model cannot change"),
+    for options, named in ((["model.d_model=64"], "model.d_model cannot change from the gpt-micro preset's 32 to 64"),
                            (["--tokenizer", "byte_bpe"], "data.tokenizer cannot change"),
                            (["--max-steps", "2"], "at step 2 already"),  # before: trained nothing, rewrote the run
                            (["--overwrite"], "give one of them")):

@@ -313,6 +313,17 @@ def _run_options(directory: Path | str):
     return config_from_dict(read_config(directory).get("tformer_run", {}), f"{Path(directory) / CONFIG}: tformer_run")
 
 
+def _preset_value(run, key: str) -> str:
+    """How a message names the value a model option had from its preset (the run did not set it)."""
+    from tformer.registry import get_config
+
+    preset = run.model.get("preset", "transformer-small")
+    try:
+        return f"the {preset} preset's {getattr(get_config(preset), key.partition('.')[2])!r}"
+    except (TformerError, AttributeError):
+        return "the preset's"
+
+
 def _check_resumed(base, run, fields: tuple[str, ...]) -> None:
     """--resume continues a run as it was started: the model, and what `fields` name ("model" for every model
     option, or "data.task", ...), must not change; an option that would is an error, never silently ignored."""
@@ -326,7 +337,7 @@ def _check_resumed(base, run, fields: tuple[str, ...]) -> None:
         before, after = values(base, name), values(run, name)
         for key in sorted(set(before) | set(after)):
             if before.get(key) != after.get(key):
-                was = "the preset's" if before.get(key) is None else repr(before.get(key))
+                was = repr(before.get(key)) if before.get(key) is not None else _preset_value(base, key)
                 raise TformerError(f"--resume: {key} cannot change from {was} to {after.get(key)!r}; a resumed run "
                                    "continues as it started (start a new run to change it)")
 
