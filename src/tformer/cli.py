@@ -883,7 +883,8 @@ def cmd_attention(args) -> None:
     def short(text: str) -> str:
         return repr(text if len(text) <= 60 else text[:57] + "...")
 
-    title = f"{maps.kind} attention: {short(args.text)}" + (f" -> {short(maps.output)}" if maps.output else "")
+    title = (f"{maps.kind} attention: {short(args.text)}" + (f" + {short(args.pair)}" if args.pair else "")
+             + (f" -> {short(maps.output)}" if maps.output else ""))
     if args.layer is None:
         what = f"{n_layers} layer{'s' * (n_layers != 1)} x {n_heads} head{'s' * (n_heads != 1)}"
 
