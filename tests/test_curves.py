@@ -44,10 +44,17 @@ def test_history_is_kept_across_a_resume_and_drawn(tmp_path, capsys):
         (model / "trainer_state.json").write_text(json.dumps(state))
         code, _, err = run_cli(capsys, "curves", "--model", model, "--output", tmp_path / "again.png")
         assert_one_line_error(code, err, "trainer.history[1] is not a step's finite numbers")
+    state["trainer"]["history"][1] = {"step": 2, "loss": "x" * 200}
+    (model / "trainer_state.json").write_text(json.dumps(state))
+    code, _, err = run_cli(capsys, "curves", "--model", model, "--output", tmp_path / "again.png")
+    assert_one_line_error(code, err, "xxx...)")  # a long entry is cut where it says so
     del state["trainer"]["history"]
     (model / "trainer_state.json").write_text(json.dumps(state))
     code, _, err = run_cli(capsys, "curves", "--model", model, "--output", tmp_path / "again.png")
     assert_one_line_error(code, err, "no training history")
+    (model / "trainer_state.json").write_text("[]")
+    code, _, err = run_cli(capsys, "curves", "--model", model, "--output", tmp_path / "again.png")
+    assert_one_line_error(code, err, "trainer_state.json: not a JSON object")
     assert not (tmp_path / "again.png").exists()
     code, _, err = run_cli(capsys, "curves", "--model", "", "--output", tmp_path / "again.png")
     assert_one_line_error(code, err, "--model is empty")  # not the current folder

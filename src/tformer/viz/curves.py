@@ -25,7 +25,9 @@ def read_history(model_dir: str | Path) -> list[dict]:
         raise TformerError(f"{model_dir}: no {checkpoint.TRAINER_STATE} (a model saved by another library, or without "
                            "its training run)")
     data = checkpoint.read_json(file)
-    trainer = data.get("trainer") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise TformerError(f"{file}: not a JSON object (a damaged trainer state)")
+    trainer = data.get("trainer")
     history = trainer.get("history") if isinstance(trainer, dict) else None
     if history is not None and not isinstance(history, list):
         raise TformerError(f"{file}: trainer.history is not a list")
@@ -37,7 +39,9 @@ def read_history(model_dir: str | Path) -> list[dict]:
         if not (isinstance(entry, dict) and type(entry.get("step")) is int and isinstance(valid, dict)
                 and all(_is_number(v) for k, v in entry.items() if k != "valid")
                 and all(_is_number(v) for v in valid.values())):
-            raise TformerError(f"{file}: trainer.history[{i}] is not a step's finite numbers ({entry!r:.80})")
+            shown = repr(entry)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."  # cut where it shows it was cut
+            raise TformerError(f"{file}: trainer.history[{i}] is not a step's finite numbers ({shown})")
     return history
 
 
