@@ -110,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], type=_text,
                    help="stop at this string (repeatable); \\n means a newline")
     g.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
-    g.add_argument("--seed", type=int, help="makes sampling reproducible")
+    g.add_argument("--seed", type=int,
+                   help="makes sampling reproducible (the same prompts, --num-samples and options give the same text; "
+                        "the prompts of a batch share one random stream)")
     g.add_argument("--device", default="auto")
 
     sc = sub.add_parser("score", help="log-likelihood and perplexity of text, or pick the likeliest of choices")
