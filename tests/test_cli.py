@@ -156,6 +156,8 @@ def test_translate_and_evaluate_errors(trained, capsys, tmp_path):
     assert_one_line_error(code, err, "data.max_len=9", "--data")  # section.key=value is for fine-tuned models
     code, _, err = run_cli(capsys, "evaluate", "--model", folder / "model", "--src", "-", "--ref", src)
     assert_one_line_error(code, err, "--src -", "not stdin")
+    code, _, err = run_cli(capsys, "translate", "--model", folder / "model", "--input", src, "--beam", 100000)
+    assert_one_line_error(code, err, "beam size 100000 (--beam)", "target vocabulary")
     plain = tmp_path / "plain.txt"
     plain.write_text("abc\n")
     code, _, err = run_cli(capsys, "translate", "--model", folder / "model", "--input", plain, "--output", plain)

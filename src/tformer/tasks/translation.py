@@ -159,7 +159,8 @@ def translate_lines(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokenizer, 
                     max_len: int | None = None) -> list[str]:
     """Translate sentences in length-sorted batches of about max_tokens source tokens; output in input order."""
     if beam_size > tgt_tok.vocab_size:  # beam search keeps beam_size distinct tokens after each step
-        raise TformerError(f"beam size {beam_size} is more than the target vocabulary's {tgt_tok.vocab_size} tokens")
+        raise TformerError(f"beam size {beam_size} (--beam) is more than the target vocabulary's "
+                           f"{tgt_tok.vocab_size} tokens")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
