@@ -192,6 +192,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["embed", "--model", str(out), "--sentence", "x", "--output", str(tmp_path / "v.csv")]) == 2
     assert main(["embed", "--model", str(out), "--sentence", "x", "--layer", "9"]) == 2
     assert "layer 9" in capsys.readouterr().err
+    assert main(["embed", "--model", str(out), "--sentence", "x", "--tokens", "--pooling", "cls"]) == 2
+    assert "--pooling cls makes one vector per sentence" in capsys.readouterr().err
+    for command in (["embed", "--sentence", "x"], ["similar", "--query", "x", "--input", str(lines)]):
+        assert main([command[0], "--model", str(out), *command[1:], "--max-length", "100000"]) == 2
+        assert "--max-length 100000 is more than the model's 64 positions" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "x"), "--preset", "bert-micro", "--train-text",
                  str(tmp_path / "missing.txt")]) == 2
     assert "missing.txt" in capsys.readouterr().err

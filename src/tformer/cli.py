@@ -769,6 +769,9 @@ def _load_encoder(args):
         model = model.bert
     else:
         model, tokenizer = load_encoder(args.model, _device(args.device))
+    asked = getattr(args, "max_length", None)
+    if asked is not None and asked > model.config.max_tokens:  # it would be cut to them without a word
+        raise TformerError(f"--max-length {asked} is more than the model's {model.config.max_tokens} positions")
     return model, tokenizer, encoder_defaults(args.model, model)
 
 
@@ -811,6 +814,8 @@ def cmd_embed(args) -> None:
         raise TformerError(f"--output {out}: name a .npy or .jsonl file, or '-' for JSONL on stdout")
     if args.tokens and out.endswith(".npy"):
         raise TformerError("--tokens writes JSONL (sentences have different lengths); use a .jsonl --output")
+    if args.tokens and args.pooling:
+        raise TformerError(f"--pooling {args.pooling} makes one vector per sentence; --tokens gives every token's")
     model, tokenizer, defaults = _load_encoder(args)
     options = _embed_options(args, defaults)
     normalize = defaults.normalize if args.normalize is None else args.normalize
