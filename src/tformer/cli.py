@@ -36,6 +36,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _newlines(value: str) -> str:
+    """A text option as meant: the two characters \\n written on a command line are a newline (--prompt, --stop,
+    --choice alike)."""
+    return value.replace("\\n", "\n")
+
+
 def _text(value: str) -> str:
     """A text argument: bytes that are not UTF-8 reach Python as lone surrogates; say so instead of failing later."""
     try:
@@ -629,7 +635,7 @@ def cmd_evaluate(args) -> None:
 def _prompts(args) -> list[str]:
     from tformer.data.parallel import read_text_input
 
-    prompts = [p.replace("\\n", "\n") for p in (args.prompt or [])]
+    prompts = [_newlines(p) for p in (args.prompt or [])]
     if args.input:
         lines = read_text_input(args.input)
         if not lines:
@@ -683,7 +689,7 @@ def cmd_generate(args) -> None:
                                f"{window}; shorten it (keep its last {window} tokens)")
     check_generation_fits(model, len(prompts) * args.num_samples, longest, args.max_new_tokens)  # before the batch
     batch = [p for p in prompts for _ in range(args.num_samples)]
-    options = dict(stop=[s.replace("\\n", "\n") for s in args.stop], do_sample=not args.greedy,
+    options = dict(stop=[_newlines(s) for s in args.stop], do_sample=not args.greedy,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
     if len(batch) == 1:  # one text: shown as it grows (the same characters as printing it at the end)
@@ -723,8 +729,7 @@ def cmd_score(args) -> None:
     if args.choice:
         if len(args.choice) < 2 or args.prompt is None:
             raise TformerError("multiple choice needs --prompt and at least two --choice")
-        prompt = args.prompt.replace("\\n", "\n")
-        choices = [c.replace("\\n", "\n") for c in args.choice]
+        prompt, choices = _newlines(args.prompt), [_newlines(c) for c in args.choice]
         tokenizer.check_chars(prompt, "--prompt")
         for i, c in enumerate(choices):  # named as given, 1-based: the library only knows its list
             tokenizer.check_chars(c, f"--choice {i + 1}")
