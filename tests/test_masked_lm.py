@@ -276,7 +276,7 @@ def test_fill_mask_with_an_exported_hugging_face_masked_lm(tmp_path):
     assert [p for _, p in top] == pytest.approx(expected.values.tolist(), abs=1e-5)
 
 
-def test_roberta_presets_default_to_byte_level_bpe_and_fill_mask_shows_text(tmp_path):
+def test_roberta_presets_default_to_byte_level_bpe_and_fill_mask_shows_text(tmp_path, capsys):
     assert mlm_run_defaults("roberta-small").data.tokenizer == "bpe"
     assert mlm_run_defaults("bert-micro").data.tokenizer == mlm_run_defaults("albert-small").data.tokenizer == "wordpiece"
     torch.manual_seed(0)
@@ -287,3 +287,7 @@ def test_roberta_presets_default_to_byte_level_bpe_and_fill_mask_shows_text(tmp_
     assert " garden" in shown and "Ġgarden" not in shown  # the word the piece stands for, its space included
     specials = {task.tokenizer.id_to_token(i) for i in task.tokenizer.special_ids}
     assert not shown & specials and len(ranked) == task.tokenizer.vocab_size - len(specials)
+    task.save(tmp_path / "rb", task.model)
+    assert main(["fill-mask", "--model", str(tmp_path / "rb"), "the [MASK] sleeps .", "--top-k", "1000"]) == 0
+    printed = [line.split("  ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert "' garden'" in printed and "garden" not in printed and all(t.strip() for t in printed)

@@ -852,7 +852,8 @@ def cmd_fill_mask(args) -> None:
         if k:
             print()
         for token, p in candidates:
-            print(f"{p:7.4f}  {token}")
+            # A byte-level piece keeps its space (" garden"): quoted then, so a bare space is not a blank line.
+            print(f"{p:7.4f}  {token if token and token == token.strip() else repr(token)}")
 
 
 def cmd_similar(args) -> None:
