@@ -51,7 +51,9 @@ def contents(folder: Path) -> dict[str, bytes]:
     (lambda m: edit_config(m, lambda d: d.update(activation="swish")), ["config.json: activation", "'swish'"]),
     (lambda m: edit_config(m, lambda d: d.update(vocab_size=d["vocab_size"] + 5)),
      ["model.safetensors: the weights do not fit", "config.json", "tok_embed.weight"]),
-], ids=["not-utf8", "a-list", "n_heads-string", "unknown-activation", "vocab-size-edited"])
+    (lambda m: edit_config(m, lambda d: d.pop("d_model")),
+     ["the weights do not fit", "config.json has no 'd_model' (its default 768 was used)"]),
+], ids=["not-utf8", "a-list", "n_heads-string", "unknown-activation", "vocab-size-edited", "d_model-removed"])
 def test_damaged_language_model_directory(run_dir, tmp_path, capsys, damage, needles):
     model = copy_of(run_dir, tmp_path)
     damage(model)

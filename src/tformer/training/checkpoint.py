@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import typing
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -260,13 +260,29 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path, s
     for name, tensor in current.items():  # in the model's order: the embeddings, where a vocabulary shows, first
         if name in state and state[name].shape != tensor.shape:
             raise TformerError(f"{source}: {fits} (first: {name} is {tuple(state[name].shape)}, the "
-                               f"{'config' if config else 'model'} makes {tuple(tensor.shape)})")
+                               f"{'config' if config else 'model'} makes {tuple(tensor.shape)})"
+                               f"{_defaults_used(config, model)}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Keys dropped by unique_state_dict are aliases of a saved tensor and are filled through the tie.
     saved = {current[k].data_ptr() for k in state if k in current}
     missing = [k for k in missing if current[k].data_ptr() not in saved]
     if strict and (missing or unexpected):
         raise TformerError(f"{source}: {fits} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def _defaults_used(config: Path | None, model: nn.Module) -> str:
+    """"; config.json has no 'd_model' (its default 768 was used)": a hand-edited file that lost a size key
+    shows as weights that do not fit, and this says why."""
+    options = getattr(model, "config", None)
+    if config is None or not is_dataclass(options) or not config.is_file():
+        return ""
+    try:
+        saved = read_config(config.parent)
+    except TformerError:
+        return ""
+    absent = [f"{f.name!r} (its default {getattr(options, f.name)!r} was used)" for f in fields(options)
+              if f.name not in saved and f.init]
+    return f"; {config.name} has no {', '.join(absent)}" if absent else ""
 
 
 def load_trainer_state(path: str | Path) -> tuple[dict, dict]:
