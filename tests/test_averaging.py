@@ -148,6 +148,7 @@ def test_a_failed_save_leaves_the_snapshots_with_the_old_copy(tmp_path, monkeypa
     model = GPT(GPTConfig(vocab_size=20, max_len=8, d_model=8, n_heads=2, n_layers=1))
     checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())
     CheckpointAverager(tmp_path / "m", 2).snapshot(model, 5)
+    (tmp_path / "m" / "notes.txt").write_text("mine\n")  # a user's file travels as the snapshots do
     rename = checkpoint.os.replace
     failures = []
 
@@ -166,20 +167,24 @@ def test_a_failed_save_leaves_the_snapshots_with_the_old_copy(tmp_path, monkeypa
     # next save or resume looks).
     old_copy = tmp_path / (".m.old" if failing == "new copy in" else "m")
     assert (old_copy / "averaging" / "step-00000005.safetensors").is_file()
-    assert (old_copy / "model.safetensors").is_file()
+    assert (old_copy / "model.safetensors").is_file() and (old_copy / "notes.txt").read_text() == "mine\n"
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())  # a good save takes them over
     assert (tmp_path / "m" / "averaging" / "step-00000005.safetensors").is_file()
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
 def _leave_as_a_killed_save_would(path, suffix="k1ll3d"):
-    """What a save killed between its two renames leaves: the old copy aside, the snapshots in the new copy."""
+    """What a save killed between its two renames leaves: the old copy aside; the snapshots, and any file of the
+    user's, in the new copy."""
     aside, new_copy = path.with_name(f".{path.name}.old"), path.with_name(f".{path.name}.tmp-{suffix}")
     path.rename(aside)
     new_copy.mkdir()
     (new_copy / "config.json").write_text("{}")
     (aside / "averaging").rename(new_copy / "averaging")
+    if (aside / "notes.txt").exists():
+        (aside / "notes.txt").rename(new_copy / "notes.txt")
     return aside
 
 
@@ -187,6 +192,7 @@ def test_a_save_killed_between_its_renames_is_put_back(tmp_path):
     model = GPT(GPTConfig(vocab_size=20, max_len=8, d_model=8, n_heads=2, n_layers=1))
     checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())
     CheckpointAverager(tmp_path / "m", 2).snapshot(model, 5)
+    (tmp_path / "m" / "notes.txt").write_text("mine\n")
     aside = _leave_as_a_killed_save_would(tmp_path / "m")
     with pytest.raises(TformerError, match=r"\.m\.old"):  # a reader is told where the copy is, and nothing moves
         checkpoint.read_config(tmp_path / "m")
@@ -194,11 +200,13 @@ def test_a_save_killed_between_its_renames_is_put_back(tmp_path):
     assert checkpoint.restore_interrupted_save(tmp_path / "m")
     assert not checkpoint.restore_interrupted_save(tmp_path / "m")  # done once; nothing more to do
     assert (tmp_path / "m" / "averaging" / "step-00000005.safetensors").is_file()
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine\n"
     assert checkpoint.read_config(tmp_path / "m")["model_type"] == "gpt"
     # The next save does the same by itself before replacing the copy, and clears what killed saves wrote.
     _leave_as_a_killed_save_would(tmp_path / "m", "again")
     checkpoint.save_model(tmp_path / "m", model, model.config.to_dict())
     assert (tmp_path / "m" / "averaging" / "step-00000005.safetensors").is_file()
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 

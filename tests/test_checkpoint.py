@@ -187,3 +187,23 @@ def test_resuming_a_damaged_run_changes_nothing(run_dir, tmp_path, capsys, damag
     code, _, err = run_cli(capsys, "train", "--out", model, "--resume", "--max-steps", "4")
     assert_one_line_error(code, err, str(model / file), *needles)
     assert contents(model) == before
+
+
+def test_saving_from_python_keeps_what_else_the_folder_holds(tmp_path):
+    """save_model, save_gpt2 and save_hf_encoder replace the model's files and keep everything else: a folder
+    given by mistake loses nothing (the command line refuses such a folder before it gets here)."""
+    from tformer.interop.bert import save_hf_encoder
+    from tformer.interop.gpt2 import save_gpt2
+
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("code\n")
+    (project / "notes.txt").write_text("mine\n")
+    gpt = create_model("gpt-micro")
+    checkpoint.save_model(project, gpt, gpt.config.to_dict())
+    save_gpt2(gpt, project)
+    save_hf_encoder(create_model("bert-micro"), project)
+    assert (project / "src" / "main.py").read_text() == "code\n"
+    assert (project / "notes.txt").read_text() == "mine\n"
+    assert json.loads((project / "config.json").read_text())["model_type"] == "bert"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]  # no copy left beside it

@@ -98,10 +98,14 @@ def test_out_and_output_never_replace_what_is_not_theirs(lm, capsys, tmp_path):
     mixed = tmp_path / "mixed"
     shutil.copytree(lm / "model", mixed)
     (mixed / "notes.txt").write_text("mine\n")
-    for flag in ("--overwrite", "--resume"):  # a save replaces the folder: it would take notes.txt with it
-        code, _, err = run_cli(capsys, *tiny_lm_args(text, mixed), flag, "--max-steps", "3")
-        assert_one_line_error(code, err, "notes.txt", "move them")
-    assert (mixed / "notes.txt").read_text() == "mine\n"
+    (mixed / "pictures").mkdir()
+    (mixed / "pictures" / "curves.png").write_bytes(b"png")
+    for flag, steps in (("--resume", "3"), ("--overwrite", "2")):  # a save replaces the model's files, no others
+        code, _, err = run_cli(capsys, *tiny_lm_args(text, mixed), flag, "--max-steps", steps)
+        assert code == 0, err
+        assert (mixed / "notes.txt").read_text() == "mine\n"
+        assert (mixed / "pictures" / "curves.png").read_bytes() == b"png"
+    assert json.loads((mixed / "trainer_state.json").read_text())["trainer"]["step"] == 2
     os.symlink(lm / "model", tmp_path / "link")
     code, _, err = run_cli(capsys, *tiny_lm_args(text, tmp_path / "link"), "--overwrite")
     assert_one_line_error(code, err, "symbolic link")

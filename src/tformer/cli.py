@@ -260,8 +260,9 @@ def cmd_demo(args) -> None:
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool, pretrained: str | None = None) -> None:
-    """A save replaces the whole --out directory, so it must be a new folder, or a model being resumed or
-    knowingly replaced: never the current folder, a file, or a folder of other things."""
+    """--out must be a new folder, or a model being resumed or knowingly replaced: never the current folder, a
+    file, or a folder of other things (a mistyped path would mix the model's files into it). Files of the user's
+    in a model directory are kept by every save (checkpoint.save_dir)."""
     if out.name in ("", ".", ".."):
         raise TformerError(f"--out {str(out)!r}: name a folder for the model (for example runs/NAME)")
     try:
@@ -284,23 +285,11 @@ def _check_out(out: Path, resume: bool, overwrite: bool, pretrained: str | None 
     if not (out / "config.json").is_file():
         if resume:
             return  # _saved_run says that no run is saved there
-        raise TformerError(f"--out {out} is a folder with other files in it, and saving replaces the whole folder; "
-                           "choose a new one")
+        raise TformerError(f"--out {out} is a folder with other files in it, not a model; choose a new folder "
+                           "for the model")
     if not (resume or overwrite):
         raise TformerError(f"--out {out} already holds a model: add --resume to continue its run, or --overwrite "
                            "to replace it")
-    others = sorted(p.name for p in out.iterdir() if not _saved_by_tformer(p.name))
-    if others:
-        raise TformerError(f"--out {out} also holds files that are not the model's ({', '.join(others[:3])}); "
-                           "saving replaces the whole folder and would delete them: move them elsewhere first")
-
-
-def _saved_by_tformer(name: str) -> bool:
-    """Whether a name in a model directory is one that saving it writes (and may replace)."""
-    from tformer.training import checkpoint
-
-    return name in (checkpoint.CONFIG, checkpoint.WEIGHTS, checkpoint.TOKENIZER, checkpoint.TARGET_TOKENIZER,
-                    checkpoint.TRAINER_STATE, checkpoint.OPTIMIZER, checkpoint.AVERAGING)
 
 
 def _saved_run(out: Path):

@@ -35,6 +35,10 @@ OPTIMIZER = "optimizer.pt"
 # A folder of the run that every new checkpoint of the directory takes over from the one it replaces: the
 # weights of earlier checkpoints kept for averaging them (tformer.training.averaging).
 AVERAGING = "averaging"
+# What a save writes, and so replaces: a file of these that the new copy lacks (a trainer state saved by an
+# earlier run) goes with the old copy. Everything else in the directory (the averaging snapshots, a user's
+# notes or pictures) is carried over into each new copy, never deleted.
+MODEL_FILES = frozenset({CONFIG, WEIGHTS, TOKENIZER, TARGET_TOKENIZER, TRAINER_STATE, OPTIMIZER})
 
 
 def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -68,10 +72,11 @@ def _temporary_copies(path: Path) -> list[Path]:
 def restore_interrupted_save(path: str | Path) -> bool:
     """Put back what a save stopped between its renames left aside; True when the previous copy came back.
 
-    save_dir moves the old copy to .NAME.old just before the new one takes its place, and the averaging
-    snapshots into the new copy before that. A process killed in between leaves no NAME: the old copy is
-    whole, so it returns, and the snapshots with it. Safe to call from several processes at once (every rank of a
-    resumed run): each step is one rename, and a rename another process already made is skipped."""
+    save_dir moves the old copy to .NAME.old just before the new one takes its place, and what it carries over
+    (the averaging snapshots, files that are not the model's) into the new copy before that. A process killed in
+    between leaves no NAME: the old copy is whole, so it returns, and what was carried over goes back into it.
+    Safe to call from several processes at once (every rank of a resumed run): each step is one rename, and a
+    rename another process already made is skipped."""
     path = Path(path)
     restored = False
     if not path.exists() and _aside(path).is_dir():
@@ -80,15 +85,25 @@ def restore_interrupted_save(path: str | Path) -> bool:
             restored = True
         except FileNotFoundError:  # another process put it back first
             pass
-    if path.is_dir() and not (path / AVERAGING).exists():
+    if path.is_dir():
         for tmp in _temporary_copies(path):
-            if (tmp / AVERAGING).is_dir():
-                try:
-                    os.replace(tmp / AVERAGING, path / AVERAGING)
-                except FileNotFoundError:
-                    pass
-                break
+            _carry_over(tmp, path)
     return restored
+
+
+def _carry_over(source: Path, target: Path) -> list[str]:
+    """Move the entries of `source` that a save does not write (see MODEL_FILES) into `target`, where it lacks
+    them; the names moved."""
+    moved = []
+    for entry in list(source.iterdir()) if source.is_dir() else []:
+        if entry.name in MODEL_FILES or (target / entry.name).exists() or (target / entry.name).is_symlink():
+            continue
+        try:
+            os.replace(entry, target / entry.name)
+            moved.append(entry.name)
+        except FileNotFoundError:  # another process moved it first
+            pass
+    return moved
 
 
 def _as_umask_allows(folder: Path) -> None:
@@ -103,7 +118,8 @@ def _as_umask_allows(folder: Path) -> None:
 
 
 def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Run write(tmp_dir) and put tmp_dir at `path` atomically enough: the old copy survives until the new is whole."""
+    """Run write(tmp_dir) and put tmp_dir at `path` atomically enough: the old copy survives until the new is whole.
+    What `path` holds besides the model's files (MODEL_FILES) is kept: it moves into the new copy."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     restore_interrupted_save(path)  # else the old copy a killed save left aside would be deleted below
@@ -118,8 +134,7 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        if (path / AVERAGING).is_dir() and not (tmp / AVERAGING).exists():
-            os.replace(path / AVERAGING, tmp / AVERAGING)  # a rename: the snapshots are not copied
+        _carry_over(path, tmp)  # renames: the averaging snapshots and the user's files are not copied
         if old.exists():
             shutil.rmtree(old)
         if path.exists():
@@ -128,14 +143,13 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
         if old.exists():
             shutil.rmtree(old)
     except BaseException:
-        # The old copy goes back to its place if the failed swap left it aside, and the snapshots back into it.
+        # The old copy goes back to its place if the failed swap left it aside, and what was carried over back
+        # into it.
         try:
             restore_interrupted_save(path)
         except OSError:
             pass  # it stays at .NAME.old, where the next save or resume looks
-        home = path if path.is_dir() else old
-        if (tmp / AVERAGING).is_dir() and home.is_dir() and not (home / AVERAGING).exists():
-            os.replace(tmp / AVERAGING, home / AVERAGING)
+        _carry_over(tmp, path if path.is_dir() else old)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
