@@ -6,34 +6,68 @@ import pytest
 import torch
 
 import tformer.nn.linear as linear_module
-from tformer.nn.linear import Linear, linear
+from tformer.nn.linear import Linear, linear, transposed_weights
 
 
-def test_few_rows_without_grad_match_f_linear_and_follow_updates():
+def test_few_rows_in_a_decoding_loop_match_f_linear_and_follow_updates():
     torch.manual_seed(0)
     layer = Linear(16, 24)
     x = torch.randn(2, 1, 16)
-    with torch.inference_mode():
+    with torch.inference_mode(), transposed_weights():
         fast = layer(x)
-    assert layer._decode_weight is not None and layer._decode_weight.shape == (16, 24)
-    torch.testing.assert_close(fast, torch.nn.functional.linear(x, layer.weight, layer.bias))
-    with torch.no_grad():
+        assert layer._decode_weight is not None and layer._decode_weight.shape == (16, 24)
+        torch.testing.assert_close(fast, torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert layer._decode_weight is None  # freed when the loop ends
+    with torch.no_grad(), transposed_weights():
         layer.weight.add_(1.0)  # an optimiser step changes the weight in place
         after = layer(x)
-    torch.testing.assert_close(after, torch.nn.functional.linear(x, layer.weight, layer.bias))
+        torch.testing.assert_close(after, torch.nn.functional.linear(x, layer.weight, layer.bias))
     assert not torch.allclose(after, fast)
+
+
+def test_weights_edited_through_data_between_loops_are_read_afresh():
+    """.data edits bump no version counter: a copy kept from one loop to the next would give the old outputs."""
+    layer = Linear(8, 4)
+    x = torch.randn(1, 8)
+    with torch.no_grad(), transposed_weights():
+        assert layer(x).abs().sum() > 0
+    layer.weight.data.zero_()
+    layer.bias.data.zero_()
+    with torch.no_grad(), transposed_weights():
+        assert layer(x).abs().sum() == 0
+    with torch.no_grad():
+        assert layer(x).abs().sum() == 0
 
 
 def test_training_and_many_rows_take_the_ordinary_path():
     layer = Linear(8, 8, bias=False)
-    y = layer(torch.randn(3, 8, requires_grad=True))
-    assert y.requires_grad and layer._decode_weight is None
-    with torch.no_grad():
-        layer(torch.randn(64, 8))
+    with transposed_weights():
+        y = layer(torch.randn(3, 8, requires_grad=True))
+        assert y.requires_grad and layer._decode_weight is None
+        with torch.no_grad():
+            layer(torch.randn(64, 8))
+        assert layer._decode_weight is None
+        with torch.no_grad():
+            out = layer(torch.randn(1, 8))
+        assert layer._decode_weight is not None and out.shape == (1, 8)
+    with torch.no_grad():  # outside a decoding loop: the ordinary path, no copy
+        layer(torch.randn(1, 8))
     assert layer._decode_weight is None
-    with torch.no_grad():
-        out = layer(torch.randn(1, 8))
-    assert layer._decode_weight is not None and out.shape == (1, 8)
+
+
+def test_generation_leaves_no_copies_and_sees_data_edits():
+    from tformer.generation.sampling import generate
+    from tformer.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=12, max_len=16, d_model=16, n_heads=2, n_layers=1)).eval()
+    first = generate(model, [[1, 2]], 4)
+    assert all(m._decode_weight is None for m in model.modules() if isinstance(m, Linear))
+    other = GPT(GPTConfig(vocab_size=12, max_len=16, d_model=16, n_heads=2, n_layers=1)).eval()
+    for p, q in zip(model.parameters(), other.parameters()):
+        p.data.copy_(q.data)
+    assert generate(model, [[1, 2]], 4) == generate(other, [[1, 2]], 4)
+    assert first is not None
 
 
 def _assert_linear_matches_f_linear(d_out: int, bias: bool, function: str) -> None:

@@ -207,14 +207,17 @@ def test_save_gpt2_loads_in_transformers(tmp_path, options):
     assert again.config == ours.config
 
 
-def test_save_gpt2_writes_tokenizer_and_replaces_directory(tmp_path):
+def test_save_gpt2_writes_tokenizer_and_replaces_the_model_files(tmp_path):
     from tformer.tokenization import train_lm_tokenizer
 
     tok = train_lm_tokenizer(["hello world"], kind="char")
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "stale.txt").write_text("old")
+    (tmp_path / "m" / "notes.txt").write_text("mine")
     save_gpt2(_tformer_model(), tmp_path / "m", tokenizer=tok)
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors", "notes.txt",
+                                                                  "tokenizer.json"]
+    save_gpt2(_tformer_model(), tmp_path / "m")  # the earlier save's tokenizer would not belong to this model
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
 
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from tformer.errors import TformerError
+from tformer.nn.linear import transposed_weights
 
 # On an accelerator, asking "are all rows done?" waits for the device; ask only every few steps there
 # (a few extra tokens may be computed after the last row ended; they are dropped).
@@ -249,6 +250,7 @@ def _cut(text: str, stop: list[str]) -> int | None:
 
 
 @torch.inference_mode()
+@transposed_weights()
 def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample: bool = False,
               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
               seed: int | None = None, use_cache: bool = True, stop_ids: list[list[int]] | None = None,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tformer.nn.linear import transposed_weights
+
 
 def _step_logits(model, tokens: Tensor, memory: Tensor, src_mask: Tensor, cache) -> Tensor:
     """Log-probabilities (B, V) of the next token after `tokens` (B, t)."""
@@ -27,6 +29,7 @@ def _step_logits(model, tokens: Tensor, memory: Tensor, src_mask: Tensor, cache)
 
 
 @torch.inference_mode()
+@transposed_weights()
 def greedy_decode(model, src: Tensor, max_len: int | None = None, use_cache: bool = True) -> list[list[int]]:
     """Token ids (without <s> and </s>) for each source row of src (B, S)."""
     cfg = model.config
@@ -63,6 +66,7 @@ class Hypothesis:
 
 
 @torch.inference_mode()
+@transposed_weights()
 def beam_search(model, src: Tensor, beam_size: int = 4, max_len: int | None = None, length_penalty: float = 1.0,
                 n_best: int = 1) -> list[list[Hypothesis]]:
     """Batched beam search; for each source row, the n_best hypotheses, best first.

@@ -4,9 +4,11 @@ gradients of vocabulary-sized products in blocks.
 y = x W^T + b reads the whole weight matrix for every token. With one or two rows of x (a decoding step at
 batch size 1 or 2) the product is a matrix-vector product limited by how fast W streams from memory, and
 on CPUs the BLAS libraries stream a row-major (in, out) matrix about twice as fast as the (out, in) layout
-nn.Linear stores. So, when no gradient is needed and x has few rows, this layer multiplies by a transposed
-copy of W, made on first use and remade whenever W changes (an optimiser step, load_state_dict).
-GPUs take the ordinary F.linear path; the numbers are the same either way.
+nn.Linear stores. So, inside a decoding loop (`transposed_weights`: generation, greedy and beam search), when
+no gradient is needed and x has few rows, this layer multiplies by a transposed copy of W, made on its first
+use in the loop and freed when the loop ends. Weights cannot change during one loop, and any change between
+loops (an optimiser step, load_state_dict, an edit through .data that no version counter sees) is read
+afresh. GPUs take the ordinary F.linear path; the numbers are the same either way.
 
 Large fp32 products on a CPU (training, encoding whole batches) go through `linear`, which can run the
 forward product and the input gradient in oneDNN instead of the BLAS library torch calls for F.linear
@@ -22,9 +24,12 @@ call (measured on an AMD EPYC, Zen 3, 2 threads); the forward product gained not
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import warnings
-from typing import Callable
+import weakref
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -177,12 +182,39 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
+class _DecodingLoops(threading.local):
+    """How many decoding loops this thread is inside, and the layers that made a transposed copy in them."""
+    depth = 0
+    layers: weakref.WeakSet | None = None
+
+
+_decoding = _DecodingLoops()
+
+
+@contextlib.contextmanager
+def transposed_weights() -> Iterator[None]:
+    """Inside it (also as a decorator), Linear layers multiply a few rows by a transposed copy of their weight,
+    made on first use; leaving the outermost one frees the copies."""
+    if _decoding.depth == 0:
+        _decoding.layers = weakref.WeakSet()
+    _decoding.depth += 1
+    try:
+        yield
+    finally:
+        _decoding.depth -= 1
+        if _decoding.depth == 0:
+            for layer in list(_decoding.layers):
+                layer._decode_weight = layer._decode_key = None
+            _decoding.layers = None
+
+
 class Linear(nn.Linear):
     _decode_weight: Tensor | None = None
     _decode_key: tuple | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and x.numel() <= FAST_ROWS * self.in_features and not torch.is_grad_enabled():
+        if (_decoding.depth and x.device.type == "cpu" and x.numel() <= FAST_ROWS * self.in_features
+                and not torch.is_grad_enabled()):
             return self._forward_few_rows(x)
         return linear(x, self.weight, self.bias)
 
@@ -193,6 +225,7 @@ class Linear(nn.Linear):
             with torch.no_grad():
                 self._decode_weight = w.detach().t().contiguous()  # (in, out)
             self._decode_key = key
+            _decoding.layers.add(self)
         rows = x.reshape(-1, self.in_features)
         if self.bias is not None:
             y = torch.addmm(self.bias, rows, self._decode_weight)
