@@ -186,3 +186,84 @@ def test_unpadding_only_batches_with_enough_padding(count_first):
     assert torch.equal(kept.index, mask.reshape(-1).nonzero().squeeze(1))
     mask[0, 17] = True  # 7%: stays padded
     assert unpad_if_worthwhile(mask, 0.08, count_first=count_first) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# What the blocks and models refuse, or read the way transformers' callers mean it
+
+
+def test_attention_refuses_a_float_mask_on_both_paths():
+    """A float mask would be added to the scores by the fused kernel (zeros = attend everywhere) and not be
+    understood by the explicit path: both name the dtype instead of computing something else."""
+    from tformer.errors import TformerError
+    from tformer.nn.attention import masked_softmax, scaled_dot_product_attention
+
+    q = k = v = torch.randn(1, 2, 3, 4)
+    for need_weights in (False, True):
+        with pytest.raises(TformerError, match="boolean tensor.*float32"):
+            scaled_dot_product_attention(q, k, v, torch.zeros(3, 3), need_weights=need_weights)
+    with pytest.raises(TformerError, match="boolean"):
+        masked_softmax(torch.randn(2, 3), torch.ones(2, 3, dtype=torch.long))
+
+
+def test_cross_attention_refuses_batches_that_do_not_divide():
+    from tformer.errors import TformerError
+    from tformer.nn.attention import MultiHeadAttention
+
+    mha = MultiHeadAttention(8, 2)
+    with pytest.raises(TformerError, match="3 query rows for a context of 2"):
+        mha(torch.randn(3, 4, 8), context=torch.randn(2, 5, 8))
+    assert mha(torch.randn(4, 4, 8), context=torch.randn(2, 5, 8))[0].shape == (4, 4, 8)  # beam search's K = 2
+    model = Transformer(TransformerConfig(src_vocab_size=10, tgt_vocab_size=10, d_model=8, n_heads=2, d_ff=16,
+                                          n_encoder_layers=1, n_decoder_layers=1))
+    with pytest.raises(TformerError, match="2 source rows for 4 target rows"):
+        model(torch.randint(3, 10, (2, 5)), torch.randint(3, 10, (4, 3)))
+
+
+def test_integer_attention_masks_read_as_transformers_tokenizers_mean_them():
+    from tformer.errors import TformerError
+    from tformer.models.bert import BertConfig, BertModel
+    from tformer.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    ids = torch.randint(5, 30, (2, 6))
+    real = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    bert = BertModel(BertConfig(vocab_size=30, max_len=16, d_model=16, n_heads=2, n_layers=1, d_ff=32)).eval()
+    gpt = GPT(GPTConfig(vocab_size=30, max_len=16, d_model=16, n_heads=2, n_layers=1)).eval()
+    left = real.flip(1)  # generation pads on the left
+    for model, mask in ((bert, real), (gpt, left)):
+        as_bool = model(ids, attention_mask=mask.bool())
+        for given in (mask, mask.float(), mask.int()):
+            out = model(ids, attention_mask=given)
+            got, want = (out.hidden, as_bool.hidden) if model is bert else (out.logits, as_bool.logits)
+            torch.testing.assert_close(got, want)
+        with pytest.raises(TformerError, match="other than 0 and 1"):
+            model(ids, attention_mask=(mask - 1).float() * 1e9)  # an additive mask is not a token mask
+
+
+def test_models_name_ids_and_selectors_they_cannot_use():
+    from tformer.errors import TformerError
+    from tformer.models.bert import BertConfig, BertForPreTraining, BertModel
+    from tformer.models.gpt import GPT, GPTConfig
+
+    gpt = GPT(GPTConfig(vocab_size=30, max_len=8, d_model=16, n_heads=2, n_layers=1))
+    bert = BertModel(BertConfig(vocab_size=30, max_len=8, d_model=16, n_heads=2, n_layers=1, d_ff=32))
+    cases = [
+        (lambda: gpt(torch.tensor([[1, 30]])), "token ids: 30 is outside 0..29"),
+        (lambda: gpt(torch.tensor([[-1, 2]])), "token ids: -1 is outside"),
+        (lambda: gpt(torch.tensor([[1.0, 2.0]])), "must be integers"),
+        (lambda: gpt(torch.tensor([[1, 2]]), positions=torch.tensor([[7, 8]])), "positions: 8 is outside 0..7"),
+        (lambda: gpt(torch.tensor([[1, 2]]), keep=torch.tensor([[0, 1]])), "keep must be a boolean"),
+        (lambda: bert(torch.tensor([[1, 99]])), "token ids: 99"),
+        (lambda: bert(torch.tensor([[1, 2]]), torch.tensor([[0, 2]])), "type_ids: 2 is outside 0..1"),
+        (lambda: bert(torch.zeros(1, 0, dtype=torch.long)), "empty sequence"),
+        (lambda: BertForPreTraining(bert.config)(torch.tensor([[1, 2]]), mlm_positions=torch.tensor([[0, 1]])),
+         "mlm_positions must be a boolean"),
+    ]
+    for call, needle in cases:
+        with pytest.raises(TformerError, match=needle.replace(".", r"\.")):
+            call()
+    no_segments = BertModel(BertConfig(vocab_size=30, max_len=8, d_model=16, n_heads=2, n_layers=1, d_ff=32,
+                                       type_vocab_size=0))
+    with pytest.raises(TformerError, match="no segment embeddings"):
+        no_segments(torch.tensor([[1, 2]]), torch.tensor([[0, 0]]))

@@ -26,13 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tformer.errors import TformerError
 from tformer.nn.dropout import Dropout
 from tformer.nn.activations import ACTIVATIONS
 from tformer.nn.init import init_bert_
 from tformer.nn.layers import Encoder
-from tformer.models.validation import check_config
+from tformer.models.validation import check_config, check_ids
 from tformer.nn.linear import Linear
-from tformer.nn.masks import unpad_if_worthwhile
+from tformer.nn.masks import check_boolean, token_mask, unpad_if_worthwhile
 from tformer.nn.positional import LearnedPositionalEmbedding
 
 SentenceObjective = Literal["nsp", "sop", "none"]
@@ -159,9 +160,19 @@ class BertModel(nn.Module):
     def forward(self, ids: Tensor, type_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 need_weights: bool = False, output_hidden_states: bool = False) -> EncoderOutput:
         """ids (B, T); type_ids (B, T) segment ids (None: all 0); attention_mask (B, T) bool, True at real
-        tokens (None: no padding). Padding keys are masked out of every query's attention."""
-        if ids.size(1) > self.config.max_tokens:
-            raise ValueError(f"{ids.size(1)} tokens exceed the model's {self.config.max_tokens} positions")
+        tokens (None: no padding; 1/0 integers read the same). Padding keys are masked out of every query's
+        attention."""
+        c = self.config
+        if ids.size(1) > c.max_tokens:
+            raise ValueError(f"{ids.size(1)} tokens exceed the model's {c.max_tokens} positions")
+        if ids.size(1) == 0:
+            raise TformerError("an empty sequence: the encoder needs at least one token per row")
+        check_ids(ids, c.vocab_size)
+        if type_ids is not None:
+            if not c.type_vocab_size:
+                raise TformerError("type_ids given, but the model has no segment embeddings (type_vocab_size 0)")
+            check_ids(type_ids, c.type_vocab_size, "type_ids")
+        attention_mask = token_mask(attention_mask)
         x = self.embeddings(ids, type_ids, attention_mask)
         mask = attention_mask[:, None, None, :] if attention_mask is not None else None  # (B, 1, 1, T)
         states: list[Tensor] | None = [] if output_hidden_states else None
@@ -223,6 +234,7 @@ class BertForPreTraining(nn.Module):
         """mlm_positions (B, T) bool: score the vocabulary only there. Pretraining masks 15% of the tokens,
         and the V-way output matrix costs as much as the whole encoder of a small model, so scoring every
         position would double the work for logits no loss reads."""
+        check_boolean(mlm_positions, "mlm_positions")
         out = self.bert(ids, type_ids, attention_mask, need_weights)
         selected = out.hidden[mlm_positions] if mlm_positions is not None else out.hidden
         sentence = self.sentence_head(out.pooled) if self.sentence_head is not None else None

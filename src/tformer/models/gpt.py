@@ -18,13 +18,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from tformer.models.validation import check_config
+from tformer.models.validation import check_config, check_ids
 from tformer.nn.cache import DecoderCache
 from tformer.nn.dropout import Dropout
 from tformer.nn.init import init_gpt_
 from tformer.nn.layers import Decoder
 from tformer.nn.linear import Linear
-from tformer.nn.masks import causal_mask, combine
+from tformer.nn.masks import causal_mask, check_boolean, combine, token_mask
 from tformer.nn.positional import LearnedPositionalEmbedding
 
 
@@ -103,19 +103,23 @@ class GPT(nn.Module):
                 return_hidden: bool = False) -> LMOutput:
         """Next-token logits for ids (B, T).
 
-        attention_mask (B, S) bool, True at real tokens of everything seen so far (cached + new): batched
+        attention_mask (B, S) bool (or 1/0), True at real tokens of everything seen so far (cached + new): batched
         prompts are padded on the left and their padding must not be attended to. positions (B, T): the
         position of each new token (left-padded rows start counting at their first real token); default
         cache length .. cache length + T - 1. With a cache, ids are only the new tokens.
         keep (B, T) bool: project to the vocabulary only there (training skips what no loss reads).
         """
         b, t = ids.shape
+        check_ids(ids, self.config.vocab_size)
+        check_boolean(keep, "keep")
+        attention_mask = token_mask(attention_mask)
         offset = cache.length if cache is not None else 0
         if positions is None:
             if offset + t > self.config.max_len:
                 raise ValueError(f"{offset + t} positions exceed the context window of {self.config.max_len}")
             pos = self.pos_embed(t, offset)  # (T, D), shared by every row
         else:
+            check_ids(positions, self.config.max_len, "positions")
             pos = self.pos_embed.weight[positions]  # (B, T, D)
         x = self.dropout(self.tok_embed(ids) + pos)
         if attention_mask is None and offset == 0:

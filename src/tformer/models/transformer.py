@@ -18,13 +18,14 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from tformer.errors import TformerError
 from tformer.nn.cache import DecoderCache
 from tformer.nn.dropout import Dropout
 from tformer.nn.init import init_transformer_
 from tformer.nn.layers import Decoder, Encoder
-from tformer.models.validation import check_config
+from tformer.models.validation import check_config, check_ids
 from tformer.nn.linear import Linear
-from tformer.nn.masks import causal_mask, unpad_if_worthwhile
+from tformer.nn.masks import causal_mask, check_boolean, unpad_if_worthwhile
 from tformer.nn.positional import make_positional
 
 
@@ -120,6 +121,7 @@ class Transformer(nn.Module):
         """src (B, S) ids -> memory (B, S, D), source mask (B, 1, 1, S) [, per-layer self-attention weights].
 
         When a batch has enough padding the encoder runs on its real tokens only, and memory is 0 at padding."""
+        check_ids(src, self.config.src_vocab_size, "source ids")
         real = src != self.config.pad_id
         src_mask = real[:, None, None, :]  # (B, 1, 1, S)
         x = self.src_embed(src)
@@ -141,6 +143,7 @@ class Transformer(nn.Module):
         only the new token(s) and the cached keys/values supply the past.
         Returns (hidden, self-attention weights, cross-attention weights).
         """
+        check_ids(tgt_in, self.config.tgt_vocab_size, "target ids")
         offset = cache.length if cache is not None else 0
         t = tgt_in.size(1)
         # Targets are padded on the right, so the causal mask alone already hides every padding key from
@@ -164,6 +167,9 @@ class Transformer(nn.Module):
         keep (B, T) bool: project to the vocabulary only where True and return logits (N, V) for those N
         positions. Training passes the non-padding positions, so no work goes into logits nobody scores.
         """
+        if src.size(0) != tgt_in.size(0):
+            raise TformerError(f"{src.size(0)} source rows for {tgt_in.size(0)} target rows: one target per source")
+        check_boolean(keep, "keep")
         if need_weights:
             memory, src_mask, enc_w = self.encode(src, need_weights=True)
         else:
@@ -175,5 +181,5 @@ class Transformer(nn.Module):
                              cross_w if need_weights else None)
 
     def num_parameters(self) -> int:
-        """Distinct trainable parameters (tied and shared matrices counted once)."""
+        """Distinct parameters, frozen ones included (tied and shared matrices counted once)."""
         return sum(p.numel() for p in self.parameters())

@@ -9,6 +9,10 @@ import typing
 from dataclasses import fields
 from typing import Any, Literal
 
+import torch
+
+from tformer.errors import TformerError
+
 
 def value_fits(value: Any, tp: Any) -> bool:
     """Whether a (JSON or TOML) value is one of type `tp`, a field's annotation; kinds not checked here fit."""
@@ -56,3 +60,15 @@ def check_config(config: Any, positive: tuple[str, ...], rates: tuple[str, ...] 
             raise ValueError(f"{name} must be in [0, 1), not {getattr(config, name)}")
     if config.d_model % config.n_heads:
         raise ValueError(f"d_model={config.d_model} is not divisible by n_heads={config.n_heads}")
+
+
+def check_ids(ids: torch.Tensor, size: int, what: str = "token ids") -> None:
+    """ids index an embedding of `size` rows (token, segment or position ids): anything else is an error naming
+    the value, not an IndexError from inside the embedding. Ranges are checked on a CPU only: on a GPU the
+    question would wait for the device at every step (there, torch's own device-side check stops the run)."""
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise TformerError(f"{what} must be integers, got {ids.dtype}")
+    if ids.device.type == "cpu" and ids.numel():
+        low, high = (v.item() for v in torch.aminmax(ids))
+        if low < 0 or high >= size:
+            raise TformerError(f"{what}: {low if low < 0 else high} is outside 0..{size - 1} (the model has {size})")

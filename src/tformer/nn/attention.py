@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tformer.errors import TformerError
 from tformer.nn.cache import AttentionCache
-from tformer.nn.linear import Linear, linear
 from tformer.nn.dropout import dropout, keep_mask
-from tformer.nn.masks import Unpadded
+from tformer.nn.linear import Linear, linear
+from tformer.nn.masks import Unpadded, check_boolean
 
 # ---------------------------------------------------------------------------------------------------
 # Score functions over one decoder state s (..., Ds) and n encoder states h (..., n, Dh) -> (..., n)
@@ -59,6 +60,7 @@ class AdditiveScore(nn.Module):
 
 def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
     """Softmax over the last axis with masked scores at -inf; a row with every key masked gives zeros."""
+    check_boolean(mask)
     if mask is None:
         return torch.softmax(scores, dim=-1)
     scores = scores.masked_fill(~mask, float("-inf"))
@@ -100,6 +102,7 @@ def scaled_dot_product_attention(
     """
     if is_causal and (mask is not None or q.size(-2) != k.size(-2)):
         raise ValueError("is_causal needs no mask and as many queries as keys; pass a causal mask instead")
+    check_boolean(mask)  # a float mask would be added to the scores by the fused kernel only
     if need_weights:
         if is_causal:
             mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
@@ -213,13 +216,17 @@ class MultiHeadAttention(nn.Module):
         context row (beam search's hypotheses of one source), consecutive in the batch. With a cache,
         self-attention appends this step's keys/values to those of earlier steps, and cross-attention
         projects `context` only once.
-        Returns (B, T, D) and, when need_weights, the attention weights (B, H, T, S).
+        Returns (B, T, D) and, when need_weights, the attention weights (B, H, T, S); with K query rows per
+        context row, (B / K, H, K * T, S): each context row's queries side by side.
         """
         d = self.d_model
         if unpadded is not None:
             return self._forward_unpadded(x, mask, unpadded, need_weights)
         n_rows = x.size(0)
         if context is not None and n_rows != context.size(0):
+            if n_rows % context.size(0):
+                raise TformerError(f"cross-attention: {n_rows} query rows for a context of {context.size(0)}; "
+                                   "the batch sizes must match (or be K rows per context row, as in beam search)")
             # Beam search: the K hypotheses of one source share its encoder output, so their queries are
             # attended together, as one K*T-long query, against a single copy of its keys and values.
             x = x.reshape(context.size(0), -1, d)  # (B*K, T, D) -> (B, K*T, D)

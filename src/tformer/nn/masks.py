@@ -9,6 +9,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tformer.errors import TformerError
+
+
+def check_boolean(mask: Tensor | None, name: str = "mask") -> None:
+    """A mask or a selector must be boolean: an integer or float tensor is an index list, an additive bias or
+    0/1 values, and read as a boolean it would select or hide the wrong places without an error."""
+    if mask is not None and mask.dtype != torch.bool:
+        raise TformerError(f"{name} must be a boolean tensor (True = may attend, or selected), got {mask.dtype}: "
+                           "0/1 values are mask.bool(), an additive 0/-inf mask is mask == 0")
+
+
+def token_mask(attention_mask: Tensor | None) -> Tensor | None:
+    """A (B, S) attention_mask of real tokens as a boolean: True/False, or the 1/0 integers (or floats) that
+    transformers' tokenizers return."""
+    if attention_mask is None or attention_mask.dtype == torch.bool:
+        return attention_mask
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise TformerError(f"attention_mask holds values other than 0 and 1 ({attention_mask.dtype}); it marks the "
+                           "real tokens: True or 1 there, False or 0 at padding")
+    return attention_mask != 0
+
 
 def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
     """(B, S) token ids -> (B, 1, 1, S) mask that hides padding keys from every query."""
