@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import copy_pairs, tiny_run
+from tformer.errors import TformerError
 from tformer.generation.search import beam_search, greedy_decode
 from tformer.tasks.translation import TranslationTask, load_translator, translate_lines
 from tformer.training import checkpoint, distributed
@@ -35,6 +36,9 @@ def test_tiny_corpus_is_learned_to_exact_copies(tmp_path):
     # An empty or blank line has nothing to translate: it comes back empty, in its place.
     assert translate_lines(model, src_tok, tgt_tok, ["", sources[0], "   ", sources[1]]) == ["", out[0], "", out[1]]
     assert translate_lines(model, src_tok, tgt_tok, ["", " "]) == ["", ""]
+    for lines, beam, needle in ((sources[0], 1, "lines must be a list of strings"), (sources[:1], 0, "beam size")):
+        with pytest.raises(TformerError, match=needle):
+            translate_lines(model, src_tok, tgt_tok, lines, beam_size=beam)
 
 
 def _params(model):

@@ -227,6 +227,8 @@ def test_embed_options_from_python(tmp_path):
     assert [t.shape[0] for t in token_vectors] == [len(tok.encode(s).ids) for s in texts]
     ranked = similar(model, tok, texts[0], texts)
     assert ranked[0][1] == 0 and ranked[0][0] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(TformerError, match="sentences must be a list of strings, not one string"):
+        embed(model, tok, texts[0])  # iterated, it would embed each character
 
 
 @pytest.fixture(scope="module")

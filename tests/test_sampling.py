@@ -377,3 +377,26 @@ def test_streamer_waits_for_every_byte_of_a_character():
     out = generate_text(ScriptedStub(tok.vocab_size, script), tok, ["x"], len(script), streamer=pieces.append)
     assert out == [wanted] and "".join(pieces) == wanted
     assert all("\ufffd" not in p for p in pieces) and len(pieces) > 5
+
+
+def test_python_callers_get_named_errors_for_the_wrong_kind_of_argument():
+    """One string where a list is meant would otherwise run once per character; a tensor of prompts is the
+    natural thing to pass and works; sampling options out of range are named."""
+    from tformer.generation.sampling import generate, generate_text
+    from tformer.generation.scoring import choose
+
+    torch.manual_seed(0)
+    model = create_model("gpt-micro", vocab_size=40).eval()
+    tok = train_lm_tokenizer(["the cat sat on the mat"], kind="char")
+    assert generate(model, torch.tensor([[1, 2], [3, 4]]), 3) == generate(model, [[1, 2], [3, 4]], 3)
+    for call, needle in [
+        (lambda: generate_text(model, tok, "the cat", 3), "prompts must be a list of strings, not one string"),
+        (lambda: generate_text(model, tok, ["the", 3], 3), r"prompts\[1\] is int"),
+        (lambda: generate(model, "the cat", 3), "not one list of ids or text"),
+        (lambda: generate(model, [[1, 2]], 3, do_sample=True, top_k=-1), "top_k must be a non-negative"),
+        (lambda: generate(model, [[1, 2]], 3, do_sample=True, top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (lambda: choose(model, tok, "the", " cat"), "choices must be a list of strings"),
+    ]:
+        with pytest.raises(TformerError, match=needle):
+            call()
+    assert generate_text(model, tok, ["the"], 3, stop="x") == generate_text(model, tok, ["the"], 3, stop=["x"])

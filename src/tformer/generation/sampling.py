@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from tformer.errors import TformerError
+from tformer.models.validation import check_texts
 from tformer.nn.linear import transposed_weights
 
 # On an accelerator, asking "are all rows done?" waits for the device; ask only every few steps there
@@ -176,6 +177,9 @@ def generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int, *, 
     if options.get("eos_id") is None:
         eos = getattr(model.config, "eos_id", None)
         options["eos_id"] = eos if eos is not None else tokenizer.eos_id
+    prompts = check_texts(prompts, "prompts")
+    if isinstance(stop, str):
+        stop = [stop]
     stop = [s for s in (stop or []) if s]
     ids = [tokenizer.encode(p) for p in prompts]
     if streamer is not None and not callable(streamer):
@@ -262,7 +266,7 @@ def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample
     cfg = model.config
     window = cfg.max_len
     eos = eos_id if eos_id is not None else getattr(cfg, "eos_id", None)
-    prompts = _check(prompts, max_new_tokens, cfg.vocab_size, window, eos, temperature)
+    prompts = _check(prompts, max_new_tokens, cfg.vocab_size, window, eos, temperature, top_k, top_p)
     _check_repetition_options(repetition_penalty, no_repeat_ngram_size)
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
@@ -398,14 +402,24 @@ def _trim(row: list[int], eos: int | None, stop_ids: list[list[int]]) -> list[in
 
 
 def _check(prompts, max_new_tokens: int, vocab_size: int, window: int, eos: int | None,
-           temperature: float) -> list[list[int]]:
-    """The prompts as lists of ints (an empty one -> [eos]), or a TformerError naming what is wrong."""
+           temperature: float, top_k: int = 0, top_p: float = 1.0) -> list[list[int]]:
+    """The prompts as lists of ints (an empty one -> [eos]; a (B, T) tensor is B prompts), or a TformerError
+    naming what is wrong."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise TformerError(f"max_new_tokens must be a non-negative integer, not {max_new_tokens!r}")
     if temperature < 0:
         raise TformerError(f"temperature must be >= 0 (0 means greedy), not {temperature}")
-    if prompts and isinstance(prompts[0], int):
-        raise TformerError("prompts must be a list of token-id lists (one per prompt), not one list of ids")
+    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 0:
+        raise TformerError(f"top_k must be a non-negative integer (0: all tokens), not {top_k!r}")
+    if not 0 < top_p <= 1:
+        raise TformerError(f"top_p must be in (0, 1] (1: all tokens), not {top_p!r}")
+    if isinstance(prompts, Tensor):
+        if prompts.dim() != 2:
+            raise TformerError(f"a tensor of prompts must be (batch, tokens), not {tuple(prompts.shape)}")
+        prompts = prompts.tolist()
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], (int, str))):
+        raise TformerError("prompts must be a list of token-id lists (one per prompt), not one list of ids or "
+                           "text; generate_text takes text")
     out = []
     for i, p in enumerate(prompts):
         p = [int(t) for t in p]

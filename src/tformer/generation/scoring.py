@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from tformer.errors import TformerError
+from tformer.models.validation import check_texts
 
 _BATCH_ROWS = 16  # sequences per forward pass when batching
 
@@ -229,6 +230,7 @@ def choose(model: nn.Module, tokenizer, prompt: str, choices: Sequence[str], nor
     """
     if normalize not in ("sum", "mean"):
         raise TformerError(f"normalize must be 'sum' or 'mean', not {normalize!r}")
+    choices = check_texts(choices, "choices")
     if not choices:
         raise TformerError("choose needs at least one choice")
     pairs = [_encode_pair(model, tokenizer, prompt, c) for c in choices]

@@ -72,3 +72,15 @@ def check_ids(ids: torch.Tensor, size: int, what: str = "token ids") -> None:
         low, high = (v.item() for v in torch.aminmax(ids))
         if low < 0 or high >= size:
             raise TformerError(f"{what}: {low if low < 0 else high} is outside 0..{size - 1} (the model has {size})")
+
+
+def check_texts(texts: Any, what: str = "sentences") -> list[str]:
+    """A list of strings as a list; one string, where a list of them is meant, is an error (iterated, it would be
+    one input per character), and so is anything else that is not text."""
+    if isinstance(texts, str):
+        raise TformerError(f"{what} must be a list of strings, not one string (one input: [text])")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TformerError(f"{what}[{i}] is {type(text).__name__}, not a string")
+    return texts

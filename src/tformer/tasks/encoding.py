@@ -26,6 +26,7 @@ from torch import Tensor
 from tformer.encoder_tokenization import EncoderTokenizer
 from tformer.errors import TformerError
 from tformer.models.bert import BertForPreTraining, BertModel
+from tformer.models.validation import check_texts
 from tformer.tokenization import piece_text
 
 Pooling = Literal["cls", "mean", "pooler"]
@@ -126,6 +127,8 @@ def embed(model: BertModel | BertForPreTraining, tokenizer: EncoderTokenizer, se
     sentence came from, for that error). sort_by_length batches
     sentences of similar length together (far less padding); the output is in input order either way.
     """
+    sentences = check_texts(sentences)
+    pairs = check_texts(pairs, "pairs") if pairs is not None else None
     encoder = _encoder(model)
     n_states = encoder.config.n_layers + 1
     for layer in layers:

@@ -22,6 +22,7 @@ from tformer.errors import TformerError
 from tformer.generation.search import translate_ids
 from tformer.metrics import bleu, chrf
 from tformer.models.transformer import Transformer, TransformerConfig
+from tformer.models.validation import check_texts
 from tformer.registry import get_config, require_family
 from tformer.tokenization import Tokenizer, train_tokenizer, warn_if_vocab_grew
 from tformer.training import checkpoint
@@ -158,6 +159,9 @@ def translate_lines(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokenizer, 
                     beam_size: int = 1, max_tokens: int = 4000, length_penalty: float = 1.0,
                     max_len: int | None = None) -> list[str]:
     """Translate sentences in length-sorted batches of about max_tokens source tokens; output in input order."""
+    lines = check_texts(lines, "lines")
+    if not isinstance(beam_size, int) or beam_size < 1:
+        raise TformerError(f"beam size must be a positive integer (1: greedy), not {beam_size!r}")
     if beam_size > tgt_tok.vocab_size:  # beam search keeps beam_size distinct tokens after each step
         raise TformerError(f"beam size {beam_size} (--beam) is more than the target vocabulary's "
                            f"{tgt_tok.vocab_size} tokens")
