@@ -457,3 +457,28 @@ def test_an_early_stopping_run_that_validates_each_epoch_validates_its_last_step
     state = train(task, cfg, tmp_path / "a", quiet=True)
     assert state.step == 8 and [e["step"] for e in state.history if "valid" in e] == [4, 8]
     assert task.scores == [0.7]  # two validations, one per epoch: the end did not validate step 8 again
+
+
+def test_options_set_from_python_meet_the_checks_of_a_file(tmp_path):
+    """The README sets run options by attribute: a typo in a choice, a value out of range or a number given as
+    text is named before training, as it is from a TOML file (it trained with a constant rate before)."""
+    from conftest import copy_pairs, tiny_run
+    from tformer.tasks.translation import TranslationTask
+    from tformer.training.loop import train
+
+    run = tiny_run(max_steps=1)
+    task = TranslationTask(run, copy_pairs(20))
+    for field, value, needle in (("schedule", "cosin", "train.schedule: 'cosin' is not one of"),
+                                 ("lr", -1.0, "train.lr: -1.0 is out of range"),
+                                 ("max_steps", "many", "train.max_steps: expected an integer")):
+        bad = tiny_run(max_steps=1).train
+        setattr(bad, field, value)
+        with pytest.raises(TformerError, match=needle):
+            train(task, bad, tmp_path / "m", quiet=True)
+        assert not (tmp_path / "m").exists()
+    run.train.max_steps = "1"  # what a file would accept is taken, converted
+    train(task, run.train, tmp_path / "m", quiet=True)
+    assert run.train.max_steps == 1
+    run.data.valid_fraction = 2.0
+    with pytest.raises(TformerError, match="data.valid_fraction: 2.0 is out of range"):
+        TranslationTask(run, copy_pairs(20))

@@ -207,6 +207,16 @@ def _apply(section_obj: Any, section: str, key: str, value: Any, source: str) ->
     setattr(section_obj, key, value)
 
 
+def check_section(section_obj: DataConfig | TrainConfig, source: str = "config") -> None:
+    """Every option of a data or train section checked as a file's would be (type, choices, range), each
+    converted in place where a file's would be ("30" -> 30): values set from Python meet the same checks as
+    those read from a TOML file or a command line, so that schedule = "cosin" is an error and not a constant
+    rate."""
+    section = "data" if isinstance(section_obj, DataConfig) else "train"
+    for f in fields(section_obj):
+        _apply(section_obj, section, f.name, getattr(section_obj, f.name), source)
+
+
 def load_config(path: str | Path | list[str | Path] | None = None, overrides: list[str] | tuple[str, ...] = (),
                 base: RunConfig | None = None) -> RunConfig:
     """Defaults (or `base`, a saved run's config, left as it is), then the TOML file(s) in order (a later file's

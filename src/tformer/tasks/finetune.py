@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tformer.config import RunConfig
+from tformer.config import RunConfig, check_section
 from tformer.encoder_tokenization import EncoderTokenizer
 from tformer.errors import TformerError
 from tformer.models.bert import BertConfig, BertForPreTraining, BertModel
@@ -96,6 +96,7 @@ class FineTuneTask:
                  valid_data: Any = None, head: HeadConfig | None = None, model: EncoderForTask | None = None):
         from tformer import transfer
 
+        check_section(run.data)  # values set from Python meet a file's checks
         self.run = run
         d, t = run.data, run.train
         self.kind = d.task

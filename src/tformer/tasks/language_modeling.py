@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tformer.config import RunConfig
+from tformer.config import RunConfig, check_section
 from tformer.data.text import BlockSampler, encode_corpus, read_corpus, sequential_blocks, split_paths, split_train_valid
 from tformer.errors import TformerError
 from tformer.models.gpt import GPT, GPTConfig
@@ -54,6 +54,7 @@ class LanguageModelingTask:
     def __init__(self, run: RunConfig, train_texts: list[str], valid_texts: list[str] | None = None,
                  tokenizer: Tokenizer | None = None, model: GPT | None = None, names: list[str] | None = None,
                  valid_names: list[str] | None = None):
+        check_section(run.data)  # values set from Python meet a file's checks
         self.run = run
         d, t = run.data, run.train
         if d.block_size < 1:

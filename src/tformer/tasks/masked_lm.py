@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tformer.config import RunConfig
+from tformer.config import RunConfig, check_section
 from tformer.data.collators import (PairExample, SpanMasking, encode_pair, encode_single, make_nsp_pairs,
                                     make_sop_pairs, mask_tokens, pad_batch)
 from tformer.data.parallel import read_text
@@ -99,6 +99,7 @@ class MLMBatch:
 class MaskedLMTask:
     def __init__(self, run: RunConfig, documents: list[list[str]], valid_documents: list[list[str]] | None = None,
                  tokenizer: EncoderTokenizer | None = None, model: BertForPreTraining | None = None):
+        check_section(run.data)  # values set from Python meet a file's checks
         self.run = run
         d, t = run.data, run.train
         if d.block_size < 8:

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from tformer.config import RunConfig
+from tformer.config import RunConfig, check_section
 from tformer.data.batching import collate_translation, pad, token_batches
 from tformer.data.parallel import read_parallel
 from tformer.errors import TformerError
@@ -32,6 +32,7 @@ from tformer.training.losses import label_smoothed_cross_entropy
 class TranslationTask:
     def __init__(self, run: RunConfig, pairs: Sequence[tuple[str, str]], valid_pairs: Sequence[tuple[str, str]] = (),
                  src_tok: Tokenizer | None = None, tgt_tok: Tokenizer | None = None, model: Transformer | None = None):
+        check_section(run.data)  # values set from Python meet a file's checks
         self.run = run
         d = run.data
         if src_tok is None:

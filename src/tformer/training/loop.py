@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tformer.config import TrainConfig
+from tformer.config import TrainConfig, check_section
 from tformer.data.batching import shard
 from tformer.errors import TformerError
 from tformer.runtime import keep_freed_memory_for_reuse
@@ -154,6 +154,7 @@ class ProgressLog:
 def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
           info: distributed.DistInfo | None = None, quiet: bool = False) -> TrainerState:
     """Train task.model until max_steps / max_epochs / max_minutes; write the model directory to out_dir."""
+    check_section(cfg)
     averager = _checkpoint_averager(cfg, out_dir)
     info = info or distributed.setup(cfg.device)
     if info.device.type == "cpu":
