@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from tformer.models.bert import BertConfig
 from tformer.models.transformer import TokenEmbedding, Transformer, TransformerConfig
 from tformer.nn.masks import padding_mask
 from tformer.nn.positional import SinusoidalPositionalEncoding, sinusoidal_table
-from tformer.registry import create_model, get_config, list_models
+from tformer.registry import create_model, describe, get_config, list_models
 
 SMALL_PRESETS = [n for n in list_models("transformer-*") if n not in ("transformer-base", "transformer-big")]
 
@@ -166,6 +167,23 @@ def test_invalid_configs_raise():
         get_config("transformer-micro", n_heads=5)
 
 
+@pytest.mark.parametrize("make, needle", [
+    (lambda: TransformerConfig(src_vocab_size=20, tgt_vocab_size=30, pad_id=25), "pad_id must be a token id below "
+                                                                                 "src_vocab_size=20, not 25"),
+    (lambda: TransformerConfig(src_vocab_size=20, tgt_vocab_size=30, pad_id=-1), "pad_id .* not -1"),
+    (lambda: TransformerConfig(tgt_vocab_size=30, eos_id=30), "eos_id must be a token id below tgt_vocab_size=30"),
+    (lambda: TransformerConfig(tgt_vocab_size=30, bos_id=-2), "bos_id"),
+    (lambda: BertConfig(vocab_size=64, pad_id=100),
+     "pad_id must be a token id below vocab_size=64"),
+    (lambda: BertConfig(max_len=8, position_offset=8),
+     "position_offset=8 leaves none of the max_len=8"),
+])
+def test_special_token_ids_and_offsets_must_fit_the_model(make, needle):
+    """An id outside the embedding fails later inside nn.Embedding (or builds a model that refuses every input)."""
+    with pytest.raises(ValueError, match=needle):
+        make()
+
+
 def test_config_roundtrip():
     cfg = TransformerConfig(d_model=16, n_heads=2, norm_position="pre")
     d = cfg.to_dict()
@@ -319,3 +337,11 @@ def test_tuned_products_give_the_blas_numbers_in_a_whole_model(monkeypatch):
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-5)
     for a, b in zip(results[0][2], results[1][2]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_an_unknown_preset_is_named_by_every_registry_function():
+    from tformer.errors import TformerError
+
+    for function in (describe, get_config, create_model):
+        with pytest.raises(TformerError, match="unknown model preset 'gpt3'; choose from: .*gpt2"):
+            function("gpt3")

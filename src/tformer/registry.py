@@ -31,13 +31,18 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, pattern))
 
 
+def _known(name: str) -> None:
+    if name not in _PRESETS:
+        raise TformerError(f"unknown model preset {name!r}; choose from: {', '.join(list_models())}")
+
+
 def describe(name: str) -> str:
+    _known(name)
     return _PRESETS[name][2]
 
 
 def get_config(name: str, **overrides) -> Any:
-    if name not in _PRESETS:
-        raise TformerError(f"unknown model preset {name!r}; choose from: {', '.join(list_models())}")
+    _known(name)
     config = _PRESETS[name][0]
     unknown = set(overrides) - set(config.__dataclass_fields__)
     if unknown:

@@ -31,7 +31,7 @@ from tformer.nn.dropout import Dropout
 from tformer.nn.activations import ACTIVATIONS
 from tformer.nn.init import init_bert_
 from tformer.nn.layers import Encoder
-from tformer.models.validation import check_config, check_ids
+from tformer.models.validation import check_config, check_ids, check_token_id
 from tformer.nn.linear import Linear
 from tformer.nn.masks import check_boolean, token_mask, unpad_if_worthwhile
 from tformer.nn.positional import LearnedPositionalEmbedding
@@ -67,6 +67,10 @@ class BertConfig:
         for name in ("type_vocab_size", "embedding_size", "position_offset"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
+        check_token_id(self, "pad_id", self.vocab_size)
+        if self.position_offset >= self.max_len:
+            raise ValueError(f"position_offset={self.position_offset} leaves none of the max_len={self.max_len} "
+                             "positions for tokens")
         if self.sentence_objective != "none" and not self.pooler:
             raise ValueError(f"sentence_objective={self.sentence_objective!r} needs the pooler")
 

@@ -23,7 +23,7 @@ from tformer.nn.cache import DecoderCache
 from tformer.nn.dropout import Dropout
 from tformer.nn.init import init_transformer_
 from tformer.nn.layers import Decoder, Encoder
-from tformer.models.validation import check_config, check_ids
+from tformer.models.validation import check_config, check_ids, check_token_id
 from tformer.nn.linear import Linear
 from tformer.nn.masks import causal_mask, check_boolean, unpad_if_worthwhile
 from tformer.nn.positional import make_positional
@@ -57,6 +57,11 @@ class TransformerConfig:
                                      "n_encoder_layers", "n_decoder_layers"))
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError("share_embeddings needs one joint vocabulary (src_vocab_size == tgt_vocab_size)")
+        smaller = min(("src_vocab_size", self.src_vocab_size), ("tgt_vocab_size", self.tgt_vocab_size),
+                      key=lambda named: named[1])
+        check_token_id(self, "pad_id", smaller[1], smaller[0])  # padding in both vocabularies
+        for name in ("bos_id", "eos_id"):  # target tokens
+            check_token_id(self, name, self.tgt_vocab_size, "tgt_vocab_size")
 
     @property
     def d_k(self) -> int:

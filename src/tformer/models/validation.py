@@ -62,6 +62,13 @@ def check_config(config: Any, positive: tuple[str, ...], rates: tuple[str, ...] 
         raise ValueError(f"d_model={config.d_model} is not divisible by n_heads={config.n_heads}")
 
 
+def check_token_id(config: Any, name: str, vocab_size: int, vocabulary: str = "vocab_size") -> None:
+    """A special token id of a config (pad_id, eos_id, ...) names a row of its embedding."""
+    value = getattr(config, name)
+    if not 0 <= value < vocab_size:
+        raise ValueError(f"{name} must be a token id below {vocabulary}={vocab_size}, not {value}")
+
+
 def check_ids(ids: torch.Tensor, size: int, what: str = "token ids") -> None:
     """ids index an embedding of `size` rows (token, segment or position ids): anything else is an error naming
     the value, not an IndexError from inside the embedding. Ranges are checked on a CPU only: on a GPU the
