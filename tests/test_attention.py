@@ -483,3 +483,23 @@ def test_cpu_attention_dropout_matches_autograd_with_the_same_mask(causal):
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
     assert 0.6 < keep.float().mean() < 0.9  # some weights really were dropped
+
+
+def test_multi_head_attention_names_shapes_it_cannot_use():
+    from tformer.errors import TformerError
+    from tformer.nn.attention import MultiHeadAttention
+
+    mha = MultiHeadAttention(8, 2)
+    for kwargs, needle in (
+        (dict(x=torch.randn(2, 5, 6)), r"x must be \(batch, length, d_model=8\), not \(2, 5, 6\)"),
+        (dict(x=torch.randn(5, 8)), r"not \(5, 8\)"),
+        (dict(x=torch.randn(2, 5, 8), context=torch.randn(2, 4)), "context must be"),
+        (dict(x=torch.randn(2, 5, 8), mask=torch.ones(3, 5, dtype=torch.bool)),
+         r"mask of shape \(3, 5\) does not broadcast to the scores .* \(2, 2, 5, 5\)"),
+    ):
+        with pytest.raises(TformerError, match=needle):
+            mha(**kwargs)
+    padding = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    assert mha(torch.randn(2, 5, 8), mask=padding)[0].shape == (2, 5, 8)
+    with pytest.raises(ValueError, match="must be positive"):
+        MultiHeadAttention(16, 0)

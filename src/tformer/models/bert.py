@@ -165,7 +165,8 @@ class BertModel(nn.Module):
                 need_weights: bool = False, output_hidden_states: bool = False) -> EncoderOutput:
         """ids (B, T); type_ids (B, T) segment ids (None: all 0); attention_mask (B, T) bool, True at real
         tokens (None: no padding; 1/0 integers read the same). Padding keys are masked out of every query's
-        attention."""
+        attention. The states at padding positions mean nothing (0 when the batch ran unpadded, else what the
+        padding queries computed): pool with the mask, as `tasks.encoding.embed` does."""
         c = self.config
         if ids.size(1) > c.max_tokens:
             raise ValueError(f"{ids.size(1)} tokens exceed the model's {c.max_tokens} positions")

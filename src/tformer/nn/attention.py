@@ -169,6 +169,16 @@ class _DropoutAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None
 
 
+def _check_mask_shape(mask: Tensor, q: Tensor, k: Tensor) -> None:
+    """A mask broadcasts to the scores (B, H, T, S): each of its last four sizes is 1 or the scores' own. A
+    2-D mask is (T, S), shared by every row; a padding mask is (B, 1, 1, S)."""
+    scores = (q.size(0), q.size(1), q.size(2), k.size(2))
+    if mask.dim() > 4 or any(m not in (1, n) for m, n in zip(reversed(mask.shape), reversed(scores))):
+        raise TformerError(f"attention: a mask of shape {tuple(mask.shape)} does not broadcast to the scores "
+                           f"(batch, heads, queries, keys) = {scores}; a padding mask is (batch, 1, 1, keys), "
+                           "a 2-D mask is (queries, keys)")
+
+
 class MultiHeadAttention(nn.Module):
     """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
 
@@ -179,6 +189,8 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
+        if d_model <= 0 or n_heads <= 0:
+            raise ValueError(f"d_model and n_heads must be positive, not {d_model} and {n_heads}")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
@@ -222,6 +234,9 @@ class MultiHeadAttention(nn.Module):
         d = self.d_model
         if unpadded is not None:
             return self._forward_unpadded(x, mask, unpadded, need_weights)
+        for name, t in (("x", x), ("context", context)):
+            if t is not None and (t.dim() != 3 or t.size(-1) != d):
+                raise TformerError(f"attention: {name} must be (batch, length, d_model={d}), not {tuple(t.shape)}")
         n_rows = x.size(0)
         if context is not None and n_rows != context.size(0):
             if n_rows % context.size(0):
@@ -244,6 +259,8 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache.get()
             else:
                 k, v = self._project_kv(context)
+        if mask is not None:
+            _check_mask_shape(mask, q, k)
         out, weights = scaled_dot_product_attention(
             q, k, v, mask, self.dropout, need_weights=need_weights, training=self.training, is_causal=is_causal
         )
