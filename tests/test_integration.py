@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,73 @@ def test_two_process_ddp_training_keeps_ranks_identical(tmp_path):
     fresh = TranslationTask(tiny_run(), pairs).model.state_dict()
     assert any(not torch.equal(r0[k], fresh[k]) for k in r0)
     assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+class _ScriptedValidation(TranslationTask):
+    """Validation losses that improve twice, then get worse: early stopping ends the run at step 3."""
+
+    selection_metric = ("loss", "min")
+    scripted = [3.0, 2.0, 2.5, 2.6, 2.7, 2.8, 2.9, 3.0, 3.1, 3.2]
+
+    def validate(self, model):
+        self.calls = getattr(self, "calls", 0) + 1
+        return {"loss": self.scripted[self.calls - 1]}
+
+
+def _ddp_phases_worker(rank: int, world: int, port: int, out: str, pairs, result: str, phases: list, task_kind: str):
+    """Train in `world` processes through each (train options, resume) phase; rank r writes result/rank{r}.pt."""
+    import time
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    info = distributed.setup("cpu")
+    try:
+        for options, resume in phases:
+            run = tiny_run(device="cpu", **options)
+            task = (_ScriptedValidation if task_kind == "scripted" else TranslationTask)(run, pairs)
+            if rank == 1:
+                time.sleep(0.5)  # the ranks' clocks start apart, as when only rank 0 measures the matmul peak
+            state = train(task, run.train, out, resume=resume, info=info, quiet=True)
+        torch.save({"step": state.step, **task.model.state_dict()}, Path(result) / f"rank{rank}.pt")
+    finally:
+        distributed.teardown(info)
+
+
+def _spawn_phases(tmp_path, name: str, phases: list, task_kind: str = "translation", timeout: float = 240.0):
+    """Each rank's final weights (and step) of a 2-process run; a rank left waiting for the other fails the test
+    instead of hanging it."""
+    result = tmp_path / f"{name}-result"
+    result.mkdir()
+    context = mp.spawn(_ddp_phases_worker, args=(2, _free_port(), str(tmp_path / name), copy_pairs(120, seed=5),
+                                                 str(result), phases, task_kind), nprocs=2, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{name}: the processes did not finish in {timeout:.0f} s (one waits for the other)")
+    return [torch.load(result / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_two_process_resume_equals_uninterrupted_with_dropout(tmp_path):
+    """Each rank draws its own dropout masks (seeded seed + rank): each must get its own random state back."""
+    whole = _spawn_phases(tmp_path, "whole", [({"max_steps": 6, "accum_steps": 2}, False)])
+    split = _spawn_phases(tmp_path, "split", [({"max_steps": 3, "accum_steps": 2}, False),
+                                              ({"max_steps": 6, "accum_steps": 2}, True)])
+    assert whole[0].pop("step") == split[0].pop("step") == 6
+    for k in whole[0]:
+        assert torch.equal(whole[0][k], whole[1][k]), k
+        assert torch.equal(whole[0][k], split[0][k]), k
+
+
+def test_two_processes_stop_together_on_time_and_on_early_stopping(tmp_path):
+    """Only rank 0 validates and the ranks' clocks differ: both must still stop at the same step."""
+    timed = _spawn_phases(tmp_path, "timed", [({"max_steps": 0, "max_minutes": 0.02}, False)])
+    assert timed[0]["step"] == timed[1]["step"] > 0
+    stopped = _spawn_phases(tmp_path, "early", [({"max_steps": 10, "eval_every": 1, "early_stopping": 1}, False)],
+                            task_kind="scripted")
+    assert stopped[0]["step"] == stopped[1]["step"] == 3
 
 
 def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tmp_path):

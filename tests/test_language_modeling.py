@@ -107,18 +107,26 @@ def _params(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
-    whole = LanguageModelingTask(lm_run(max_steps=12), [TEXT])
-    train(whole, whole.run.train, tmp_path / "whole", quiet=True)
+@pytest.mark.parametrize("dropout, quiet", [(0.0, True), (0.1, False)])
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path, dropout, quiet):
+    """With dropout every random draw counts: the MFU measurement a shown run makes at its start must not take
+    any from the generator the run resumes."""
+    def run_to(steps):
+        run = lm_run(max_steps=steps)
+        run.model.update(dropout=dropout, attention_dropout=dropout)
+        return run
 
-    first = LanguageModelingTask(lm_run(max_steps=5), [TEXT])
-    train(first, first.run.train, tmp_path / "split", quiet=True)
-    run = lm_run(max_steps=12)
+    whole = LanguageModelingTask(run_to(12), [TEXT])
+    train(whole, whole.run.train, tmp_path / "whole", quiet=quiet)
+
+    first = LanguageModelingTask(run_to(5), [TEXT])
+    train(first, first.run.train, tmp_path / "split", quiet=quiet)
+    run = run_to(12)
     text_file = tmp_path / "t.txt"
     text_file.write_text(TEXT)
     run.data.train_text = str(text_file)
     resumed = build_lm_task(run, tmp_path / "split")
-    train(resumed, run.train, tmp_path / "split", resume=True, quiet=True)
+    train(resumed, run.train, tmp_path / "split", resume=True, quiet=quiet)
     a, b = _params(whole.model), _params(resumed.model)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -78,3 +78,30 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def from_main(value: float, info: DistInfo) -> float:
+    """Rank 0's value of a number on every rank (a clock reading, so that all stop at the same step)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
+    dist.broadcast(t, src=0)
+    return t.item()
+
+
+def object_from_main(value, info: DistInfo):
+    """Rank 0's value of a picklable object on every rank (validation metrics, which only rank 0 computes)."""
+    if not info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(value, info: DistInfo) -> list:
+    """Every rank's value of a picklable object, in rank order, on every rank."""
+    if not info.enabled:
+        return [value]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, value)
+    return out

@@ -104,8 +104,11 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, file: Path) -> None:
-    """The optimizer's moments and the random state of a saved run (checkpoint.load_trainer_state's second part)."""
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, file: Path,
+                          info: distributed.DistInfo | None = None) -> None:
+    """The optimizer's moments and the random state of a saved run (checkpoint.load_trainer_state's second part).
+    Each process of a multi-process run takes its own random state back (they draw different dropout masks),
+    when the run is resumed with as many processes; otherwise every process takes rank 0's."""
     # torch's load_state_dict also brings back the saved groups' options (betas, weight decay, eps, fused,
     # ...); a resumed run keeps the moments but takes its options from this run's config, as --resume says.
     options = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
@@ -113,7 +116,9 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, file: P
         optimizer.load_state_dict(saved["optimizer"])
         for group, own in zip(optimizer.param_groups, options):
             group.update(own)
-        _set_rng_state(saved["rng"])
+        ranks = saved.get("rng_ranks")
+        same_world = info is not None and isinstance(ranks, list) and len(ranks) == info.world_size
+        _set_rng_state(ranks[info.rank] if same_world else saved["rng"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:  # saved by another model, or damaged
         raise TformerError(f"{file}: does not fit this run's optimizer and random state ({exc})") from None
 
@@ -176,7 +181,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         if state.step < 0:
             raise TformerError(f"{out_dir / checkpoint.TRAINER_STATE}: trainer.step is {state.step}, not a step count")
         checkpoint.load_weights(out_dir, model)
-        _load_optimizer_state(optimizer, opt_state, out_dir / checkpoint.OPTIMIZER)
+        _load_optimizer_state(optimizer, opt_state, out_dir / checkpoint.OPTIMIZER, info)
     elif not resume:
         torch.manual_seed(cfg.seed + info.rank)
     if state.step == 0 and info.is_main:
@@ -205,13 +210,15 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
                       f"{flops_per_token / 1e6:,.2f} MFLOP per training token")
 
     def save(snapshot: bool = True) -> None:
+        rng_ranks = distributed.gather_objects(_rng_state(), info)  # every rank takes part
         if info.is_main:
             if averager is not None and snapshot:
                 # Before the checkpoint: a run stopped in between resumes from the one before, which drops this
                 # snapshot; the other way round, it would resume from this step without its snapshot.
                 averager.snapshot(model, state.step)
             trainer_meta = {"trainer": asdict(state), "train_config": asdict(cfg)}
-            task.save(out_dir, model, trainer_meta, {"optimizer": optimizer.state_dict(), "rng": _rng_state()})
+            random_state = {"rng": rng_ranks[0], **({"rng_ranks": rng_ranks} if info.enabled else {})}
+            task.save(out_dir, model, trainer_meta, {"optimizer": optimizer.state_dict(), **random_state})
         distributed.barrier(info)
 
     validated = {"step": None}  # the step of the last validation
@@ -226,7 +233,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             if metrics:
                 state.history.append({"step": state.step, "valid": metrics})
                 log.write(f"valid step {state.step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        distributed.barrier(info)
+        # Every rank decides early stopping from the same metrics, so that all stop (and save) together.
+        state.last_valid = distributed.object_from_main(state.last_valid, info)
 
     model.train()
     window_tokens, window_seen, window_loss, window_start = 0, 0, 0.0, time.perf_counter()
@@ -295,6 +303,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             window_loss += step_loss
             now = time.perf_counter()
             state.elapsed_s = now - run_start
+            if cfg.max_minutes:  # rank 0's clock for every rank: they stop at the same step, none waits alone
+                state.elapsed_s = distributed.from_main(state.elapsed_s, info)
             is_log = state.step % max(cfg.log_every, 1) == 0
             if is_log or log.bar is not None:
                 dt = max(now - window_start, 1e-9)

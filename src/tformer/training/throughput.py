@@ -56,8 +56,11 @@ def measure_matmul_peak(
 
     flops = 2.0 * size**3  # size^2 outputs, each `size` multiplies and `size` adds
     with torch.inference_mode():
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
+        # A generator of its own: drawing from the global one would change what a resumed run draws next
+        # (its dropout), so that it no longer equals the uninterrupted run.
+        generator = torch.Generator(device=device).manual_seed(0)
+        a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+        b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
         out = torch.empty(size, size, device=device, dtype=dtype)
 
         # Warm-up: first-call costs (kernel selection, page faults, clock ramp) would understate the peak.
