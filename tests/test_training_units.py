@@ -482,3 +482,25 @@ def test_options_set_from_python_meet_the_checks_of_a_file(tmp_path):
     run.data.valid_fraction = 2.0
     with pytest.raises(TformerError, match="data.valid_fraction: 2.0 is out of range"):
         TranslationTask(run, copy_pairs(20))
+
+
+def test_a_decaying_schedule_runs_to_the_end_of_an_epoch_limited_run(tmp_path):
+    """cosine over max_steps=0 fell to min_lr right after warmup; limited by epochs, it decays over their steps;
+    limited only by time, it has no end and is refused."""
+    from conftest import copy_pairs, tiny_run
+    from tformer.tasks.translation import TranslationTask
+    from tformer.training import distributed
+    from tformer.training.loop import learning_rate, schedule_config, train
+
+    run = tiny_run(max_steps=0, max_epochs=2, schedule="cosine", lr=1e-3, min_lr=1e-4, warmup_steps=2)
+    task = TranslationTask(run, copy_pairs(60))
+    rates = schedule_config(run.train, task, distributed.DistInfo())
+    per_epoch = len(task.train_batches(0, run.train.seed))
+    assert rates.max_steps == 2 * per_epoch > 4 and run.train.max_steps == 0
+    middle = learning_rate(rates, rates.max_steps // 2 + 1, 64)
+    assert 1e-4 < middle < 1e-3 and learning_rate(rates, rates.max_steps, 64) == pytest.approx(1e-4)
+    state = train(task, run.train, tmp_path / "m", quiet=True)
+    assert state.step == rates.max_steps
+    timed = tiny_run(max_steps=0, max_minutes=1.0, schedule="cosine")
+    with pytest.raises(TformerError, match="train.schedule=cosine decays until train.max_steps"):
+        train(TranslationTask(timed, copy_pairs(60)), timed.train, tmp_path / "t", quiet=True)

@@ -12,7 +12,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,6 +90,24 @@ def learning_rate(cfg: TrainConfig, step: int, d_model: int) -> float:
     return cfg.lr * min(1.0, step / max(cfg.warmup_steps, 1))
 
 
+DECAYING_SCHEDULES = ("cosine", "linear", "slanted_triangular")  # they need the run's last step
+
+
+def schedule_config(cfg: TrainConfig, task: Task, info: distributed.DistInfo) -> TrainConfig:
+    """The options the learning rate is computed from: a schedule that decays to the end of the run needs that
+    end in steps. A run limited by epochs alone counts them (epochs x optimiser steps per epoch); a run limited
+    only by time, or not at all, has no end to decay to and is refused (it decayed to the lowest rate right
+    after warmup)."""
+    if cfg.schedule not in DECAYING_SCHEDULES or cfg.max_steps:
+        return cfg
+    if cfg.max_epochs:
+        per_epoch = len(shard(task.train_batches(0, cfg.seed), info.rank, info.world_size)) // cfg.accum_steps
+        return replace(cfg, max_steps=max(1, cfg.max_epochs * per_epoch))
+    raise TformerError(f"train.schedule={cfg.schedule} decays until train.max_steps, and this run sets no "
+                       "max_steps or max_epochs: set one of them, or use schedule=constant or inverse_sqrt with "
+                       "a time limit")
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
     if torch.cuda.is_available():
@@ -162,6 +180,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     check_section(cfg)
     averager = _checkpoint_averager(cfg, out_dir)
     info = info or distributed.setup(cfg.device)
+    rates = schedule_config(cfg, task, info)
     if info.device.type == "cpu":
         keep_freed_memory_for_reuse()
     out_dir = Path(out_dir)
@@ -269,7 +288,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         batches = shard(task.train_batches(state.epoch, cfg.seed), info.rank, info.world_size)
         while state.batch_index + cfg.accum_steps <= len(batches) and not finished():
             group = batches[state.batch_index : state.batch_index + cfg.accum_steps]
-            lr = learning_rate(cfg, state.step + 1, d_model)
+            lr = learning_rate(rates, state.step + 1, d_model)
             for g in optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             micro = [task.collate(b, info.device) for b in group]
