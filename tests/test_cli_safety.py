@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,31 @@ def test_unexpected_errors_are_one_line_too(capsys, monkeypatch):
     monkeypatch.setenv("TFORMER_DEBUG", "1")
     with pytest.raises(RuntimeError):
         main(["list-models"])
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stopped_run_says_what_its_folder_keeps(lm, capsys, tmp_path, monkeypatch, how):
+    """Ctrl-C, or SIGTERM from a scheduler: one line saying which checkpoint --resume would continue from, or that
+    none was saved; the handler for SIGTERM is put back afterwards."""
+    import os
+    import signal
+
+    import tformer.training.loop as loop
+
+    def stopped(*args, **kwargs):
+        if how == "ctrl-c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "train", stopped)
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, err = run_cli(capsys, *tiny_lm_args(lm / "text.txt", tmp_path / "new"))
+    word, status = ("interrupted", 130) if how == "ctrl-c" else ("terminated", 143)
+    assert code == status and err.strip().splitlines() == [
+        f"tformer train: {word}; nothing was saved in {tmp_path / 'new'} (train.save_every=N saves a checkpoint "
+        "every N steps, for --resume to continue from)"]
+    kept = shutil.copytree(lm / "model", tmp_path / "kept")
+    code, _, err = run_cli(capsys, "train", "--out", kept, "--resume", "--max-steps", "9")
+    assert code == status and err.strip() == (f"tformer train: {word}; {kept} keeps the checkpoint of step 2 "
+                                              "(--resume continues from it)")
+    assert signal.getsignal(signal.SIGTERM) == before

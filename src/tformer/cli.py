@@ -11,8 +11,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -953,6 +955,7 @@ def main(argv: list[str] | None = None) -> int:
                "similar": cmd_similar, "finetune": cmd_finetune, "predict": cmd_predict,
                "attention": cmd_attention, "curves": cmd_curves, "list-models": cmd_list_models}[args.command]
     _warnings_as_lines()
+    previous_sigterm = _sigterm_as_interrupt()
     try:
         if getattr(args, "model", None) == "":  # Path("") is the current folder: not what was meant
             raise TformerError("--model is empty; name a model directory")
@@ -963,9 +966,11 @@ def main(argv: list[str] | None = None) -> int:
     except TformerError as exc:
         print(f"tformer {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"tformer {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)
+        print(f"tformer {args.command}: {'terminated' if terminated else 'interrupted'}{_what_was_kept(args)}",
+              file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -976,7 +981,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tformer {args.command}: error: {type(exc).__name__}: {message} (TFORMER_DEBUG=1 shows where)",
               file=sys.stderr)
         return 1
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`): ended as Ctrl-C is, with its message and nothing half-written."""
+
+
+def _sigterm_as_interrupt():
+    """Make SIGTERM raise _Terminated; the handler it replaces (to put back), or None where signals cannot be
+    set (a thread other than the main one)."""
+    def terminate(signum, frame):
+        raise _Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, terminate)
+
+
+def _what_was_kept(args) -> str:
+    """After a stopped train or finetune: which checkpoint its --out keeps, or that nothing was saved."""
+    out = getattr(args, "out", None)
+    if args.command not in ("train", "finetune") or not out:
+        return ""
+    from tformer.training import checkpoint
+
+    try:
+        checkpoint.restore_interrupted_save(out)
+        saved = json.loads((Path(out) / checkpoint.TRAINER_STATE).read_text(encoding="utf-8"))
+        step = saved["trainer"]["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return (f"; nothing was saved in {out} (train.save_every=N saves a checkpoint every N steps, for --resume "
+                "to continue from)")
+    return f"; {out} keeps the checkpoint of step {step} (--resume continues from it)"
 
 
 if __name__ == "__main__":
