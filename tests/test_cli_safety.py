@@ -263,3 +263,35 @@ def test_a_stopped_run_says_what_its_folder_keeps(lm, capsys, tmp_path, monkeypa
     assert code == status and err.strip() == (f"tformer train: {word}; {kept} keeps the checkpoint of step 2 "
                                               "(--resume continues from it)")
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_place_that_cannot_be_written_is_named_before_training(lm, capsys, monkeypatch):
+    import tformer.training.loop as loop
+
+    monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("trained before checking --out"))
+    code, _, err = run_cli(capsys, *tiny_lm_args(lm / "text.txt", "/proc/tformer-model"))
+    assert_one_line_error(code, err, "--out /proc/tformer-model: cannot save there")
+
+
+def test_a_full_disk_is_named_and_the_last_checkpoint_kept(lm, tmp_path, monkeypatch):
+    """torch.save on a full disk fails with "enforce fail at inline_container.cc": say what it means."""
+    from collections import namedtuple
+
+    from tformer.training import checkpoint
+
+    model = shutil.copytree(lm / "model", tmp_path / "model")
+    before = digest(model)
+
+    def full(tmp):
+        (tmp / "config.json").write_text("{}")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 456")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
+    with pytest.raises(TformerError, match=r"model: cannot save \(the disk is full: 1 MB free in .*\); the previous "
+                                           r"copy is kept"):
+        checkpoint.save_dir(model, full)
+    assert digest(model) == before and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="enforce fail"):  # with room on the disk it is not the disk: as it was
+        checkpoint.save_dir(model, full)

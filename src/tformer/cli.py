@@ -282,6 +282,12 @@ def _check_out(out: Path, resume: bool, overwrite: bool, pretrained: str | None 
         raise TformerError(f"--out {out} is a file, not a model directory; choose another --out")
     if pretrained is not None and out.exists() and out.resolve() == Path(pretrained).resolve():
         raise TformerError(f"--out {out} is the --model being fine-tuned; write the fine-tuned model elsewhere")
+    from tformer.training.checkpoint import check_writable
+
+    try:
+        check_writable(out)
+    except TformerError as exc:
+        raise TformerError(f"--out {exc}") from None
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not (out / "config.json").is_file():

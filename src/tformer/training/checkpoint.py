@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 import typing
 from dataclasses import fields, is_dataclass
@@ -121,11 +122,17 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
     """Run write(tmp_dir) and put tmp_dir at `path` atomically enough: the old copy survives until the new is whole.
     What `path` holds besides the model's files (MODEL_FILES) is kept: it moves into the new copy."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TformerError(f"{path}: cannot make its folder ({exc.strerror or exc})") from None
     restore_interrupted_save(path)  # else the old copy a killed save left aside would be deleted below
     for stale in _temporary_copies(path):  # what killed saves wrote, never swapped in
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
+    except OSError as exc:
+        raise TformerError(f"{path}: cannot save ({exc.strerror or exc}); nothing was written") from None
     old = _aside(path)
     try:
         write(tmp)
@@ -151,7 +158,39 @@ def save_dir(path: str | Path, write: Callable[[Path], None]) -> None:
             pass  # it stays at .NAME.old, where the next save or resume looks
         _carry_over(tmp, path if path.is_dir() else old)
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = _storage_problem(path, sys.exc_info()[1])
+        if reason is not None:
+            kept = "the previous copy is kept" if path.is_dir() or old.is_dir() else "nothing was saved"
+            raise TformerError(f"{path}: cannot save ({reason}); {kept}") from None
         raise
+
+
+def check_writable(path: str | Path) -> None:
+    """Before a run: that a model directory can be saved at `path` (its nearest existing folder takes a new
+    folder), so that a read-only or forbidden place is said before the training, not after it."""
+    path = Path(path).absolute()
+    place = next(p for p in path.parents if p.is_dir())  # where the new copy is written (or its folders made)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tformer-write-test-", dir=place))
+    except OSError as exc:
+        raise TformerError(f"{path}: cannot save there ({exc.strerror or exc} in {place})") from None
+
+
+LOW_SPACE = 64 * 2**20  # bytes free under which a failed write is taken for a full disk
+
+
+def _storage_problem(path: Path, exc: BaseException | None) -> str | None:
+    """What kept a save from being written, in words, when the cause is the storage (a full disk, a read-only
+    or forbidden folder); None for anything else (a bug keeps its traceback)."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if isinstance(exc, (OSError, RuntimeError)) and free is not None and free < LOW_SPACE:
+        return f"the disk is full: {free / 2**20:.0f} MB free in {path.parent}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return None
 
 
 def write_weights(model: nn.Module, file: Path) -> None:
