@@ -504,3 +504,18 @@ def test_a_decaying_schedule_runs_to_the_end_of_an_epoch_limited_run(tmp_path):
     timed = tiny_run(max_steps=0, max_minutes=1.0, schedule="cosine")
     with pytest.raises(TformerError, match="train.schedule=cosine decays until train.max_steps"):
         train(TranslationTask(timed, copy_pairs(60)), timed.train, tmp_path / "t", quiet=True)
+
+
+def test_model_options_name_the_file_that_set_them(tmp_path):
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    first.write_text('[model]\npreset = "gpt-micro"\nd_model = 64\n')
+    second.write_text('[model]\nd_modle = 64\n')
+    with pytest.raises(TformerError, match=r"b\.toml: unknown option model\.d_modle for preset 'gpt-micro' "
+                                           r"\(known: .*d_model"):
+        load_config([first, second])
+    second.write_text('[model]\nn_heads = "four"\n')
+    with pytest.raises(TformerError, match=r"b\.toml: model\.n_heads: expected an integer, got 'four'"):
+        load_config([first, second])
+    with pytest.raises(TformerError, match=r"command line: model\.dropout: expected a number, got 'high'"):
+        load_config(first, ["model.dropout=high"])
+    assert load_config([first], ["model.n_layers=3"]).model == {"preset": "gpt-micro", "d_model": 64, "n_layers": 3}

@@ -222,6 +222,7 @@ def load_config(path: str | Path | list[str | Path] | None = None, overrides: li
     """Defaults (or `base`, a saved run's config, left as it is), then the TOML file(s) in order (a later file's
     values win), then `section.key=value` overrides."""
     cfg = copy.deepcopy(base) if base is not None else RunConfig()
+    origins: dict[str, str] = {}  # model option -> the file (or the command line) that set it last
     for path in [] if path is None else path if isinstance(path, list) else [path]:
         path = Path(path)
         if path.is_dir():
@@ -240,6 +241,7 @@ def load_config(path: str | Path | list[str | Path] | None = None, overrides: li
             for key, value in values.items():
                 if section == "model":
                     cfg.model[key] = value
+                    origins[key] = str(path)
                 else:
                     _apply(getattr(cfg, section), section, key, value, str(path))
     for item in overrides:
@@ -249,9 +251,32 @@ def load_config(path: str | Path | list[str | Path] | None = None, overrides: li
             raise TformerError(f"option {item!r}: expected section.key=value with section model, data or train")
         if section == "model":
             cfg.model[name] = parse_scalar(value)
+            origins[name] = "command line"
         else:
             _apply(getattr(cfg, section), section, name, value, "command line")
+    _check_model_options(cfg.model, origins)
     return cfg
+
+
+def _check_model_options(model: dict[str, Any], origins: dict[str, str]) -> None:
+    """Each model option that a file or the command line set is one the preset's config has, of its type: an
+    error names where it was set. (Checks between options, such as d_model against n_heads, run when the model
+    is built.) Without a preset here, the task's default one checks them later."""
+    from tformer.models.validation import describe_type, value_fits
+    from tformer.registry import get_config, list_models
+
+    preset = model.get("preset")
+    if not isinstance(preset, str) or preset not in list_models():
+        return  # named when the model is built
+    hints = typing.get_type_hints(type(get_config(preset)))
+    for key, where in origins.items():
+        if key == "preset":
+            continue
+        if key not in hints:
+            raise TformerError(f"{where}: unknown option model.{key} for preset {preset!r} "
+                               f"(known: {', '.join(sorted(hints))})")
+        if not value_fits(model[key], hints[key]):
+            raise TformerError(f"{where}: model.{key}: expected {describe_type(hints[key])}, got {model[key]!r}")
 
 
 def config_from_dict(data: Any, source: str = "saved config") -> RunConfig:
