@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -231,6 +232,17 @@ def test_sentence_pairs_regression_and_tagging(tmp_path, pretrained, capsys):
     tagged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [t["tokens"] for t in tagged] == [["the", ANIMALS[0], "sat"], [ANIMALS[1]]]
     assert tagged[0]["tags"][1] == "B-ANI" and tagged[1]["tags"] == ["B-ANI"]
+    # A word the tokenizer drops whole (a soft hyphen) is tagged O in its place; the words after keep theirs.
+    (tmp_path / "tokens.txt").write_text(f"the\n\u00ad\n{ANIMALS[0]}\nsat\n")
+    assert task.tokenizer.backend.encode(["\u00ad"], is_pretokenized=True, add_special_tokens=False).ids == []
+    assert main(["predict", "--model", str(tmp_path / "ner"), "--input", str(tmp_path / "tokens.txt")]) == 0
+    tagged = json.loads(capsys.readouterr().out)
+    assert tagged["tags"][1:3] == ["O", "B-ANI"] and len(tagged["tags"]) == 4
+    # Past the model's positions words get no prediction (O), and that is said.
+    long_sentence = [ANIMALS[0]] * 80
+    with pytest.warns(UserWarning, match="1 of 1 sentences were longer than"):
+        items = task.encode([replace(task_sentence(long_sentence), tags=["O"] * 80)], "input")
+    assert items[0]["first"][-1] is None and items[0]["first"][0] == 1
 
 
 def test_extractive_qa_learns_to_point_at_the_answer(tmp_path, pretrained):
@@ -454,3 +466,9 @@ def test_finetune_resume_continues_and_refuses_changes(tmp_path, pretrained, cap
                          (["train.encoder_lr_scale=0.5"], "train.encoder_lr_scale")):
         code, _, err = run_cli(capsys, *base, "--resume", *option)
         assert_one_line_error(code, err, "--resume", name)
+
+
+def task_sentence(tokens):
+    from tformer.data.labeled import TaggedSentence
+
+    return TaggedSentence(tokens=list(tokens), tags=["O"] * len(tokens), line=1)

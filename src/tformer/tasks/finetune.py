@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,12 @@ class FineTuneTask:
                 out.append(item)
             return out
         if self.kind == "tagging":
-            return [self._encode_tagged(s, split) for s in data]
+            out = [self._encode_tagged(s, split) for s in data]
+            if n_cut := sum(x["cut"] for x in out):
+                warnings.warn(f"{self._where(split)}: {n_cut} of {len(out)} sentences were longer than "
+                              f"{self.max_tokens} tokens; their last words get no prediction (tagged O)",
+                              UserWarning, stacklevel=2)
+            return out
         features = self._qa_windows(data, training=split == "train")
         return [{"ids": f.ids, "type_ids": f.type_ids, "start": f.start, "end": f.end} for f in features] \
             if split == "train" else features
@@ -219,14 +225,20 @@ class FineTuneTask:
         return self.label_index[str(example.label)]
 
     def _encode_tagged(self, sentence, split: str) -> dict:
-        """Sub-tokens of the words; each word's tag on its first sub-token, -100 on the rest (never scored)."""
+        """Sub-tokens of the words; each word's tag on its first sub-token, -100 on the rest (never scored).
+
+        first[w]: the position of word w's first sub-token, None for a word that has none: one the tokenizer
+        drops whole (a soft hyphen, a zero-width joiner) or one past the truncation. Such a word is tagged O."""
         tok = self.tokenizer
         enc = tok.backend.encode(sentence.tokens, is_pretokenized=True, add_special_tokens=False)
-        ids, labels, first = [tok.cls_id], [-100], []
+        ids, labels = [tok.cls_id], [-100]
+        first: list[int | None] = [None] * len(sentence.tokens)
         previous = None
         budget = self.max_tokens - 1
+        cut = False
         for token_id, word in zip(enc.ids, enc.word_ids):
             if len(ids) >= budget:
+                cut = True
                 break
             if word != previous:
                 tag = sentence.tags[word]
@@ -234,7 +246,7 @@ class FineTuneTask:
                     raise TformerError(f"tag {tag!r} at {self._where(split)}:{sentence.line + word} was not among "
                                        f"the training tags ({', '.join(self.labels)})")  # one token a line
                 labels.append(self.label_index[tag])
-                first.append(len(ids))
+                first[word] = len(ids)
             else:
                 labels.append(-100)
             ids.append(token_id)
@@ -242,7 +254,12 @@ class FineTuneTask:
         ids.append(tok.sep_id)
         labels.append(-100)
         return {"ids": ids, "type_ids": [0] * len(ids), "labels": labels, "n_words": len(sentence.tokens),
-                "first": first}
+                "first": first, "cut": cut}
+
+    def _word_tags(self, item: dict, logits: Tensor) -> list[str]:
+        """One predicted tag per word, from its first sub-token; O for a word without one (see _encode_tagged)."""
+        best = logits.argmax(-1).tolist()
+        return [self.labels[best[p]] if p is not None else "O" for p in item["first"]]
 
     def train_batches(self, epoch: int, seed: int) -> list[list[int]]:
         return length_batches([len(x["ids"]) for x in self.train_set], self.run.train.batch_size,
@@ -357,10 +374,7 @@ class FineTuneTask:
         # tagging: word-level tags from each word's first sub-token; words cut by truncation count as "O"
         pred_tags, gold_tags = [], []
         for sentence, x, l in zip(data, items, logits):
-            ids = l.argmax(-1).tolist()
-            tags = [self.labels[ids[p]] for p in x["first"]]
-            tags += ["O"] * (len(sentence.tags) - len(tags))
-            pred_tags.append(tags)
+            pred_tags.append(self._word_tags(x, l))
             gold_tags.append(list(sentence.tags))
         scores = metrics.entity_prf(pred_tags, gold_tags, scheme=self.run.model.get("tag_scheme", "BIO"))
         words = sum(len(g) for g in gold_tags)
@@ -406,9 +420,7 @@ class FineTuneTask:
             logits = self.predict_logits(model, items)
             out = []
             for s, x, l in zip(data, items, logits):
-                ids = l.argmax(-1).tolist()
-                tags = [self.labels[ids[p]] for p in x["first"]] + ["O"] * (len(s.tokens) - len(x["first"]))
-                out.append({"tokens": s.tokens, "tags": tags})
+                out.append({"tokens": s.tokens, "tags": self._word_tags(x, l)})
             return out
         items = self.encode([replace(e, label=None) for e in data], "input")
         logits = self.predict_logits(model, items)
