@@ -472,3 +472,19 @@ def task_sentence(tokens):
     from tformer.data.labeled import TaggedSentence
 
     return TaggedSentence(tokens=list(tokens), tags=["O"] * len(tokens), line=1)
+
+
+def test_epoch_limited_fine_tuning_counts_the_steps_it_takes(tmp_path, pretrained):
+    """The linear schedule ends at the last step the trainer takes: whole groups of accum_steps batches (a
+    partial group at the end of an epoch is not a step)."""
+    from tformer.tasks.finetune import finetune_run_defaults
+
+    assert finetune_run_defaults("regression").data.task == "regression"
+    with pytest.raises(TformerError, match="data.task: 'regresion' is not one of"):
+        finetune_run_defaults("regresion")
+    run = run_for(tmp_path, pretrained, **{"train.accum_steps": 3, "train.max_epochs": 1})
+    task = build_finetune_task(run)
+    batches = len(task.train_batches(0, run.train.seed))
+    assert batches % 3 and run.train.max_steps == batches // 3
+    state = train(task, run.train, tmp_path / "m", quiet=True)
+    assert state.step == run.train.max_steps

@@ -3,7 +3,7 @@
 The job, end to end: read labelled files (tformer.data.labeled, tformer.data.squad), tokenize with the
 pretrained model's own tokenizer, put a new head on its encoder (tformer.models.heads.EncoderForTask), and
 train with the trainer, the transfer strategies (tformer.transfer) chosen by options:
-    train.strategy=feature_extraction   the encoder frozen, only the head trains (see also `fit_on_features`)
+    train.strategy=feature_extraction   the encoder frozen, only the head trains (see also `fit_logistic_regression`)
     train.freeze_layers=N                the embeddings and the lowest N layers frozen
     train.encoder_lr_scale=0.1           pretrained weights learn 10x slower than the new head
     train.layer_decay=0.38               discriminative rates, each layer 1/2.6 of the one above (ULMFiT)
@@ -19,6 +19,7 @@ Pearson/Spearman (regression), entity precision/recall/F1 (tagging), exact match
 from __future__ import annotations
 
 import math
+import os
 import random
 import warnings
 from dataclasses import asdict, replace
@@ -37,6 +38,7 @@ from tformer.models.gpt import GPTConfig
 from tformer.models.heads import EncoderForTask, HeadConfig
 from tformer.tasks.masked_lm import ENCODER_MODEL_TYPES
 from tformer.training import checkpoint
+from tformer.training.distributed import DistInfo
 
 # BERT's fine-tuning recipe (Devlin et al. 2019, appendix A.3): AdamW, lr 2e-5..5e-5 (higher for small
 # models), warmup 10% then linear decay, batch 32, 2-4 epochs, dropout 0.1.
@@ -50,9 +52,12 @@ FINETUNED_MODEL_TYPES = ("encoder_for_task", "gpt_for_classification")
 
 
 def finetune_run_defaults(task: str = "classification") -> RunConfig:
+    """The run options fine-tuning starts from, for `task` (data.task: classification, regression, tagging or qa)."""
     run = RunConfig(model={})
     for key, value in FINETUNE_TRAIN_DEFAULTS.items():
         setattr(run.train, key, value)
+    run.data.task = task
+    check_section(run.data)  # names a task that is not one
     if task == "qa":  # BERT's SQuAD windows: a question and 128-token strides of context fit in 384 tokens
         run.data.max_tokens = QA_MAX_TOKENS
     return run
@@ -525,9 +530,13 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
         encoder, tokenizer = load_pretrained_encoder(pretrained)
         task = FineTuneTask(run, encoder.train(), tokenizer, train_data, valid_data)
     if t.max_steps == 0 and t.max_epochs:
-        # Schedules that decay to the end need the end: epochs x batches per epoch.
-        steps = t.max_epochs * math.ceil(len(task.train_batches(0, t.seed)) / max(t.accum_steps, 1))
-        run.train = t = replace(t, max_steps=steps)
+        # Schedules that decay to the end need the end: epochs x this process's optimiser steps per epoch, as
+        # the trainer takes them (its share of the batches, whole groups of accum_steps).
+        from tformer.training.loop import schedule_config
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        info = DistInfo(int(os.environ.get("RANK", "0")) if world > 1 else 0, world)
+        run.train = t = replace(t, max_steps=schedule_config(replace(t, schedule="linear"), task, info).max_steps)
     if t.warmup_steps == 0 and t.schedule == "linear":
         run.train = replace(t, warmup_steps=int(WARMUP_FRACTION * t.max_steps))
     return task
