@@ -488,3 +488,23 @@ def test_epoch_limited_fine_tuning_counts_the_steps_it_takes(tmp_path, pretraine
     assert batches % 3 and run.train.max_steps == batches // 3
     state = train(task, run.train, tmp_path / "m", quiet=True)
     assert state.step == run.train.max_steps
+
+
+def test_tags_that_are_not_entities_are_scored_by_accuracy(tmp_path, pretrained):
+    """Parts of speech (NN, PRP$, ...) are not O/B-/I- entity tags: they train, validate and save, scored by the
+    share of words tagged right (entity scoring stopped such a run at its first validation, unsaved)."""
+    rng = random.Random(3)
+    lines = []
+    for _ in range(60):
+        words = [rng.choice(FILL) for _ in range(3)] + [rng.choice(ANIMALS)]
+        lines += [f"{w} {'NN' if w in ANIMALS else 'PRP$'}" for w in words] + [""]
+    (tmp_path / "pos.txt").write_text("\n".join(lines) + "\n")
+    run = load_config(None, ["data.task=tagging", f"data.train_file={tmp_path / 'pos.txt'}",
+                             f"data.valid_file={tmp_path / 'pos.txt'}", "train.lr=3e-3", "train.max_epochs=3",
+                             "train.batch_size=16"], base=finetune_run_defaults())
+    run.model["pretrained"] = str(pretrained)
+    task = build_finetune_task(run)
+    assert task.selection_metric == ("tag_accuracy", "max")
+    state = train(task, run.train, tmp_path / "pos", quiet=True)
+    assert set(state.last_valid) == {"tag_accuracy"} and state.last_valid["tag_accuracy"] > 0.6
+    assert (tmp_path / "pos" / "model.safetensors").is_file()

@@ -51,6 +51,12 @@ GPT_MODEL_TYPES = ("gpt", "gpt2")  # pretrained decoders: fine-tuned with the GP
 FINETUNED_MODEL_TYPES = ("encoder_for_task", "gpt_for_classification")
 
 
+def _is_entity_tag(tag: str) -> bool:
+    """O, or B-TYPE / I-TYPE: a tag of the BIO (IOB1, IOB2) schemes that entity scores read."""
+    prefix, dash, kind = tag.partition("-")
+    return tag == "O" or (prefix in ("B", "I") and bool(dash) and bool(kind))
+
+
 def finetune_run_defaults(task: str = "classification") -> RunConfig:
     """The run options fine-tuning starts from, for `task` (data.task: classification, regression, tagging or qa)."""
     run = RunConfig(model={})
@@ -134,8 +140,12 @@ class FineTuneTask:
             except ValueError as exc:
                 raise TformerError(f"train.freeze_layers={t.freeze_layers}: {exc}") from None
         self.unfreezer = transfer.GradualUnfreezer(model) if t.gradual_unfreezing else None
+        # Entity tags (O, B-TYPE, I-TYPE) are scored by entities; any other tag set (parts of speech) by the
+        # share of words tagged right.
+        self.entities = self.kind == "tagging" and all(_is_entity_tag(tag) for tag in self.labels)
+        tagging_metric = "f1" if self.entities else "tag_accuracy"
         self.selection_metric = {"classification": ("accuracy", "max"), "regression": ("pearson", "max"),
-                                 "tagging": ("f1", "max"), "qa": ("f1", "max")}[self.kind]
+                                 "tagging": (tagging_metric, "max"), "qa": ("f1", "max")}[self.kind]
 
     # -- the model -------------------------------------------------------------------------------------
 
@@ -381,9 +391,11 @@ class FineTuneTask:
         for sentence, x, l in zip(data, items, logits):
             pred_tags.append(self._word_tags(x, l))
             gold_tags.append(list(sentence.tags))
-        scores = metrics.entity_prf(pred_tags, gold_tags, scheme=self.run.model.get("tag_scheme", "BIO"))
         words = sum(len(g) for g in gold_tags)
         correct = sum(p == g for ps, gs in zip(pred_tags, gold_tags) for p, g in zip(ps, gs))
+        if not self.entities:
+            return {"tag_accuracy": correct / max(words, 1)}
+        scores = metrics.entity_prf(pred_tags, gold_tags, scheme=self.run.model.get("tag_scheme", "BIO"))
         return {"precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
                 "tag_accuracy": correct / max(words, 1)}
 
