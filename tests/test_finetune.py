@@ -508,3 +508,17 @@ def test_tags_that_are_not_entities_are_scored_by_accuracy(tmp_path, pretrained)
     state = train(task, run.train, tmp_path / "pos", quiet=True)
     assert set(state.last_valid) == {"tag_accuracy"} and state.last_valid["tag_accuracy"] > 0.6
     assert (tmp_path / "pos" / "model.safetensors").is_file()
+
+
+def test_embed_reads_a_fine_tuned_model_from_python(tmp_path, pretrained):
+    """Feature extraction after fine-tuning: the encoder under the task head, as `tformer embed` reads it."""
+    from tformer.tasks.encoding import embed
+
+    run = run_for(tmp_path, pretrained, **{"train.max_steps": 2})
+    task = build_finetune_task(run)
+    model = task.model.eval()
+    texts = ["a good film", "a bad one"]
+    torch.testing.assert_close(embed(model, task.tokenizer, texts, pooling="mean"),
+                               embed(model.bert, task.tokenizer, texts, pooling="mean"))
+    with pytest.raises(TformerError, match="the pooler reads the last layer only"):
+        embed(model, task.tokenizer, texts, pooling="pooler", layers=[1])

@@ -26,6 +26,7 @@ from torch import Tensor
 from tformer.encoder_tokenization import EncoderTokenizer
 from tformer.errors import TformerError
 from tformer.models.bert import BertForPreTraining, BertModel
+from tformer.models.heads import EncoderForTask
 from tformer.models.validation import check_texts
 from tformer.tokenization import piece_text
 
@@ -64,8 +65,9 @@ def encoder_defaults(path: str | Path, model: BertModel | BertForPreTraining) ->
     return out
 
 
-def _encoder(model: BertModel | BertForPreTraining) -> BertModel:
-    return model.bert if isinstance(model, BertForPreTraining) else model
+def _encoder(model: BertModel | BertForPreTraining | EncoderForTask) -> BertModel:
+    """The encoder of a pretrained model with its pretraining heads, or of a fine-tuned one with its task head."""
+    return model.bert if isinstance(model, (BertForPreTraining, EncoderForTask)) else model
 
 
 def _batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
@@ -102,7 +104,8 @@ def pool(hidden: Tensor, mask: Tensor | None, pooling: Pooling, pooled: Tensor |
         return hidden[:, 0]
     if pooling == "pooler":
         if pooled is None:
-            raise TformerError("this model has no pooler; use --pooling cls or mean")
+            raise TformerError("the pooler reads the last layer only, of a model that has one: use pooling cls or "
+                               "mean for other layers or a model without a pooler")
         return pooled
     if pooling == "mean":
         if mask is None:
