@@ -81,6 +81,17 @@ def test_read_real_files(path, counts):
     assert offset_mismatches(examples) == []
 
 
+def test_questions_to_answer_need_no_answers_or_title(tmp_path):
+    bare = json.loads(json.dumps(TINY))
+    del bare["data"][0]["title"]
+    for qa in bare["data"][0]["paragraphs"][0]["qas"]:
+        del qa["answers"]
+    examples = read_squad(_write(tmp_path, bare), answers=False)
+    assert [e.id for e in examples] == ["q1", "q2", "q3"] and all(e.answers == [] for e in examples)
+    with pytest.raises(TformerError, match="missing key 'title'"):  # training and evaluation data need them
+        read_squad(_write(tmp_path, bare))
+
+
 def test_read_errors(tmp_path):
     with pytest.raises(TformerError, match="file not found"):
         read_squad(tmp_path / "nope.json")

@@ -68,8 +68,9 @@ class QAFeature:
 # -- reading ---------------------------------------------------------------------------------------------
 
 
-def read_squad(path: str | Path, strict: bool = False) -> list[QAExample]:
-    """The questions of a SQuAD v1.1 JSON file, in file order.
+def read_squad(path: str | Path, strict: bool = False, answers: bool = True) -> list[QAExample]:
+    """The questions of a SQuAD v1.1 JSON file, in file order. answers=False: questions to answer, whose
+    "answers" (and "title") may be left out.
 
     A missing file, invalid JSON (with its line), or a missing or mistyped field (named with its place, e.g.
     `data[3].paragraphs[0].qas[7] (id 5733...)`) is a TformerError. An answer whose text is not found in the
@@ -88,7 +89,7 @@ def read_squad(path: str | Path, strict: bool = False) -> list[QAExample]:
     for a, article in enumerate(data):
         where_a = f"data[{a}]"
         _need_object(article, path, where_a)
-        title = _field(article, "title", str, path, where_a)
+        title = _field(article, "title", str, path, where_a) if answers or "title" in article else ""
         for p, paragraph in enumerate(_field(article, "paragraphs", list, path, where_a)):
             where_p = f"{where_a}.paragraphs[{p}]"
             _need_object(paragraph, path, where_p)
@@ -102,13 +103,14 @@ def read_squad(path: str | Path, strict: bool = False) -> list[QAExample]:
                     raise TformerError(f"{path}: {where_q}: the id is used by an earlier question")
                 seen.add(qid)
                 question = _field(qa, "question", str, path, where_q)
-                answers, starts = [], []
-                for k, answer in enumerate(_field(qa, "answers", list, path, where_q)):
+                texts, starts = [], []
+                given = _field(qa, "answers", list, path, where_q) if answers or "answers" in qa else []
+                for k, answer in enumerate(given):
                     where_k = f"{where_q}.answers[{k}]"
                     _need_object(answer, path, where_k)
-                    answers.append(_field(answer, "text", str, path, where_k))
+                    texts.append(_field(answer, "text", str, path, where_k))
                     starts.append(_field(answer, "answer_start", int, path, where_k))
-                examples.append(QAExample(qid, title, context, question, answers, starts))
+                examples.append(QAExample(qid, title, context, question, texts, starts))
     bad = offset_mismatches(examples)
     if bad:
         qid, k = bad[0]

@@ -476,7 +476,7 @@ def read_task_file(run: RunConfig, path: str, labelled: bool = True):
         return read_conll(path, tag_column=-1 if labelled else None)
     from tformer.data.squad import read_squad
 
-    return read_squad(path)
+    return read_squad(path, answers=labelled)
 
 
 def _check_model_options(model: dict, from_gpt: bool) -> None:
