@@ -522,3 +522,14 @@ def test_embed_reads_a_fine_tuned_model_from_python(tmp_path, pretrained):
                                embed(model.bert, task.tokenizer, texts, pooling="mean"))
     with pytest.raises(TformerError, match="the pooler reads the last layer only"):
         embed(model, task.tokenizer, texts, pooling="pooler", layers=[1])
+
+
+def test_a_fine_tuned_model_from_python_is_used_for_its_own_task(tmp_path, pretrained):
+    from tformer.tasks.finetune import task_for_model
+
+    run = run_for(tmp_path, pretrained, **{"train.max_steps": 1})
+    task = build_finetune_task(run)
+    other = finetune_run_defaults("qa")
+    with pytest.raises(TformerError, match="data.task is 'qa', but the model's head was fine-tuned for "
+                                           "'classification'"):
+        task_for_model(other, task.model, task.tokenizer, [])

@@ -117,6 +117,9 @@ class FineTuneTask:
             raise TformerError(f"data.max_tokens must be at least 4, not {d.max_tokens}")
         self.max_tokens = min(d.max_tokens, self._context_size(encoder))
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+        if model is not None and getattr(model.head_config, "task", self.kind) != self.kind:
+            raise TformerError(f"data.task is {self.kind!r}, but the model's head was fine-tuned for "
+                               f"{model.head_config.task!r}: set data.task={model.head_config.task}")
         if model is None:
             labels = self._labels(train_data) if self.kind in ("classification", "tagging") else []
             torch.manual_seed(t.seed)
