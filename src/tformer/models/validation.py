@@ -1,6 +1,7 @@
 """Whether values fit their dataclass fields' annotations, and the checks every model config runs when it is
 made (and again after dataclasses.replace): a wrong value from a config file, a command line or a saved
-config.json is an error naming the field, raised before any layer is built, instead of one from inside it."""
+config.json is an error naming the field, raised before any layer is built, instead of one from inside it.
+The same for what a model is called with: token ids in range, texts where texts are meant."""
 
 from __future__ import annotations
 
