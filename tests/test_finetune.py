@@ -365,6 +365,11 @@ def test_distillation_student_from_every_other_layer(tmp_path, pretrained):
     state = train(distill, run.train, tmp_path / "student", quiet=True)
     assert state.last_valid["accuracy"] >= 0.85
     assert all(not p.requires_grad for p in teacher.parameters())
+    with pytest.raises(TformerError, match="alpha in \\[0, 1\\]"):
+        DistillationTask(run, student, teacher, teacher_task.tokenizer, [], alpha=1.5)
+    student.train()
+    distill.predict(student, teacher_task.valid_data[:2])
+    assert student.training  # predicting leaves the mode as it was
 
 
 def test_gpt1_classification_head_with_auxiliary_lm_loss():

@@ -428,8 +428,16 @@ class FineTuneTask:
         return {"exact_match": scores["exact_match"], "f1": scores["f1"]}
 
     def predict(self, model: nn.Module, data) -> list[dict]:
-        """JSON-ready predictions for unlabelled (or labelled) data in the training format."""
+        """JSON-ready predictions for unlabelled (or labelled) data in the training format; the model's
+        train/eval mode is as it was afterwards."""
+        was_training = model.training
         model.eval()
+        try:
+            return self._predict(model, data)
+        finally:
+            model.train(was_training)
+
+    def _predict(self, model: nn.Module, data) -> list[dict]:
         if self.kind == "qa":
             features = self._qa_windows(data, training=False)
             answers = self._answers(model, features, data)
@@ -652,6 +660,9 @@ class DistillationTask(FineTuneTask):
                  train_data, valid_data=None, temperature: float = 2.0, alpha: float = 0.5):
         if run.data.task != "classification":
             raise TformerError("distillation is implemented for classification")
+        if not 0 <= alpha <= 1 or not temperature > 0:
+            raise TformerError(f"distillation needs alpha in [0, 1] and a temperature above 0, not alpha={alpha}, "
+                               f"temperature={temperature}")
         super().__init__(run, student.bert, tokenizer, train_data, valid_data, model=student)
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
