@@ -538,3 +538,14 @@ def test_a_fine_tuned_model_from_python_is_used_for_its_own_task(tmp_path, pretr
     with pytest.raises(TformerError, match="data.task is 'qa', but the model's head was fine-tuned for "
                                            "'classification'"):
         task_for_model(other, task.model, task.tokenizer, [])
+
+
+def test_fine_tuning_on_keeps_the_head_it_was_given(tmp_path, pretrained):
+    run = run_for(tmp_path, pretrained, **{"train.max_steps": 1})
+    train(build_finetune_task(run), run.train, tmp_path / "first", quiet=True)
+    again = run_for(tmp_path, tmp_path / "first", **{"train.max_steps": 1})
+    again.model["pooling"] = "mean"  # the head was trained on the pooler's output; it used to be ignored
+    with pytest.raises(TformerError, match="model.pooling cannot change from 'pooler' to 'mean'"):
+        build_finetune_task(again)
+    del again.model["pooling"]
+    assert build_finetune_task(again).model.head_config.pooling == "pooler"

@@ -537,6 +537,12 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
     if finetuned and (task := finetuned_head(source, Path(pretrained) / checkpoint.CONFIG).task) != d.task:
         raise TformerError(f"{pretrained} is fine-tuned for {task!r}, not --task {d.task}: start from the "
                            f"pretrained model instead")
+    if finetuned and resume_dir is None:
+        head = finetuned_head(source, Path(pretrained) / checkpoint.CONFIG)
+        for key, saved in (("pooling", getattr(head, "pooling", None)), ("classifier_dropout", head.dropout)):
+            if key in run.model and saved is not None and run.model[key] != saved:
+                raise TformerError(f"model.{key} cannot change from {saved!r} to {run.model[key]!r}: {pretrained} "
+                                   "was fine-tuned with it (its head trains on as it is)")
     train_data = read_task_file(run, d.train_file)
     valid_data = read_task_file(run, d.valid_file) if d.valid_file else None
     resuming = resume_dir is not None and (Path(resume_dir) / checkpoint.CONFIG).is_file()
