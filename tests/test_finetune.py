@@ -86,6 +86,16 @@ def run_for(tmp_path, pretrained, task="classification", **overrides):
     return run
 
 
+def tagging_run(path, lines, pretrained, epochs: int):
+    """A tagging run that trains and validates on the CoNLL `lines`, written to `path`."""
+    path.write_text("\n".join(lines) + "\n")
+    run = load_config(None, ["data.task=tagging", f"data.train_file={path}", f"data.valid_file={path}",
+                             "train.lr=3e-3", f"train.max_epochs={epochs}", "train.batch_size=16"],
+                      base=finetune_run_defaults())
+    run.model["pretrained"] = str(pretrained)
+    return run
+
+
 def snapshot(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -215,11 +225,7 @@ def test_sentence_pairs_regression_and_tagging(tmp_path, pretrained, capsys):
         words = [rng.choice(FILL) for _ in range(4)]
         words.insert(rng.randrange(5), rng.choice(ANIMALS))
         lines += [f"{w} X {'B-ANI' if w in ANIMALS else 'O'}" for w in words] + [""]
-    (tmp_path / "ner.txt").write_text("\n".join(lines) + "\n")
-    run = load_config(None, ["data.task=tagging", f"data.train_file={tmp_path / 'ner.txt'}",
-                             f"data.valid_file={tmp_path / 'ner.txt'}", "train.lr=3e-3", "train.max_epochs=6",
-                             "train.batch_size=16"], base=finetune_run_defaults())
-    run.model["pretrained"] = str(pretrained)
+    run = tagging_run(tmp_path / "ner.txt", lines, pretrained, epochs=6)
     task = build_finetune_task(run)
     assert task.labels[0] == "O"
     x = task.train_set[0]
@@ -503,11 +509,7 @@ def test_tags_that_are_not_entities_are_scored_by_accuracy(tmp_path, pretrained)
     for _ in range(60):
         words = [rng.choice(FILL) for _ in range(3)] + [rng.choice(ANIMALS)]
         lines += [f"{w} {'NN' if w in ANIMALS else 'PRP$'}" for w in words] + [""]
-    (tmp_path / "pos.txt").write_text("\n".join(lines) + "\n")
-    run = load_config(None, ["data.task=tagging", f"data.train_file={tmp_path / 'pos.txt'}",
-                             f"data.valid_file={tmp_path / 'pos.txt'}", "train.lr=3e-3", "train.max_epochs=3",
-                             "train.batch_size=16"], base=finetune_run_defaults())
-    run.model["pretrained"] = str(pretrained)
+    run = tagging_run(tmp_path / "pos.txt", lines, pretrained, epochs=3)
     task = build_finetune_task(run)
     assert task.selection_metric == ("tag_accuracy", "max")
     state = train(task, run.train, tmp_path / "pos", quiet=True)
