@@ -123,13 +123,17 @@ def spearman(pred: Sequence[float], gold: Sequence[float]) -> float:
 TAG_SCHEMES = ("BIO", "IOB2", "IOB1")
 
 
+def is_entity_tag(tag: str) -> bool:
+    """O, B-TYPE or I-TYPE: a tag of the schemes entity scores read (parts of speech are not)."""
+    prefix, dash, kind = tag.partition("-")
+    return tag == "O" or (prefix in ("B", "I") and bool(dash) and bool(kind))
+
+
 def _split_tag(tag: str) -> tuple[str, str]:
     """'B-PER' -> ('B', 'PER'), 'O' -> ('O', '')."""
-    if tag == "O":
-        return "O", ""
-    prefix, dash, kind = tag.partition("-")
-    if prefix not in ("B", "I") or not dash or not kind:
+    if not is_entity_tag(tag):
         raise TformerError(f"tag {tag!r} is not O, B-TYPE or I-TYPE (the BIO and IOB1 schemes)")
+    prefix, _, kind = tag.partition("-")
     return prefix, kind
 
 

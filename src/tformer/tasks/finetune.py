@@ -19,7 +19,6 @@ Pearson/Spearman (regression), entity precision/recall/F1 (tagging), exact match
 from __future__ import annotations
 
 import math
-import os
 import random
 import warnings
 from dataclasses import asdict, replace
@@ -38,7 +37,7 @@ from tformer.models.gpt import GPTConfig
 from tformer.models.heads import EncoderForTask, HeadConfig
 from tformer.tasks.masked_lm import ENCODER_MODEL_TYPES
 from tformer.training import checkpoint
-from tformer.training.distributed import DistInfo
+from tformer.training.distributed import launched
 
 # BERT's fine-tuning recipe (Devlin et al. 2019, appendix A.3): AdamW, lr 2e-5..5e-5 (higher for small
 # models), warmup 10% then linear decay, batch 32, 2-4 epochs, dropout 0.1.
@@ -49,12 +48,6 @@ WARMUP_FRACTION = 0.1
 QA_MAX_TOKENS = 384
 GPT_MODEL_TYPES = ("gpt", "gpt2")  # pretrained decoders: fine-tuned with the GPT-1 head (tasks.finetune_gpt)
 FINETUNED_MODEL_TYPES = ("encoder_for_task", "gpt_for_classification")
-
-
-def _is_entity_tag(tag: str) -> bool:
-    """O, or B-TYPE / I-TYPE: a tag of the BIO (IOB1, IOB2) schemes that entity scores read."""
-    prefix, dash, kind = tag.partition("-")
-    return tag == "O" or (prefix in ("B", "I") and bool(dash) and bool(kind))
 
 
 def finetune_run_defaults(task: str = "classification") -> RunConfig:
@@ -145,7 +138,9 @@ class FineTuneTask:
         self.unfreezer = transfer.GradualUnfreezer(model) if t.gradual_unfreezing else None
         # Entity tags (O, B-TYPE, I-TYPE) are scored by entities; any other tag set (parts of speech) by the
         # share of words tagged right.
-        self.entities = self.kind == "tagging" and all(_is_entity_tag(tag) for tag in self.labels)
+        from tformer.metrics import is_entity_tag
+
+        self.entities = self.kind == "tagging" and all(is_entity_tag(tag) for tag in self.labels)
         tagging_metric = "f1" if self.entities else "tag_accuracy"
         self.selection_metric = {"classification": ("accuracy", "max"), "regression": ("pearson", "max"),
                                  "tagging": (tagging_metric, "max"), "qa": ("f1", "max")}[self.kind]
@@ -534,11 +529,11 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
         require_classification(d.task)
     # A fine-tuned model trains on, head included: more data, or a second schedule.
     finetuned = source.get("model_type") in FINETUNED_MODEL_TYPES
-    if finetuned and (task := finetuned_head(source, Path(pretrained) / checkpoint.CONFIG).task) != d.task:
-        raise TformerError(f"{pretrained} is fine-tuned for {task!r}, not --task {d.task}: start from the "
+    head = finetuned_head(source, Path(pretrained) / checkpoint.CONFIG) if finetuned else None
+    if head is not None and head.task != d.task:
+        raise TformerError(f"{pretrained} is fine-tuned for {head.task!r}, not --task {d.task}: start from the "
                            f"pretrained model instead")
-    if finetuned and resume_dir is None:
-        head = finetuned_head(source, Path(pretrained) / checkpoint.CONFIG)
+    if head is not None and resume_dir is None:
         for key, saved in (("pooling", getattr(head, "pooling", None)), ("classifier_dropout", head.dropout)):
             if key in run.model and saved is not None and run.model[key] != saved:
                 raise TformerError(f"model.{key} cannot change from {saved!r} to {run.model[key]!r}: {pretrained} "
@@ -563,9 +558,8 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
         # the trainer takes them (its share of the batches, whole groups of accum_steps).
         from tformer.training.loop import schedule_config
 
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        info = DistInfo(int(os.environ.get("RANK", "0")) if world > 1 else 0, world)
-        run.train = t = replace(t, max_steps=schedule_config(replace(t, schedule="linear"), task, info).max_steps)
+        steps = schedule_config(replace(t, schedule="linear"), task, launched()).max_steps
+        run.train = t = replace(t, max_steps=steps)
     if t.warmup_steps == 0 and t.schedule == "linear":
         run.train = replace(t, warmup_steps=int(WARMUP_FRACTION * t.max_steps))
     return task

@@ -46,13 +46,22 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
+def launched() -> DistInfo:
+    """This process's rank and the world size as torchrun set them (alone: rank 0 of 1), on the CPU; nothing
+    is joined (see setup)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    return DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def setup(requested_device: str = "auto") -> DistInfo:
     """Join the torchrun process group when launched by torchrun; pick each process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    launch = launched()
     device = pick_device(requested_device)
-    if world_size <= 1:
+    if not launch.enabled:
         return DistInfo(device=device)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world_size, local_rank = launch.rank, launch.world_size, launch.local_rank
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
