@@ -19,7 +19,8 @@ from tformer.models.heads import EncoderForTask, GPTForClassification, HeadConfi
 from tformer.tasks.finetune import (DistillationTask, build_finetune_task, finetune_run_defaults,
                                     fit_logistic_regression, load_finetuned)
 from tformer.training import checkpoint
-from tformer.training.loop import train
+from tformer.training.distributed import DistInfo
+from tformer.training.loop import schedule_config, train
 from tformer.transfer import student_from_teacher
 
 GOOD = ["good", "great", "fine", "lovely", "superb"]
@@ -108,7 +109,8 @@ def test_sentence_classification_learns_and_reports_metrics(tmp_path, pretrained
     run = run_for(tmp_path, pretrained)
     task = build_finetune_task(run)
     assert task.labels == ["0", "1"]
-    assert run.train.max_steps == 10 * 10 and run.train.warmup_steps == 10  # epochs x batches; 10% warmup
+    assert run.train.max_steps == 10 * 10  # epochs x batches
+    assert schedule_config(run.train, task, DistInfo()).warmup_steps == 10  # BERT's 10% warmup
     state = train(task, run.train, tmp_path / "out", quiet=True)
     valid = state.last_valid
     assert valid["accuracy"] >= 0.9 and valid["macro_f1"] >= 0.9 and valid["mcc"] >= 0.8

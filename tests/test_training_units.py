@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -504,6 +505,38 @@ def test_a_decaying_schedule_runs_to_the_end_of_an_epoch_limited_run(tmp_path):
     timed = tiny_run(max_steps=0, max_minutes=1.0, schedule="cosine")
     with pytest.raises(TformerError, match="train.schedule=cosine decays until train.max_steps"):
         train(TranslationTask(timed, copy_pairs(60)), timed.train, tmp_path / "t", quiet=True)
+
+
+def test_warmup_ratio_is_a_share_of_the_run_and_warmup_steps_overrides_it():
+    """transformers' warmup_ratio: warmup_steps 0 and a ratio warm up over that share of the run's steps (counted from
+    epochs when the run is limited by them); warmup_steps above 0 wins; a run with no step count is refused."""
+    from conftest import copy_pairs, tiny_run
+    from tformer.tasks.translation import TranslationTask
+    from tformer.training import distributed
+    from tformer.training.loop import learning_rate, schedule_config
+
+    info = distributed.DistInfo()
+    run = tiny_run(max_steps=200, schedule="linear", lr=1e-3, warmup_steps=0, warmup_ratio=0.1)
+    task = TranslationTask(run, copy_pairs(60))
+    rates = schedule_config(run.train, task, info)
+    assert rates.warmup_steps == 20 and run.train.warmup_steps == 0
+    assert learning_rate(rates, 10, 64) == pytest.approx(5e-4) and learning_rate(rates, 20, 64) == pytest.approx(1e-3)
+    assert schedule_config(replace(run.train, warmup_steps=7), task, info).warmup_steps == 7
+    no_warmup = schedule_config(replace(run.train, warmup_ratio=0.0), task, info)
+    assert no_warmup.warmup_steps == 0 and learning_rate(no_warmup, 1, 64) == pytest.approx(1e-3 * 199 / 200)
+    by_epochs = schedule_config(replace(run.train, max_steps=0, max_epochs=5, warmup_ratio=0.5, schedule="constant"),
+                                task, info)
+    assert by_epochs.warmup_steps == int(0.5 * 5 * len(task.train_batches(0, run.train.seed))) > 0
+    timed = replace(run.train, max_steps=0, max_minutes=1.0, schedule="constant")
+    with pytest.raises(TformerError, match=r"train.warmup_ratio=0.1 is a share of train.max_steps"):
+        schedule_config(timed, task, info)
+    assert schedule_config(replace(timed, warmup_ratio=0.0), task, info).warmup_steps == 0
+
+
+def test_the_paper_schedule_without_warmup_decays_from_the_first_step():
+    """inverse_sqrt with warmup_steps=0 divided by zero (0 ** -1.5); its limit is d^-0.5 step^-0.5."""
+    assert inverse_sqrt_lr(1, 64, 0) == pytest.approx(64**-0.5)
+    assert inverse_sqrt_lr(16, 64, 0, factor=2.0) == pytest.approx(2 * 64**-0.5 / 4)
 
 
 def test_model_options_name_the_file_that_set_them(tmp_path):

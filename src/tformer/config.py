@@ -78,6 +78,9 @@ class TrainConfig:
     schedule: Literal["inverse_sqrt", "cosine", "constant", "linear", "slanted_triangular"] = "inverse_sqrt"
     lr: float = 1.0  # inverse_sqrt: multiplies d_model^-0.5 * min(...); cosine/constant: the peak rate
     warmup_steps: int = 4000
+    # When warmup_steps is 0: warm up over this share of the run's steps (max_steps, or max_epochs counted in
+    # steps), as transformers' warmup_ratio; fine-tuning's default is BERT's 0.1.
+    warmup_ratio: float = 0.0
     min_lr: float = 0.0  # cosine: the rate it decays to
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
@@ -126,7 +129,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "data.doc_stride": (0, None, True), "data.max_answer_length": (1, None, True),
     "train.max_steps": (0, None, True), "train.max_epochs": (0, None, True), "train.max_minutes": (0, None, True),
     "train.max_tokens": (1, None, True), "train.batch_size": (1, None, True), "train.accum_steps": (1, None, True),
-    "train.lr": (0, None, True), "train.warmup_steps": (0, None, True), "train.min_lr": (0, None, True),
+    "train.lr": (0, None, True), "train.warmup_steps": (0, None, True),
+    "train.warmup_ratio": (0, 1, True), "train.min_lr": (0, None, True),
     "train.adam_beta1": (0, 1, True), "train.adam_beta2": (0, 1, True), "train.adam_eps": (0, None, False),
     "train.weight_decay": (0, None, True), "train.clip_norm": (0, None, True), "train.label_smoothing": (0, 1, True),
     "train.seed": (0, 2**63, True), "train.log_every": (1, None, True), "train.eval_every": (0, None, True),

@@ -41,10 +41,9 @@ from tformer.training.distributed import launched
 
 # BERT's fine-tuning recipe (Devlin et al. 2019, appendix A.3): AdamW, lr 2e-5..5e-5 (higher for small
 # models), warmup 10% then linear decay, batch 32, 2-4 epochs, dropout 0.1.
-FINETUNE_TRAIN_DEFAULTS = dict(schedule="linear", lr=5e-5, min_lr=0.0, warmup_steps=0, adam_beta2=0.999,
-                               adam_eps=1e-8, weight_decay=0.01, clip_norm=1.0, label_smoothing=0.0, batch_size=32,
+FINETUNE_TRAIN_DEFAULTS = dict(schedule="linear", lr=5e-5, min_lr=0.0, warmup_steps=0, warmup_ratio=0.1,
+                               adam_beta2=0.999, adam_eps=1e-8, weight_decay=0.01, clip_norm=1.0, label_smoothing=0.0, batch_size=32,
                                max_epochs=3, max_steps=0, eval_every=0, log_every=50)
-WARMUP_FRACTION = 0.1
 QA_MAX_TOKENS = 384
 GPT_MODEL_TYPES = ("gpt", "gpt2")  # pretrained decoders: fine-tuned with the GPT-1 head (tasks.finetune_gpt)
 FINETUNED_MODEL_TYPES = ("encoder_for_task", "gpt_for_classification")
@@ -560,8 +559,6 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
 
         steps = schedule_config(replace(t, schedule="linear"), task, launched()).max_steps
         run.train = t = replace(t, max_steps=steps)
-    if t.warmup_steps == 0 and t.schedule == "linear":
-        run.train = replace(t, warmup_steps=int(WARMUP_FRACTION * t.max_steps))
     return task
 
 

@@ -94,18 +94,26 @@ DECAYING_SCHEDULES = ("cosine", "linear", "slanted_triangular")  # they need the
 
 
 def schedule_config(cfg: TrainConfig, task: Task, info: distributed.DistInfo) -> TrainConfig:
-    """The options the learning rate is computed from: a schedule that decays to the end of the run needs that
-    end in steps. A run limited by epochs alone counts them (epochs x optimiser steps per epoch); a run limited
-    only by time, or not at all, has no end to decay to and is refused (it decayed to the lowest rate right
-    after warmup)."""
-    if cfg.schedule not in DECAYING_SCHEDULES or cfg.max_steps:
-        return cfg
-    if cfg.max_epochs:
-        per_epoch = len(shard(task.train_batches(0, cfg.seed), info.rank, info.world_size)) // cfg.accum_steps
-        return replace(cfg, max_steps=max(1, cfg.max_epochs * per_epoch))
-    raise TformerError(f"train.schedule={cfg.schedule} decays until train.max_steps, and this run sets no "
-                       "max_steps or max_epochs: set one of them, or use schedule=constant or inverse_sqrt with "
-                       "a time limit")
+    """The options the learning rate is computed from. A schedule that decays to the end of the run needs that
+    end in steps, and so does a warmup given as a share of the run (warmup_ratio). A run limited by epochs alone
+    counts them (epochs x optimiser steps per epoch); a run limited only by time, or not at all, has no end to
+    count from and is refused (a decaying rate fell to its lowest right after warmup)."""
+    ratio_warmup = cfg.warmup_ratio > 0 and cfg.warmup_steps == 0
+    if not cfg.max_steps and (cfg.schedule in DECAYING_SCHEDULES or ratio_warmup):
+        if cfg.max_epochs:
+            per_epoch = len(shard(task.train_batches(0, cfg.seed), info.rank, info.world_size)) // cfg.accum_steps
+            cfg = replace(cfg, max_steps=max(1, cfg.max_epochs * per_epoch))
+        elif cfg.schedule in DECAYING_SCHEDULES:
+            raise TformerError(f"train.schedule={cfg.schedule} decays until train.max_steps, and this run sets no "
+                               "max_steps or max_epochs: set one of them, or use schedule=constant or inverse_sqrt "
+                               "with a time limit")
+        else:
+            raise TformerError(f"train.warmup_ratio={cfg.warmup_ratio} is a share of train.max_steps, and this run "
+                               "sets no max_steps or max_epochs: set one of them, or train.warmup_ratio=0 (and train.warmup_steps "
+                               "for a fixed warmup)")
+    if ratio_warmup:
+        cfg = replace(cfg, warmup_steps=int(cfg.warmup_ratio * cfg.max_steps))
+    return cfg
 
 
 def _rng_state() -> dict:

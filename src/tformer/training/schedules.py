@@ -8,9 +8,12 @@ import math
 def inverse_sqrt_lr(step: int, d_model: int, warmup: int, factor: float = 1.0) -> float:
     """Vaswani et al. 2017, eq. 3: lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5).
 
-    Grows linearly for `warmup` steps, then decays with the inverse square root of the step.
+    Grows linearly for `warmup` steps, then decays with the inverse square root of the step; warmup 0: no
+    warmup, the decay from the first step (the formula's limit).
     """
     step = max(step, 1)
+    if warmup <= 0:
+        return factor * d_model**-0.5 * step**-0.5
     return factor * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
 
 
