@@ -167,3 +167,25 @@ def test_gpt2_tokenizer_files_load_and_train_a_model(tmp_path):
     assert task.model.config.vocab_size == from_files.vocab_size
     with pytest.raises(TformerError, match="vocab.json"):
         load_gpt2_tokenizer(tmp_path / "nothing-here")
+
+
+def test_more_accumulation_steps_than_batches_in_an_epoch_is_refused_not_an_endless_loop(tmp_path):
+    """With accum_steps above an epoch's micro-batches no optimiser step ever fit: the run spun through empty
+    epochs forever (limited by steps), or saved an untrained model (limited by epochs)."""
+    task = LanguageModelingTask(lm_run(), [TEXT])
+    n = len(task.train_batches(0, 1))
+    for limits in ({"max_steps": 3}, {"max_steps": 0, "max_epochs": 1, "schedule": "constant"}):
+        run = lm_run(accum_steps=n + 1, **limits)
+        with pytest.raises(TformerError, match=rf"train.accum_steps={n + 1} is more than the {n} micro-batches"):
+            train(LanguageModelingTask(run, [TEXT]), run.train, tmp_path / "out", quiet=True)
+        assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_every_warming_schedule_rises_by_the_same_steps():
+    """cosine reached its peak one step before linear and constant (it read the 1-based step as 0-based)."""
+    from tformer.config import TrainConfig
+    from tformer.training.loop import learning_rate
+
+    for schedule in ("cosine", "linear", "constant"):
+        cfg = TrainConfig(schedule=schedule, lr=1.0, warmup_steps=4, max_steps=100)
+        assert [learning_rate(cfg, s, 64) for s in range(1, 5)] == pytest.approx([0.25, 0.5, 0.75, 1.0]), schedule

@@ -149,8 +149,10 @@ def test_inverse_sqrt_step_zero_is_safe():
 
 
 def test_warmup_cosine():
-    assert warmup_cosine_lr(0, 1.0, 10, 100) == pytest.approx(0.1)
-    assert warmup_cosine_lr(9, 1.0, 10, 100) == pytest.approx(1.0)
+    """Steps count from 1, as the trainer passes them and as the linear and constant schedules read them: the
+    rate rises by peak / warmup a step and reaches the peak at step `warmup` (it was one step early)."""
+    assert warmup_cosine_lr(1, 1.0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine_lr(9, 1.0, 10, 100) == pytest.approx(0.9)
     assert warmup_cosine_lr(10, 1.0, 10, 100) == pytest.approx(1.0)
     assert warmup_cosine_lr(55, 1.0, 10, 100) == pytest.approx(0.5)
     assert warmup_cosine_lr(100, 1.0, 10, 100, floor=0.1) == pytest.approx(0.1)

@@ -294,6 +294,10 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             if message and info.is_main and not quiet:
                 log.write(message)
         batches = shard(task.train_batches(state.epoch, cfg.seed), info.rank, info.world_size)
+        if len(batches) < cfg.accum_steps:  # no optimiser step fits in an epoch: the loop would never end
+            share = f" (this process's share of {info.world_size})" if info.world_size > 1 else ""
+            raise TformerError(f"train.accum_steps={cfg.accum_steps} is more than the {len(batches)} micro-batches "
+                               f"of an epoch{share}: lower it, make the batches smaller, or give more data")
         while state.batch_index + cfg.accum_steps <= len(batches) and not finished():
             group = batches[state.batch_index : state.batch_index + cfg.accum_steps]
             lr = learning_rate(rates, state.step + 1, d_model)

@@ -18,9 +18,9 @@ def inverse_sqrt_lr(step: int, d_model: int, warmup: int, factor: float = 1.0) -
 
 
 def warmup_cosine_lr(step: int, peak: float, warmup: int, total: int, floor: float = 0.0) -> float:
-    """Linear warmup to `peak`, then cosine decay to `floor` at `total` steps."""
+    """Linear warmup to `peak` (reached at step `warmup`), then cosine decay to `floor` at step `total`."""
     if step < warmup:
-        return peak * (step + 1) / warmup
+        return peak * max(step, 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
 
