@@ -161,6 +161,13 @@ def test_gpt2_tokenizer_files_load_and_train_a_model(tmp_path):
     sample = "to be, or not: that is the question?"
     assert from_files.encode(sample) == from_json.encode(sample) == bpe.encode(sample)
     assert from_files.decode(from_files.encode(sample)) == sample
+    # <|endoftext|> in a text is the one special token, as transformers reads the same files (it was 13 bytes).
+    from transformers import GPT2TokenizerFast
+
+    documents = "to be<|endoftext|>or not"
+    ids = from_files.encode(documents)
+    assert ids == from_json.encode(documents) == GPT2TokenizerFast.from_pretrained(str(folder)).encode(documents)
+    assert ids.count(from_files.eos_id) == 1
     run = lm_run(max_steps=2)
     run.data.tokenizer_file = str(folder)
     task = LanguageModelingTask(run, [TEXT])

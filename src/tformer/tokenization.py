@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from tokenizers import Regex
+from tokenizers import AddedToken, Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -222,5 +222,8 @@ def load_gpt2_tokenizer(path: str | Path) -> Tokenizer:
             backend = HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
         except Exception as exc:
             raise TformerError(f"{path}: cannot read vocab.json/merges.txt ({str(exc).splitlines()[0]})") from None
+        if backend.token_to_id(END_OF_TEXT) is not None:
+            # As transformers' GPT2Tokenizer: the separator in a text is the one special token, never BPE'd bytes.
+            backend.add_special_tokens([AddedToken(END_OF_TEXT, special=True)])
         return Tokenizer(_byte_level(backend), required=())
     raise TformerError(f"{path}: no tokenizer.json, nor vocab.json + merges.txt")
