@@ -215,7 +215,13 @@ def test_save_gpt2_writes_tokenizer_and_replaces_the_model_files(tmp_path):
     (tmp_path / "m" / "notes.txt").write_text("mine")
     save_gpt2(_tformer_model(), tmp_path / "m", tokenizer=tok)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors", "notes.txt",
-                                                                  "tokenizer.json"]
+                                                                  "tokenizer.json", "tokenizer_config.json"]
+    # transformers reads the folder's tokenizer as tformer does: without tokenizer_config.json it took it for
+    # GPT-2's byte-level one and dropped the character vocabulary's spaces.
+    from transformers import AutoTokenizer
+
+    text = "hello world  low"
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "m"))(text)["input_ids"] == tok.encode(text)
     save_gpt2(_tformer_model(), tmp_path / "m")  # the earlier save's tokenizer would not belong to this model
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
 

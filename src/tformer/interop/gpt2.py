@@ -36,7 +36,8 @@ from torch import Tensor
 
 from tformer.errors import TformerError
 from tformer.models.gpt import GPT, GPTConfig
-from tformer.training.checkpoint import CONFIG, TOKENIZER, WEIGHTS, from_saved, read_config, save_dir
+from tformer.training.checkpoint import (CONFIG, TOKENIZER, TOKENIZER_CONFIG, WEIGHTS, from_saved, read_config,
+                                         save_dir)
 
 WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded safetensors
 TORCH_WEIGHTS = "pytorch_model.bin"
@@ -296,8 +297,11 @@ def load_gpt2(path: str | Path, device: str | torch.device = "cpu") -> GPT:
 
 
 def save_gpt2(model: GPT, path: str | Path, tokenizer=None) -> None:
-    """Write `model` as a transformers GPT-2 directory (config.json, model.safetensors [, tokenizer.json]).
+    """Write `model` as a transformers GPT-2 directory (config.json, model.safetensors [, tokenizer.json and
+    tokenizer_config.json]).
 
+    tokenizer_config.json tells transformers to read tokenizer.json as it is written: without it, transformers
+    takes a GPT-2 folder's tokenizer for GPT-2's own byte-level one, and a character vocabulary loses its spaces.
     The directory is replaced only once the new one is whole (checkpoint.save_dir).
     """
     c = model.config
@@ -311,5 +315,16 @@ def save_gpt2(model: GPT, path: str | Path, tokenizer=None) -> None:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save(tmp / TOKENIZER)
+            (tmp / TOKENIZER_CONFIG).write_text(json.dumps(_tokenizer_config(tokenizer, c.max_len), indent=2) + "\n")
 
     save_dir(path, write)
+
+
+def _tokenizer_config(tokenizer, max_len: int) -> dict:
+    """transformers' tokenizer_config.json for a tformer tokenizer: the fast tokenizer of tokenizer.json, its
+    end-of-text token (also GPT-2's bos and unk) and the model's window."""
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len}
+    if tokenizer.eos_id is not None:
+        eos = tokenizer.backend.id_to_token(tokenizer.eos_id)
+        config.update(eos_token=eos, bos_token=eos, unk_token=eos)
+    return config

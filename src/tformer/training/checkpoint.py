@@ -30,6 +30,7 @@ from tformer.models.validation import describe_type, value_fits
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"  # transformers' reading of tokenizer.json (written by interop exports)
 TARGET_TOKENIZER = "tokenizer.target.json"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
@@ -39,7 +40,8 @@ AVERAGING = "averaging"
 # What a save writes, and so replaces: a file of these that the new copy lacks (a trainer state saved by an
 # earlier run) goes with the old copy. Everything else in the directory (the averaging snapshots, a user's
 # notes or pictures) is carried over into each new copy, never deleted.
-MODEL_FILES = frozenset({CONFIG, WEIGHTS, TOKENIZER, TARGET_TOKENIZER, TRAINER_STATE, OPTIMIZER})
+MODEL_FILES = frozenset({CONFIG, WEIGHTS, TOKENIZER, TOKENIZER_CONFIG, TARGET_TOKENIZER, TRAINER_STATE,
+                         OPTIMIZER})
 
 
 def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
