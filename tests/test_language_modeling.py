@@ -196,3 +196,10 @@ def test_every_warming_schedule_rises_by_the_same_steps():
     for schedule in ("cosine", "linear", "constant"):
         cfg = TrainConfig(schedule=schedule, lr=1.0, warmup_steps=4, max_steps=100)
         assert [learning_rate(cfg, s, 64) for s in range(1, 5)] == pytest.approx([0.25, 0.5, 0.75, 1.0]), schedule
+
+
+def test_a_byte_level_corpus_encodes_as_one_text_across_its_chunks():
+    """The corpus is encoded in chunks of lines; a run of blank lines across a cut was split into other tokens."""
+    bpe = train_lm_tokenizer(["    indented code\n\n\n\n  more\n\tx\n" * 200], "byte_bpe", 400)
+    for corpus in ("a\n" * 255 + "\n" + "  x\n", ("word\n" * 300 + "\n\n\n   indented\n") * 3):
+        assert encode_corpus([corpus], bpe).tolist() == bpe.encode(corpus)

@@ -79,8 +79,8 @@ class Tokenizer:
         return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
 
     def encode_corpus(self, text: str, where: str = "text") -> np.ndarray:
-        """A whole corpus -> int64 ids. Characters are looked up directly (a megabyte in milliseconds);
-        subword text is encoded in line-aligned chunks, in parallel."""
+        """A whole corpus -> int64 ids, as encode(text) gives them. Characters are looked up directly (a megabyte
+        in milliseconds); byte-level BPE text is encoded in chunks of lines, in parallel."""
         if self.is_char:
             try:
                 self.check_chars(text, where)
@@ -90,9 +90,9 @@ class Tokenizer:
                 raise TformerError(str(exc).replace(f"{where}:", f"{where}:{line}:", 1)) from None
             codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
             return self._char_ids[np.searchsorted(self._char_codes, codes)]
-        lines = text.splitlines(keepends=True)
-        chunks = ["".join(lines[i : i + 256]) for i in range(0, len(lines), 256)]
-        encoded = self.backend.encode_batch(chunks, add_special_tokens=False)
+        if not isinstance(self.backend.pre_tokenizer, pre_tokenizers.ByteLevel):
+            return np.array(self.backend.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        encoded = self.backend.encode_batch(_line_chunks(text, 256), add_special_tokens=False)
         return np.fromiter((i for e in encoded for i in e.ids), dtype=np.int64)
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -200,6 +200,21 @@ def train_lm_tokenizer(texts: Iterable[str], kind: str = "char", vocab_size: int
         backend.train_from_iterator(texts, trainer=trainer)
         return Tokenizer(backend, required=())
     raise TformerError(f"language-model tokenizer kind must be 'char' or 'byte_bpe', not {kind!r}")
+
+
+def _line_chunks(text: str, lines_per_chunk: int) -> list[str]:
+    """text in pieces of about `lines_per_chunk` lines that byte-level BPE encodes as it encodes the whole: a
+    piece ends with a newline and the next starts with a character that is not whitespace. GPT-2's pre-tokenizer
+    never joins such a pair into one word (a run of whitespace or blank lines crossing a cut would be split)."""
+    chunks, current = [], []
+    for line in text.splitlines(keepends=True):
+        if len(current) >= lines_per_chunk and current[-1].endswith("\n") and not line[0].isspace():
+            chunks.append("".join(current))
+            current = []
+        current.append(line)
+    if current:
+        chunks.append("".join(current))
+    return chunks
 
 
 def _byte_level(backend: HFTokenizer) -> HFTokenizer:
