@@ -113,6 +113,25 @@ def test_strided_scoring_scores_every_token_once_with_enough_context():
             token_logprobs(model, ids, stride=bad)
 
 
+def test_a_context_that_fits_the_window_is_read_whole():
+    """The first window started max_len - stride tokens before the first scored position even when the whole
+    sequence fitted: a 20-token prompt lost its first 4 tokens in a 32-token window (stride 16), and a choice's
+    score depended on the length of the other choices."""
+    model = random_model(max_len=32)
+    ids = torch.randint(0, 64, (25,)).tolist()
+    got = token_logprobs(model, ids, context_len=20)
+    torch.testing.assert_close(got, manual_logprobs(model, ids)[-5:], atol=1e-5, rtol=0)
+    tok = train_lm_tokenizer([CORPUS], "char")
+    model = random_model(vocab_size=tok.vocab_size)
+    prompt = "the cat sat. the cat"  # 20 characters: 20 + 4 fits the 32-character window
+    total, n = continuation_logprob(model, tok, prompt, " sat")
+    ids = tok.encode(prompt + " sat")
+    assert total == pytest.approx(float(manual_logprobs(model, ids)[-4:].sum()), abs=1e-5)
+    alone = choose(model, tok, prompt, [" sat", " hat"], normalize="sum")["scores"][0]
+    beside_a_long_one = choose(model, tok, prompt, [" sat", " hat. the cat sat. "], normalize="sum")["scores"][0]
+    assert alone == pytest.approx(total, abs=1e-5) and beside_a_long_one == pytest.approx(total, abs=1e-5)
+
+
 def test_score_text_reports_consistent_summaries_and_batches_like_one_at_a_time():
     tok = train_lm_tokenizer([CORPUS], "char")
     model = random_model(vocab_size=tok.vocab_size)

@@ -106,12 +106,13 @@ def _rows_logprobs(model: nn.Module, rows: list[list[int]], starts: list[int]) -
 def _windows(length: int, first: int, max_len: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, start) windows [begin, end) over a sequence, scoring positions start .. end - 1.
 
-    Every position from `first` on is scored once; the first position a window scores has
-    min(position, max_len - stride) tokens of context before it.
+    Every position from `first` on is scored once; the first position a window scores has at least
+    min(position, max_len - stride) tokens of context before it, and every earlier token when the sequence
+    fits in the window (a window never ends before the sequence for want of starting earlier).
     """
     out, pos = [], first
     while pos < length:
-        begin = max(0, pos - (max_len - stride))
+        begin = max(0, min(pos - (max_len - stride), length - max_len))
         end = min(length, begin + max_len)
         out.append((begin, end, pos))
         pos = end
