@@ -136,6 +136,9 @@ def test_sampling_survives_infinite_logits_and_vanishing_temperatures():
     assert next_token(logits, do_sample=True, temperature=1.0, top_p=0.5, generator=g)[0].item() in (1, 3)
     large = torch.tensor([[3e38, 1e38, -3e38]])
     assert next_token(large, do_sample=True, temperature=0.5, generator=g).item() == 0
+    # A temperature that is 0 in float32 divided 0 by 0 (NaN, and multinomial failed): it is greedy decoding.
+    for t in (1e-300, 1e-45):
+        assert next_token(logits[1:], do_sample=True, temperature=t, generator=g).item() == 0
 
 
 def test_repetition_penalty_lowers_seen_tokens_whatever_their_sign():
@@ -272,6 +275,10 @@ def test_bad_arguments_raise_tformer_error():
     with pytest.raises(TformerError):
         generate(model, PROMPTS, -1)
     assert generate(model, PROMPTS, 0) == [[], [], []]
+    with pytest.raises(TformerError, match="eos_id must be a token id below the vocabulary size 64, not 64"):
+        generate(model, PROMPTS, 3, eos_id=64)  # rows never stopped
+    with pytest.raises(TformerError, match="seed must be an integer"):
+        generate(model, PROMPTS, 3, do_sample=True, seed=2**64)  # torch's own ValueError before
     assert len(generate(model, [list(range(32))], 3)[0]) == 3  # a prompt filling the window is fine
     # more tokens than memory holds: refused before anything is allocated (it used to fail inside torch)
     with pytest.raises(TformerError, match="new tokens for 3 sequence.*GiB"):

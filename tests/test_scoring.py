@@ -151,6 +151,9 @@ def test_score_text_reports_consistent_summaries_and_batches_like_one_at_a_time(
         assert got["log_likelihood"] == pytest.approx(float(single.sum()), abs=1e-4)
     with pytest.raises(TformerError, match="text 1"):
         score_texts(model, tok, ["the cat", "t"])
+    with_eos = random_model(vocab_size=tok.vocab_size, eos_id=0)
+    with pytest.raises(TformerError, match=r"text 0: 0 token\(s\), nothing to score \(an empty text\)"):
+        score_text(with_eos, tok, "")  # it blamed a missing eos_id the model has
 
 
 def test_choose_picks_the_likely_completion_and_batched_scores_equal_single_ones(trained):

@@ -120,8 +120,10 @@ class NgramBan:
 def next_token(logits: Tensor, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
     """Token ids (B,) from next-token logits (B, V): the argmax (greedy), or a sample from the distribution
-    left by temperature, top-k and top-p. Temperature 0 means greedy."""
-    if not do_sample or temperature == 0:
+    left by temperature, top-k and top-p. Temperature 0 means greedy, and so does one too small for float32
+    (below its smallest normal number, where logits / t would divide by zero: the distribution is the argmax
+    to float precision anyway)."""
+    if not do_sample or temperature < torch.finfo(torch.float32).tiny:
         return logits.argmax(dim=-1)
     logits = logits.float()
     # A logit of +inf (a repetition penalty far below 1 can make one) is a certainty: such tokens share all the
@@ -271,6 +273,8 @@ def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
     device = next(iter(model.parameters()), torch.empty(0)).device
+    if seed is not None and (not isinstance(seed, numbers.Integral) or not -2**63 <= seed < 2**64):
+        raise TformerError(f"seed must be an integer in [-2^63, 2^64), torch's range, not {seed!r}")
     generator = torch.Generator(device=device).manual_seed(seed) if do_sample and seed is not None else None
 
     # Left-padded token buffer, room for every new token reserved: (B, P + N).
@@ -409,6 +413,8 @@ def _check(prompts, max_new_tokens: int, vocab_size: int, window: int, eos: int 
         raise TformerError(f"max_new_tokens must be a non-negative integer, not {max_new_tokens!r}")
     if temperature < 0:
         raise TformerError(f"temperature must be >= 0 (0 means greedy), not {temperature}")
+    if eos is not None and not 0 <= eos < vocab_size:
+        raise TformerError(f"eos_id must be a token id below the vocabulary size {vocab_size}, not {eos}")
     if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 0:
         raise TformerError(f"top_k must be a non-negative integer (0: all tokens), not {top_k!r}")
     if not 0 < top_p <= 1:

@@ -179,8 +179,8 @@ def score_texts(model: nn.Module, tokenizer, texts: Sequence[str], stride: int |
     first = max(1, len(prefix))
     for name, ids in zip(names, encoded):
         if len(prefix) + len(ids) <= first:
-            raise TformerError(f"{name}: {len(ids)} token(s), nothing to score "
-                               "(the first token has no context when the model has no eos_id)")
+            why = "an empty text" if not ids else "the first token has no context when the model has no eos_id"
+            raise TformerError(f"{name}: {len(ids)} token(s), nothing to score ({why})")
     short = [k for k, ids in enumerate(encoded) if len(prefix) + len(ids) <= model.config.max_len]
     logprobs: dict[int, Tensor] = {}
     if short:
