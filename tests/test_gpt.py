@@ -126,3 +126,11 @@ def test_flops_per_token_follows_6n_plus_attention():
     m = tiny()
     n = m.num_parameters(exclude_positions=True)
     assert m.flops_per_token(16) == 6 * n + 12 * 2 * 32 * 16
+
+
+def test_an_untied_token_embedding_is_a_lookup_in_the_flop_count():
+    """Only the matmuls count: with its own output matrix the input embedding is a lookup (MFU was overstated)."""
+    tied, untied = tiny(), tiny(tie_output=False)
+    extra = untied.num_parameters() - tied.num_parameters()
+    assert extra == untied.output.weight.numel()
+    assert untied.flops_per_token(16) == tied.flops_per_token(16)  # the same matmuls

@@ -145,5 +145,8 @@ class GPT(nn.Module):
         from tformer.training.throughput import gpt_flops_per_token
 
         c = self.config
+        lookups = self.pos_embed.weight.numel()  # an untied token embedding is a lookup as well, no matmul
+        if not c.tie_output:
+            lookups += self.tok_embed.weight.numel()
         return gpt_flops_per_token(self.num_parameters(), c.n_layers, c.d_model, seq_len or c.max_len,
-                                   n_embedding_params=self.pos_embed.weight.numel())
+                                   n_embedding_params=lookups)
