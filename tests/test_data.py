@@ -49,6 +49,10 @@ def test_read_lines_gzip(tmp_path):
         f.write("eins\nzwei\ndrei\n")
     assert read_lines(p) == ["eins", "zwei", "drei"]
     assert read_lines(str(p)) == ["eins", "zwei", "drei"]
+    # Told by its first bytes: an upper-case .GZ, or no such suffix, was read as text ("byte 0x8b").
+    for name in ("A.TXT.GZ", "a.txt"):
+        (tmp_path / name).write_bytes(p.read_bytes())
+        assert read_lines(tmp_path / name) == ["eins", "zwei", "drei"]
 
 
 def test_missing_file(tmp_path):

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from pathlib import Path
 
 from tformer.errors import TformerError
+
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def split_lines(text: str) -> list[str]:
@@ -32,15 +35,18 @@ def _decode(raw: bytes, name: str) -> str:
 
 
 def read_text(path: str | Path, allow_empty: bool = False) -> str:
-    """The whole of a UTF-8 text file (.gz read through gzip), without a byte-order mark."""
+    """The whole of a UTF-8 text file, without a byte-order mark; gzip files (.gz, or any name: told by their
+    first two bytes, which no UTF-8 text starts with) are decompressed."""
     path = Path(path)
     if not path.exists():
         raise TformerError(f"{path}: file not found")
     if path.is_dir():
         raise TformerError(f"{path}: is a directory, expected a text file")
     try:
-        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raw = path.read_bytes()
+        if path.suffix.lower() == ".gz" or raw[:2] == GZIP_MAGIC:
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise TformerError(f"{path}: cannot read ({exc})") from None
     text = _decode(raw, str(path))
     if not text and not allow_empty:
