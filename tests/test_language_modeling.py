@@ -203,3 +203,17 @@ def test_a_byte_level_corpus_encodes_as_one_text_across_its_chunks():
     bpe = train_lm_tokenizer(["    indented code\n\n\n\n  more\n\tx\n" * 200], "byte_bpe", 400)
     for corpus in ("a\n" * 255 + "\n" + "  x\n", ("word\n" * 300 + "\n\n\n   indented\n") * 3):
         assert encode_corpus([corpus], bpe).tolist() == bpe.encode(corpus)
+
+
+def test_a_run_without_a_validation_loss_or_a_peak_rate_says_so(tmp_path):
+    """A one-token validation split was skipped without a word; a warmup as long as the run never reached lr."""
+    run = lm_run()
+    run.data.valid_fraction = 0.001
+    with pytest.warns(UserWarning, match=r"data.valid_fraction=0.001 of the text: 0 token\(s\), too few"):
+        task = LanguageModelingTask(run, [TEXT[:400]])
+    assert task.validate(task.model) == {}
+    with pytest.warns(UserWarning, match=r"short.txt: 1 token\(s\), too few to validate on"):
+        LanguageModelingTask(lm_run(), [TEXT], ["t"], valid_names=["short.txt"])
+    run = lm_run(max_steps=3, warmup_steps=5)
+    with pytest.warns(UserWarning, match=r"train.warmup_steps=5 is not below the run's 3 steps"):
+        train(LanguageModelingTask(run, [TEXT]), run.train, tmp_path / "out", quiet=True)

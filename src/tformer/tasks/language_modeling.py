@@ -7,6 +7,7 @@ own, or a Hugging Face GPT-2 directory) for generation and scoring.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,6 +68,12 @@ class LanguageModelingTask:
             self.train_ids, self.valid_ids = ids, encode_corpus(valid_texts, self.tokenizer, valid_names)
         else:
             self.train_ids, self.valid_ids = split_train_valid(ids, d.valid_fraction)
+        if len(self.valid_ids) < 2 and (valid_texts or d.valid_fraction > 0):
+            # One token predicts nothing: validation would be skipped, and the run would report no loss for it.
+            where = ", ".join(valid_names or ["the validation text"]) if valid_texts else \
+                f"data.valid_fraction={d.valid_fraction} of the text"
+            warnings.warn(f"{where}: {len(self.valid_ids)} token(s), too few to validate on (2 at least); "
+                          "this run has no validation loss", stacklevel=2)
         self.sampler = BlockSampler(self.train_ids, d.block_size, t.batch_size)
         if model is None:
             options = {k: v for k, v in run.model.items() if k != "preset"}

@@ -12,6 +12,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -235,6 +236,10 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             peak_flops = throughput.measure_matmul_peak(info.device, seconds=0.3)
             log.write(f"device matmul peak {peak_flops / 1e9:,.0f} GFLOP/s; "
                       f"{flops_per_token / 1e6:,.2f} MFLOP per training token")
+
+    if rates.schedule != "slanted_triangular" and 0 < rates.max_steps <= rates.warmup_steps and info.is_main:
+        warnings.warn(f"train.warmup_steps={rates.warmup_steps} is not below the run's {rates.max_steps} steps: "
+                      f"the learning rate never reaches its peak (train.lr={cfg.lr})", stacklevel=2)
 
     def save(snapshot: bool = True) -> None:
         rng_ranks = distributed.gather_objects(_rng_state(), info)  # every rank takes part
