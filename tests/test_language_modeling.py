@@ -217,3 +217,14 @@ def test_a_run_without_a_validation_loss_or_a_peak_rate_says_so(tmp_path):
     run = lm_run(max_steps=3, warmup_steps=5)
     with pytest.warns(UserWarning, match=r"train.warmup_steps=5 is not below the run's 3 steps"):
         train(LanguageModelingTask(run, [TEXT]), run.train, tmp_path / "out", quiet=True)
+
+
+def test_model_options_the_tokenizer_decides_are_refused_when_they_differ():
+    """model.vocab_size and model.eos_id were replaced by the tokenizer's without a word."""
+    run = lm_run()
+    tok = train_lm_tokenizer([TEXT], "char")
+    run.model["vocab_size"] = 10
+    with pytest.raises(TformerError, match=rf"model.vocab_size=10: .* from its tokenizer \({tok.vocab_size}\)"):
+        LanguageModelingTask(run, [TEXT])
+    run.model["vocab_size"] = tok.vocab_size  # the same value: nothing to refuse
+    assert LanguageModelingTask(run, [TEXT]).model.config.vocab_size == tok.vocab_size

@@ -77,6 +77,11 @@ class LanguageModelingTask:
         self.sampler = BlockSampler(self.train_ids, d.block_size, t.batch_size)
         if model is None:
             options = {k: v for k, v in run.model.items() if k != "preset"}
+            tokenizer_says = {"vocab_size": self.tokenizer.vocab_size, "eos_id": self.tokenizer.eos_id}
+            for key, value in tokenizer_says.items():
+                if key in options and options[key] != value:  # the tokenizer's value would silently win
+                    raise TformerError(f"model.{key}={options[key]}: a language model takes its {key} from its "
+                                       f"tokenizer ({value}); leave it out (data.vocab_size sizes a BPE vocabulary)")
             # The window is the training block unless the run sets it: positions never trained are noise.
             options.setdefault("max_len", d.block_size)
             try:
