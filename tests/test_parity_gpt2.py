@@ -84,6 +84,20 @@ def test_load_gpt2_untied_head(tmp_path):
         torch.testing.assert_close(ours(ids).logits, ref(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
 
 
+def test_an_untied_config_without_a_head_in_the_weights_says_what_the_head_is(tmp_path):
+    """The head was quietly a copy of wte (transformers draws a random one and warns)."""
+    from safetensors.torch import load_file, save_file
+
+    ref = _hf_model(seed=6, tie_word_embeddings=False)
+    ref.save_pretrained(tmp_path)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if k != "lm_head.weight"}, str(tmp_path / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match="unties lm_head from wte but the weights hold no lm_head.weight"):
+        ours = load_gpt2(tmp_path)
+    assert torch.equal(ours.output.weight, ours.tok_embed.weight) and not ours.config.tie_output
+
+
 def test_a_head_that_differs_from_the_embeddings_is_loaded_untied(tmp_path):
     """config.json says tied, the file holds its own lm_head: transformers keeps both; so does tformer."""
     ref = _hf_model(seed=5, tie_word_embeddings=False)

@@ -282,6 +282,10 @@ def load_gpt2(path: str | Path, device: str | torch.device = "cpu") -> GPT:
     except TformerError as exc:
         raise TformerError(f"{source}: {exc}") from None
     head, embed = state["output.weight"], state["tok_embed.weight"]
+    if not config.tie_output and head is embed:
+        # transformers would draw a random head here (and warn); wte is the likelier guess, but say so.
+        warnings.warn(f"{source}: {CONFIG} unties lm_head from wte but the weights hold no lm_head.weight; "
+                      "the output layer starts as a copy of wte", stacklevel=2)
     if config.tie_output and head.shape == embed.shape and not torch.equal(head, embed):
         # As transformers does: a checkpoint that holds its own, different lm_head is loaded untied.
         warnings.warn(f"{source}: lm_head.weight differs from wte.weight though {CONFIG} ties them; "
