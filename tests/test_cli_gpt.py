@@ -241,3 +241,21 @@ def test_resume_from_another_folder_names_the_saved_relative_path(capsys, tmp_pa
     code, out, err = run_cli(capsys, "train", "--out", tmp_path / "m", "--resume", "--max-steps", "4",
                              "--train-text", tmp_path / "start" / "a.txt")
     assert code == 0 and json.loads(out.splitlines()[-1])["steps"] == 4, err
+
+
+def test_tokenizer_file_has_a_shortcut_flag(tmp_path, capsys):
+    """--tokenizer-file FOLDER trains on a GPT-2 tokenizer, as data.tokenizer_file= does."""
+    from tformer.tokenization import train_lm_tokenizer
+
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    bpe = train_lm_tokenizer([TEXT], "byte_bpe", 300)
+    bpe.backend.model.save(str(folder))  # vocab.json + merges.txt
+    code, out, err = run_cli(capsys, "train", "--preset", "gpt-micro", "--train-text", text, "--out",
+                             tmp_path / "m", "--tokenizer-file", folder, "--max-steps", "2", "--block-size", "16",
+                             "train.warmup_steps=1", "model.d_model=32", "model.n_heads=2")
+    assert code == 0, err
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["tformer_run"]["data"]["tokenizer_file"] == str(folder) and config["vocab_size"] == bpe.vocab_size

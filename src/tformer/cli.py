@@ -27,7 +27,7 @@ _SHORTCUTS = {
     "max_steps": "train.max_steps", "max_epochs": "train.max_epochs", "max_minutes": "train.max_minutes",
     "max_tokens": "train.max_tokens", "seed": "train.seed", "device": "train.device",
     "train_text": "data.train_text", "valid_text": "data.valid_text", "block_size": "data.block_size",
-    "batch_size": "train.batch_size", "tokenizer": "data.tokenizer",
+    "batch_size": "train.batch_size", "tokenizer": "data.tokenizer", "tokenizer_file": "data.tokenizer_file",
 }
 
 
