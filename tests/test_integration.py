@@ -314,3 +314,16 @@ def test_training_pairs_left_out_are_counted():
     with pytest.warns(UserWarning, match="10 of 20 training pairs left out.*data.max_len=6"):
         task = TranslationTask(run, pairs)
     assert len(task.examples) == 10
+
+
+def test_blank_lines_stay_blank_whatever_the_tokenizer_makes_of_them(monkeypatch):
+    """A space can be a token (the word-start symbol): blank lines were translated into junk by a real model."""
+    import tformer.tasks.translation as translation
+
+    task = TranslationTask(tiny_run(), copy_pairs(60))
+    assert task.src_tok.encode(" ")  # not empty in tokens: only the text says the line is blank
+    word = task.tgt_tok.encode("abc")
+    # A model that always says "abc", so that any line sent to it shows.
+    monkeypatch.setattr(translation, "translate_ids", lambda model, src, *args: [word] * src.size(0))
+    out = translate_lines(task.model, task.src_tok, task.tgt_tok, ["", " ", "\t", "x", "   "], beam_size=2)
+    assert out == ["", "", "", "abc", ""]

@@ -176,8 +176,9 @@ def translate_lines(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokenizer, 
                       f"positions and were cut to them", UserWarning, stacklevel=2)
         ids = [s[: c.max_len] for s in ids]
     out: list[str] = [""] * len(ids)
-    # An empty (or blank) line has nothing to translate: it stays empty, keeping the lines aligned.
-    order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))
+    # An empty (or blank) line has nothing to translate: it stays empty, keeping the lines aligned. A blank line
+    # is not always empty in tokens (a space can be the word-start symbol), so the text decides.
+    order = sorted((i for i in range(len(ids)) if ids[i] and lines[i].strip()), key=lambda i: len(ids[i]))
     start = 0
     while start < len(order):
         # Grow the batch while its padded size (sentences x longest) stays within max_tokens.
