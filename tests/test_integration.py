@@ -327,3 +327,20 @@ def test_blank_lines_stay_blank_whatever_the_tokenizer_makes_of_them(monkeypatch
     monkeypatch.setattr(translation, "translate_ids", lambda model, src, *args: [word] * src.size(0))
     out = translate_lines(task.model, task.src_tok, task.tgt_tok, ["", " ", "\t", "x", "   "], beam_size=2)
     assert out == ["", "", "", "abc", ""]
+
+
+def test_translation_model_options_that_would_be_replaced_or_overrun_are_refused():
+    """model.pad_id, the vocabulary sizes and share_embeddings without a joint vocabulary were replaced silently;
+    data.max_len beyond the model's positions failed mid-run (learned) or cut every long sentence later."""
+    for options, needle in (({"pad_id": 5}, r"model.pad_id=5: a translation model takes it from its tokenizers"),
+                            ({"src_vocab_size": 10}, r"model.src_vocab_size=10"),
+                            ({"max_len": 16}, r"data.max_len=64 is more than the model's 16 positions")):
+        run = tiny_run()
+        run.model.update(options)
+        with pytest.raises(TformerError, match=needle):
+            TranslationTask(run, copy_pairs(30))
+    run = tiny_run()
+    run.data.joint_vocab = False
+    run.model["share_embeddings"] = True
+    with pytest.raises(TformerError, match="model.share_embeddings=true needs one vocabulary.*data.joint_vocab=true"):
+        TranslationTask(run, copy_pairs(30))

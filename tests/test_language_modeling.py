@@ -224,7 +224,8 @@ def test_model_options_the_tokenizer_decides_are_refused_when_they_differ():
     run = lm_run()
     tok = train_lm_tokenizer([TEXT], "char")
     run.model["vocab_size"] = 10
-    with pytest.raises(TformerError, match=rf"model.vocab_size=10: .* from its tokenizer \({tok.vocab_size}\)"):
+    with pytest.raises(TformerError, match=rf"model.vocab_size=10: a language model takes it from its tokenizer "
+                                           rf".* \({tok.vocab_size} here\)"):
         LanguageModelingTask(run, [TEXT])
     run.model["vocab_size"] = tok.vocab_size  # the same value: nothing to refuse
     assert LanguageModelingTask(run, [TEXT]).model.config.vocab_size == tok.vocab_size

@@ -221,6 +221,14 @@ def check_section(section_obj: DataConfig | TrainConfig, source: str = "config")
         _apply(section_obj, section, f.name, getattr(section_obj, f.name), source)
 
 
+def refuse_decided_options(options: dict[str, Any], decided: dict[str, Any], reason: str) -> None:
+    """Model options a task sets itself (from its tokenizers): one also given with another value is an error
+    naming it, rather than a value silently replaced."""
+    for key, value in decided.items():
+        if key in options and options[key] != value:
+            raise TformerError(f"model.{key}={options[key]}: {reason} ({value} here); leave it out")
+
+
 def load_config(path: str | Path | list[str | Path] | None = None, overrides: list[str] | tuple[str, ...] = (),
                 base: RunConfig | None = None) -> RunConfig:
     """Defaults (or `base`, a saved run's config, left as it is), then the TOML file(s) in order (a later file's

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tformer.config import RunConfig, check_section
+from tformer.config import RunConfig, check_section, refuse_decided_options
 from tformer.data.text import BlockSampler, encode_corpus, read_corpus, sequential_blocks, split_paths, split_train_valid
 from tformer.errors import TformerError
 from tformer.models.gpt import GPT, GPTConfig
@@ -77,11 +77,8 @@ class LanguageModelingTask:
         self.sampler = BlockSampler(self.train_ids, d.block_size, t.batch_size)
         if model is None:
             options = {k: v for k, v in run.model.items() if k != "preset"}
-            tokenizer_says = {"vocab_size": self.tokenizer.vocab_size, "eos_id": self.tokenizer.eos_id}
-            for key, value in tokenizer_says.items():
-                if key in options and options[key] != value:  # the tokenizer's value would silently win
-                    raise TformerError(f"model.{key}={options[key]}: a language model takes its {key} from its "
-                                       f"tokenizer ({value}); leave it out (data.vocab_size sizes a BPE vocabulary)")
+            refuse_decided_options(options, {"vocab_size": self.tokenizer.vocab_size, "eos_id": self.tokenizer.eos_id},
+                                   "a language model takes it from its tokenizer (data.vocab_size sizes a BPE one)")
             # The window is the training block unless the run sets it: positions never trained are noise.
             options.setdefault("max_len", d.block_size)
             try:

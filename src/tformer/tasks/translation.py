@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from tformer.config import RunConfig, check_section
+from tformer.config import RunConfig, check_section, refuse_decided_options
 from tformer.data.batching import collate_translation, pad, token_batches
 from tformer.data.parallel import read_parallel
 from tformer.errors import TformerError
@@ -60,15 +60,22 @@ class TranslationTask:
             joint = self.src_tok is self.tgt_tok
             preset = run.model.get("preset", "transformer-small")
             require_family(preset, "transformer", "translation")
+            decided = {"src_vocab_size": self.src_tok.vocab_size, "tgt_vocab_size": self.tgt_tok.vocab_size,
+                       "pad_id": self.tgt_tok.pad_id, "bos_id": self.tgt_tok.bos_id, "eos_id": self.tgt_tok.eos_id}
+            refuse_decided_options(options, decided, "a translation model takes it from its tokenizers")
+            if options.get("share_embeddings") and not joint:
+                raise TformerError("model.share_embeddings=true needs one vocabulary for both languages: "
+                                   "set data.joint_vocab=true as well")
             try:
                 config = get_config(preset, **options)
-                config = replace(config, src_vocab_size=self.src_tok.vocab_size, tgt_vocab_size=self.tgt_tok.vocab_size,
-                                 share_embeddings=joint and options.get("share_embeddings", True),
-                                 pad_id=self.tgt_tok.pad_id, bos_id=self.tgt_tok.bos_id, eos_id=self.tgt_tok.eos_id)
+                config = replace(config, share_embeddings=joint and options.get("share_embeddings", True), **decided)
             except (TypeError, ValueError) as exc:
                 raise TformerError(f"model options: {exc}") from None
             torch.manual_seed(run.train.seed)
             model = Transformer(config)
+        if d.max_len > model.config.max_len:  # learned positions would fail mid-run; sinusoidal ones cut at translation
+            raise TformerError(f"data.max_len={d.max_len} is more than the model's {model.config.max_len} positions "
+                               "(model.max_len): lower data.max_len or raise model.max_len")
         self.model = model
 
     # -- what the trainer calls -------------------------------------------------------------------------
