@@ -295,3 +295,18 @@ def test_a_full_disk_is_named_and_the_last_checkpoint_kept(lm, tmp_path, monkeyp
     monkeypatch.undo()
     with pytest.raises(RuntimeError, match="enforce fail"):  # with room on the disk it is not the disk: as it was
         checkpoint.save_dir(model, full)
+
+
+def test_demo_and_evaluate_refuse_bad_places_and_sizes_before_working(tmp_path, capsys):
+    """demo --out naming a file failed only after minutes of training; evaluate --max-tokens 0 was accepted."""
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    for out in (blocker, blocker / "demo"):
+        code, _, err = run_cli(capsys, "demo", "--out", out, "--steps", "1")
+        assert_one_line_error(code, err, f"--out {out}", "is a file")
+    assert blocker.read_text() == "mine"
+    src = tmp_path / "a.txt"
+    src.write_text("x\n")
+    for bad in ("0", "-3"):
+        code, _, err = run_cli(capsys, "evaluate", "--model", tmp_path, "--src", src, "--ref", src, "--max-tokens", bad)
+        assert_one_line_error(code, err, f"--max-tokens must be at least 1, not {bad}")

@@ -258,7 +258,19 @@ def cmd_demo(args) -> None:
         raise TformerError(f"--steps must be at least 1, not {args.steps}")
     if args.minutes < 0:
         raise TformerError(f"--minutes must not be negative, not {args.minutes}")
-    run_demo(args.out, args.steps, args.minutes, seed=args.seed)
+    out = Path(args.out)
+    # Checked before minutes of training, not at the first save. A demo folder is the demo's own: running the demo
+    # again replaces its model, as the README's two commands expect.
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise TformerError(f"--out {out}: {folder} is a file, not a folder")
+    from tformer.training.checkpoint import check_writable
+
+    try:
+        check_writable(out / "model")
+    except TformerError as exc:
+        raise TformerError(f"--out {exc}") from None
+    run_demo(out, args.steps, args.minutes, seed=args.seed)
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool, pretrained: str | None = None) -> None:
@@ -621,6 +633,7 @@ def cmd_evaluate(args) -> None:
                            "stdin; give a file")
 
     args.beam = 4 if args.beam is None else _positive("beam", args.beam)
+    _positive("max-tokens", args.max_tokens)
     result = evaluate_files(args.model, args.src, args.ref, args.beam, _device(args.device), args.max_tokens)
     hyps = result.pop("hypotheses")
     if args.output:
