@@ -229,6 +229,10 @@ def test_embed_options_from_python(tmp_path):
     assert ranked[0][1] == 0 and ranked[0][0] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(TformerError, match="sentences must be a list of strings, not one string"):
         embed(model, tok, texts[0])  # iterated, it would embed each character
+    # The last layer by its number is the last layer: the pooler reads it (it was refused unless written -1).
+    last = model.bert.config.n_layers if hasattr(model, "bert") else model.config.n_layers
+    torch.testing.assert_close(embed(model, tok, texts, pooling="pooler", layers=[last]),
+                               embed(model, tok, texts, pooling="pooler"), atol=0, rtol=0)
 
 
 @pytest.fixture(scope="module")

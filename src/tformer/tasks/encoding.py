@@ -146,7 +146,7 @@ def embed(model: BertModel | BertForPreTraining, tokenizer: EncoderTokenizer, se
                                      max_length=limit, truncation=truncation, names=names)
     device = next(encoder.parameters()).device
     results: list[Tensor | None] = [None] * len(encoded)
-    only_last = list(layers) == [-1]
+    only_last = [layer % n_states for layer in layers] == [n_states - 1]  # -1 or N alike: the last layer alone
     lengths = [len(e.ids) for e in encoded]
     if sort_by_length:
         batches = _batches(lengths, batch_size, max_tokens=batch_size * 128)
