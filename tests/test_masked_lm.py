@@ -187,6 +187,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["embed", "--model", str(out), "--sentence", long, "--output", str(tmp_path / "x.npy")]) == 0
     err = capsys.readouterr().err
     assert "truncat" in err and np.load(tmp_path / "x.npy").shape == (1, 32)
+    tokens_out = tmp_path / "t.jsonl"
+    assert main(["embed", "--model", str(out), "--input", str(lines), "--tokens", "--output", str(tokens_out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("truncated") == 1, err  # said once (the token names were encoded again, and warned again)
+    rows = [json.loads(line) for line in tokens_out.read_text().splitlines()]
+    assert all(len(r["tokens"]) == len(r["vectors"]) for r in rows) and len(rows[1]["tokens"]) == 64
     assert main(["fill-mask", "--model", str(out), "no mask here"]) == 2
     assert "[MASK]" in capsys.readouterr().err
     assert main(["embed", "--model", str(out), "--sentence", "x", "--output", str(tmp_path / "v.csv")]) == 2

@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -800,7 +801,6 @@ def _embed_options(args, defaults) -> dict:
 
 def _warnings_as_lines():
     """Library warnings (truncation) as one plain line on stderr, not Python's two-line format."""
-    import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"tformer: warning: {message}", file=sys.stderr)
@@ -841,11 +841,14 @@ def cmd_embed(args) -> None:
         print(f"{len(sentences)} vectors of {vectors.shape[1]} dimensions -> {out}", file=sys.stderr)
         return
     lines = []
-    for sentence, v in zip(sentences, vectors):
+    if args.tokens:  # the tokens the vectors belong to; embed has already said which inputs were cut
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            token_ids = [e.ids for e in tokenizer.encode_batch(sentences, max_length=options["max_length"])]
+    for k, (sentence, v) in enumerate(zip(sentences, vectors)):
         record = {"text": sentence}
         if args.tokens:
-            ids = tokenizer.encode(sentence, max_length=options["max_length"], truncation="warn").ids
-            record["tokens"] = [tokenizer.id_to_token(i) for i in ids]
+            record["tokens"] = [tokenizer.id_to_token(i) for i in token_ids[k]]
             record["vectors"] = [[round(x, 6) for x in row] for row in v.tolist()]
         else:
             record["vector"] = [round(x, 6) for x in v.tolist()]
