@@ -46,6 +46,9 @@ CASES = [
     ("albert", lambda: transformers.AlbertModel(transformers.AlbertConfig(**SMALL, embedding_size=16)), True),
     ("albert-pretraining", lambda: transformers.AlbertForPreTraining(transformers.AlbertConfig(**SMALL, embedding_size=16)),
      True),
+    # E = H: ALBERT still maps E -> H (tformer had no such layer then, and refused the checkpoint)
+    ("albert-unfactorized", lambda: transformers.AlbertModel(
+        transformers.AlbertConfig(**SMALL, embedding_size=SMALL["hidden_size"])), True),
 ]
 
 

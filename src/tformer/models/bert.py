@@ -117,7 +117,8 @@ class BertEmbeddings(nn.Module):
         self.pos_embed = LearnedPositionalEmbedding(e, c.max_len)
         self.norm = nn.LayerNorm(e, eps=c.eps)
         self.dropout = Dropout(c.dropout)
-        self.project = Linear(e, c.d_model) if e != c.d_model else None
+        # ALBERT always maps E -> H, even when E = H (as its reference implementation does, so its checkpoints fit).
+        self.project = Linear(e, c.d_model) if e != c.d_model or c.family == "albert" else None
 
     def forward(self, ids: Tensor, type_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
         t = ids.size(1)
