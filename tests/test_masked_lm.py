@@ -288,6 +288,19 @@ def test_fill_mask_with_an_exported_hugging_face_masked_lm(tmp_path):
     assert [p for _, p in top] == pytest.approx(expected.values.tolist(), abs=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["bert-micro", "roberta-small", "albert-small"])
+def test_an_exported_encoder_folder_gives_transformers_the_same_tokenizer(tmp_path, preset):
+    """AutoTokenizer reads the exported tokenizer.json as tformer does (an ALBERT folder asked for SentencePiece)."""
+    run = run_config(tmp_path, preset, **({"data.tokenizer": "bpe"} if preset.startswith("roberta") else {}))
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+    save_hf_encoder(task.model.eval(), tmp_path / "hf", task.tokenizer)
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    tok = task.tokenizer
+    text = "the cat sleeps ."
+    assert hf(text)["input_ids"] == tok.encode(text).ids
+    assert hf.mask_token_id == tok.mask_id and hf.pad_token_id == tok.pad_id
+
+
 def test_roberta_presets_default_to_byte_level_bpe_and_fill_mask_shows_text(tmp_path, capsys):
     assert mlm_run_defaults("roberta-small").data.tokenizer == "bpe"
     assert mlm_run_defaults("bert-micro").data.tokenizer == mlm_run_defaults("albert-small").data.tokenizer == "wordpiece"

@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from tformer.errors import TformerError
 from tformer.interop.gpt2 import _read_weights
 from tformer.models.bert import BertConfig, BertForPreTraining, BertModel
-from tformer.training.checkpoint import CONFIG, WEIGHTS, from_saved, read_config, save_dir
+from tformer.training.checkpoint import (CONFIG, TOKENIZER, TOKENIZER_CONFIG, WEIGHTS, from_saved, read_config,
+                                         save_dir)
 
 FAMILIES = ("bert", "roberta", "albert")
 ACTIVATIONS_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
@@ -345,6 +346,18 @@ def save_hf_encoder(model: BertModel | BertForPreTraining, path: str | Path, tok
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         if tokenizer is not None:
-            tokenizer.save(tmp / "tokenizer.json")
+            tokenizer.save(tmp / TOKENIZER)
+            (tmp / TOKENIZER_CONFIG).write_text(json.dumps(_tokenizer_config(tokenizer, c.max_tokens), indent=2)
+                                                + "\n")
 
     save_dir(path, write)
+
+
+def _tokenizer_config(tokenizer, max_tokens: int) -> dict:
+    """transformers' tokenizer_config.json for an encoder's tokenizer.json: read as it is (without it, an ALBERT
+    folder asks for the SentencePiece tokenizer, which has no file here), with its special tokens named."""
+    token = tokenizer.backend.id_to_token
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_tokens,
+            "cls_token": token(tokenizer.cls_id), "sep_token": token(tokenizer.sep_id),
+            "mask_token": token(tokenizer.mask_id), "pad_token": token(tokenizer.pad_id),
+            "unk_token": token(tokenizer.unk_id)}
