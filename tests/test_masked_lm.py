@@ -4,6 +4,7 @@ embed, fill-mask, similar, from Python and from the command line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import random
 
 import numpy as np
@@ -265,6 +266,33 @@ def test_cli_embed_real_minilm_matches_sentence_transformers_recipe(minilm_dir, 
     assert "riding" not in capsys.readouterr().out
     assert main(["fill-mask", "--model", str(minilm_dir), "Paris is the [MASK] of France."]) == 2
     assert "no masked-LM head" in capsys.readouterr().err
+
+
+def test_a_sentence_transformers_pooling_is_followed_or_refused(minilm_dir, tmp_path, capsys):
+    """Max pooling (and modes tformer lacks) used to give [CLS] vectors without a word."""
+    folder = tmp_path / "st"
+    folder.mkdir()
+    for entry in Path(minilm_dir).iterdir():
+        if entry.name != "1_Pooling":
+            (folder / entry.name).symlink_to(entry)
+    (folder / "1_Pooling").mkdir()
+    settings = folder / "1_Pooling" / "config.json"
+    texts = ["A man is eating food.", "Someone is having a meal today."]
+    settings.write_text(json.dumps({"pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": True}))
+    assert main(["embed", "--model", str(folder), "--sentence", texts[0], "--sentence", texts[1],
+                 "--output", str(tmp_path / "v.npy")]) == 0
+    hf = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    b = transformers.BertTokenizerFast.from_pretrained(minilm_dir)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = hf(**b).last_hidden_state.masked_fill(b["attention_mask"][..., None] == 0, -1e9)
+    ref = torch.nn.functional.normalize(h.amax(1), dim=-1)  # sentence-transformers' max pooling, normalized
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "v.npy")), ref, atol=1e-5, rtol=0)
+    settings.write_text(json.dumps({"pooling_mode_mean_sqrt_len_tokens": True}))
+    capsys.readouterr()
+    code = main(["embed", "--model", str(folder), "--sentence", texts[0]])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "pooling mean_sqrt_len_tokens is not" in err
+    assert main(["embed", "--model", str(folder), "--sentence", texts[0], "--pooling", "mean"]) == 0  # chosen
 
 
 def test_fill_mask_with_an_exported_hugging_face_masked_lm(tmp_path):

@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     em.add_argument("--input", help="a file of sentences, one per line ('-': stdin)")
     em.add_argument("--sentence", action="append", type=_text, help="a sentence (repeatable)")
     em.add_argument("--output", default="-", help="FILE.npy, FILE.jsonl, or '-' for JSONL on stdout")
-    em.add_argument("--pooling", choices=["cls", "mean", "pooler"],
+    em.add_argument("--pooling", choices=["cls", "mean", "max", "pooler"],
                     help="how token states become one vector (default: the checkpoint's own, else cls)")
     em.add_argument("--layer", type=int, action="append",
                     help="hidden state to read: 0 embeddings, 1..N layers, -1 last (repeatable: several layers)")
@@ -167,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     si.add_argument("--query", required=True, type=_text)
     si.add_argument("--input", required=True, help="a file of sentences, one per line ('-': stdin)")
     si.add_argument("--top-k", type=int, default=10)
-    si.add_argument("--pooling", choices=["cls", "mean", "pooler"])
+    si.add_argument("--pooling", choices=["cls", "mean", "max", "pooler"])
     si.add_argument("--batch-size", type=int, default=64)
     si.add_argument("--max-length", type=int)
     si.add_argument("--truncation", choices=["warn", "error"], default="warn")
@@ -788,7 +788,7 @@ def _load_encoder(args):
     asked = getattr(args, "max_length", None)
     if asked is not None and asked > model.config.max_tokens:  # it would be cut to them without a word
         raise TformerError(f"--max-length {asked} is more than the model's {model.config.max_tokens} positions")
-    return model, tokenizer, encoder_defaults(args.model, model)
+    return model, tokenizer, encoder_defaults(args.model, model, getattr(args, "pooling", None))
 
 
 def _embed_options(args, defaults) -> dict:

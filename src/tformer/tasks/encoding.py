@@ -30,7 +30,7 @@ from tformer.models.heads import EncoderForTask
 from tformer.models.validation import check_texts
 from tformer.tokenization import piece_text
 
-Pooling = Literal["cls", "mean", "pooler"]
+Pooling = Literal["cls", "mean", "max", "pooler"]
 Combine = Literal["concat", "sum", "mean"]
 MASK_PLACEHOLDER = "[MASK]"
 
@@ -44,15 +44,18 @@ class EncoderDefaults:
     max_length: int | None = None
 
 
-def encoder_defaults(path: str | Path, model: BertModel | BertForPreTraining) -> EncoderDefaults:
-    """sentence-transformers settings when the directory has them; [CLS] otherwise."""
+def encoder_defaults(path: str | Path, model: BertModel | BertForPreTraining,
+                     pooling: Pooling | None = None) -> EncoderDefaults:
+    """sentence-transformers settings when the directory has them; [CLS] otherwise. `pooling`, when the caller
+    has chosen one, is kept (the folder's own is then not read)."""
     path = Path(path)
     out = EncoderDefaults(max_length=model.config.max_tokens)
     pooling_file = path / "1_Pooling" / "config.json"
     try:
-        if pooling_file.is_file():
-            cfg = json.loads(pooling_file.read_text())
-            out.pooling = "mean" if cfg.get("pooling_mode_mean_tokens") else "cls"
+        if pooling is not None:
+            out.pooling = pooling
+        elif pooling_file.is_file():
+            out.pooling = _sentence_transformers_pooling(json.loads(pooling_file.read_text()), pooling_file)
         modules = path / "modules.json"
         if modules.is_file():
             out.normalize = any(str(m.get("type", "")).endswith("Normalize") for m in json.loads(modules.read_text()))
@@ -63,6 +66,22 @@ def encoder_defaults(path: str | Path, model: BertModel | BertForPreTraining) ->
     except (ValueError, TypeError, AttributeError) as exc:
         raise TformerError(f"{path}: unreadable sentence-transformers settings ({exc})") from None
     return out
+
+
+# sentence-transformers' pooling modes (1_Pooling/config.json) that tformer computes, by their flag.
+_ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max"}
+
+
+def _sentence_transformers_pooling(cfg: dict, where: Path) -> Pooling:
+    """The one pooling a sentence-transformers folder asks for; a mode tformer lacks (or several at once,
+    concatenated) is refused, not replaced by another: its vectors would not be the model's."""
+    chosen = sorted(k for k, v in cfg.items() if k.startswith("pooling_mode_") and v)
+    if not chosen:
+        return "cls"
+    if len(chosen) > 1 or chosen[0] not in _ST_POOLING:
+        raise TformerError(f"{where}: pooling {', '.join(m.removeprefix('pooling_mode_') for m in chosen)} is not "
+                           f"one tformer computes ({', '.join(_ST_POOLING.values())}); choose one with --pooling")
+    return _ST_POOLING[chosen[0]]
 
 
 def _encoder(model: BertModel | BertForPreTraining | EncoderForTask) -> BertModel:
@@ -112,6 +131,8 @@ def pool(hidden: Tensor, mask: Tensor | None, pooling: Pooling, pooled: Tensor |
             return hidden.mean(1)
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+    if pooling == "max":  # each dimension's largest value over the real tokens
+        return (hidden if mask is None else hidden.masked_fill(~mask.unsqueeze(-1), float("-inf"))).amax(1)
     raise ValueError(f"unknown pooling {pooling!r}")
 
 
