@@ -159,3 +159,19 @@ def test_characters_no_font_has_are_named_in_one_warning(tmp_path):
     if _font_families() == ["DejaVu Sans"]:  # no fallback font here: the one warning names each character once
         assert len(glyphs) == 1 and "猫 が" in glyphs[0] and glyphs[0].count("猫") == 1, glyphs
     assert (tmp_path / "t.png").read_bytes()[:8] == PNG
+
+
+def test_a_grid_of_few_panels_gives_every_token_label_room(tmp_path):
+    """1 layer x 2 heads of 39 tokens: fixed 2.4-inch panels packed 39 labels into a smear, and cut the title."""
+    import matplotlib.image
+
+    from tformer.viz.attention import plot_attention_grid
+
+    tokens = [f"word{i}" for i in range(39)]
+    weights = np.full((1, 2, 39, 39), 1 / 39, dtype=np.float32)
+    title = "a 1-layer model with two heads, and a title as long as a model's name and its input can make it"
+    image = matplotlib.image.imread(plot_attention_grid(weights, tokens, tokens, tmp_path / "g.png", title=title))
+    height, width = image.shape[:2]
+    dpi = 110
+    assert height >= 39 * 0.09 * dpi  # at least 0.09 inch a row: 5-point labels do not overlap
+    assert width >= 0.09 * len(title) * dpi  # the title's width at 10 points

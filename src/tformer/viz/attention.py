@@ -48,7 +48,16 @@ def plot_attention_grid(weights, source_tokens: Sequence[str], target_tokens: Se
     that spreads its attention looks dark, one that focuses looks bright); tokens on the outer panels only."""
     w = np.asarray(weights, dtype=np.float32)
     n_layers, n_heads = w.shape[:2]
-    fig, axes = plt.subplots(n_layers, n_heads, figsize=(2.6 * n_heads + 1.0, 2.4 * n_layers), squeeze=False)
+    # Sizes in inches. A panel gives each token label 0.09 in (the labels are 5 pt), the outer panels' labels get
+    # room for the longest token, the title its width at 10 pt, and the colour bar a fixed strip for its numbers:
+    # fixed 2.6 x 2.4 in panels smeared 39 labels into one another on a 1-layer, 2-head model and cut the title.
+    label = 0.055 * max((len(tok) for tok in [*source_tokens, *target_tokens]), default=1) + 0.35
+    panel_w, panel_h = max(2.6, 0.09 * w.shape[3] + 0.4), max(2.4, 0.09 * w.shape[2] + 0.5)
+    title_width = 0.09 * max((len(line) for line in title.splitlines()), default=0)
+    bar = 1.0  # the colour bar and its tick labels
+    width = max(panel_w * n_heads + label + bar, title_width + 0.5)
+    height = panel_h * n_layers + label + (0.4 if title else 0.0)
+    fig, axes = plt.subplots(n_layers, n_heads, figsize=(width, height), squeeze=False)
     top = max(float(w.max()), 1e-6)
     for layer in range(n_layers):
         for head in range(n_heads):
@@ -67,8 +76,8 @@ def plot_attention_grid(weights, source_tokens: Sequence[str], target_tokens: Se
                 ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0.0, 0.0, 0.93, 1.0))  # the right edge holds the one colour bar
-    fig.colorbar(image, cax=fig.add_axes((0.945, 0.15, 0.012, 0.7)))
+    fig.tight_layout(rect=(0.0, 0.0, 1.0 - bar / width, 1.0))  # the right strip holds the one colour bar
+    fig.colorbar(image, cax=fig.add_axes((1.0 - 0.85 * bar / width, 0.15, 0.15 / width, 0.7)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
