@@ -206,8 +206,8 @@ def fill_mask(model: BertModel | BertForPreTraining, tokenizer: EncoderTokenizer
     """The top_k (token, probability) for every [MASK] in text (written [MASK] whatever the model's own
     mask token is)."""
     if not isinstance(model, BertForPreTraining):
-        raise TformerError("this checkpoint has no masked-LM head (it was saved as a bare encoder), so it "
-                           "cannot fill masks")
+        raise TformerError("this checkpoint has no masked-LM head (a bare encoder, or one fine-tuned for a task), "
+                           "so it cannot fill masks")
     mask_token = tokenizer.id_to_token(tokenizer.mask_id)
     if MASK_PLACEHOLDER not in text and mask_token not in text:
         raise TformerError(f"the text has no {MASK_PLACEHOLDER} to fill")
