@@ -136,7 +136,7 @@ def test_albert_shares_one_layer_and_factorizes_embeddings():
     assert len(states) == 5 and not torch.equal(states[1], states[2])  # the shared layer applied 4 times
 
 
-def test_roberta_positions_start_after_padding_and_skip_left_padding():
+def test_roberta_positions_start_after_padding_and_skip_left_padding(tmp_path):
     c = BertConfig(vocab_size=50, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=20, type_vocab_size=1,
                    pad_id=1, position_offset=2, sentence_objective="none", dropout=0.0, attention_dropout=0.0)
     model = BertModel(c).eval()
@@ -148,6 +148,14 @@ def test_roberta_positions_start_after_padding_and_skip_left_padding():
         b = model(left, attention_mask=mask).hidden
     torch.testing.assert_close(b[0, 2:], a[0], atol=1e-5, rtol=0)
     assert c.max_tokens == 18
+    # Without a mask, padding is told by its id, as transformers' RoBERTa numbers positions (they counted it).
+    hf = transformers.RobertaModel(transformers.RobertaConfig(**SMALL, type_vocab_size=1, pad_token_id=1,
+                                                              layer_norm_eps=1e-5)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_hf_encoder(tmp_path / "hf")
+    padded = torch.tensor([[1, 1, 0, 7, 8, 2], [0, 9, 9, 2, 1, 1]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(padded).hidden, hf(input_ids=padded).last_hidden_state, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="exceed"):
         model(torch.zeros(1, 19, dtype=torch.long))
 

@@ -111,7 +111,7 @@ class BertEmbeddings(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
         e = c.d_embed
-        self.offset = c.position_offset
+        self.offset, self.pad_id = c.position_offset, c.pad_id
         self.tok_embed = nn.Embedding(c.vocab_size, e)
         self.type_embed = nn.Embedding(c.type_vocab_size, e) if c.type_vocab_size else None
         self.pos_embed = LearnedPositionalEmbedding(e, c.max_len)
@@ -122,8 +122,11 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, ids: Tensor, type_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
         t = ids.size(1)
-        if self.offset and attention_mask is not None:
-            # RoBERTa numbers real tokens from offset on, skipping padding; padding sits at offset - 1.
+        if self.offset:
+            # RoBERTa numbers real tokens from offset on, skipping padding; padding sits at offset - 1. Without a
+            # mask, padding is told by its id, as RoBERTa does.
+            if attention_mask is None:
+                attention_mask = ids != self.pad_id
             counted = attention_mask.long().cumsum(1)
             positions = torch.where(attention_mask, counted - 1 + self.offset, self.offset - 1)
             pos = self.pos_embed.weight[positions]  # (B, T, E)
