@@ -344,3 +344,19 @@ def test_translation_model_options_that_would_be_replaced_or_overrun_are_refused
     run.model["share_embeddings"] = True
     with pytest.raises(TformerError, match="model.share_embeddings=true needs one vocabulary.*data.joint_vocab=true"):
         TranslationTask(run, copy_pairs(30))
+
+
+def test_a_translation_directory_with_another_models_tokenizer_is_refused(tmp_path):
+    """A swapped tokenizer.json translated into garbage with exit code 0."""
+    from tformer.tokenization import train_tokenizer
+
+    run = tiny_run(max_steps=1)
+    task = TranslationTask(run, copy_pairs(60))
+    train(task, run.train, tmp_path / "m", quiet=True)
+    load_translator(tmp_path / "m")  # its own tokenizer: fine
+    other = train_tokenizer(["completely different words here"] * 20, 40, "bpe")
+    assert other.vocab_size != task.src_tok.vocab_size
+    other.save(tmp_path / "m" / "tokenizer.json")
+    with pytest.raises(TformerError, match=rf"tokenizer.json: {other.vocab_size} tokens, but the model was trained "
+                                           rf"with {task.src_tok.vocab_size}"):
+        load_translator(tmp_path / "m")

@@ -160,6 +160,12 @@ def load_translator(path: str | Path, device: str | torch.device = "cpu") -> tup
     src_tok = Tokenizer.load(path / checkpoint.TOKENIZER)
     tgt_path = path / checkpoint.TARGET_TOKENIZER
     tgt_tok = Tokenizer.load(tgt_path) if tgt_path.is_file() else src_tok
+    c = model.config
+    for file, tok, size in ((checkpoint.TOKENIZER, src_tok, c.src_vocab_size),
+                            (tgt_path.name if tgt_path.is_file() else checkpoint.TOKENIZER, tgt_tok, c.tgt_vocab_size)):
+        if tok.vocab_size != size:  # another model's tokenizer: every id would mean another word
+            raise TformerError(f"{path / file}: {tok.vocab_size} tokens, but the model was trained with {size}; "
+                               "this is not the model's own tokenizer")
     return model.to(device).eval(), src_tok, tgt_tok
 
 
