@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import assert_one_line_error, run_cli
 from tformer.viz.curves import not_drawn, plot_training_curves
 
@@ -93,3 +95,27 @@ def test_curves_of_a_fine_tuning_run_show_its_metrics(tmp_path):
     assert plt.get_fignums() == before  # the figure is closed
     many = [{"step": 1, "valid": {"loss": 1.0, **{f"m{i}": 0.5 for i in range(6)}, "ppl": 2.7}}]
     assert not_drawn(many) == ["m4", "m5"] and not_drawn(history) == []  # named by `tformer curves`
+
+
+def test_a_pretraining_run_draws_the_sum_of_its_validation_losses(tmp_path, monkeypatch):
+    """BERT's training loss is MLM + NSP; beside only the parts, it looked like a generalisation gap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    lines = {}
+    original = plt.Axes.plot
+
+    def record(ax, *args, **kwargs):
+        lines[kwargs.get("label")] = args
+        return original(ax, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Axes, "plot", record)
+    history = [{"step": 10, "loss": 7.6, "lr": 1e-3},
+               {"step": 10, "valid": {"mlm_loss": 6.9, "nsp_loss": 0.7, "mlm_accuracy": 0.1}}]
+    plot_training_curves(history, tmp_path / "c.png")
+    steps, total = lines["validation mlm_loss + nsp_loss"]
+    assert list(steps) == [10] and list(total) == [pytest.approx(7.6)]
+    plot_training_curves([history[0], {"step": 10, "valid": {"loss": 2.0, "accuracy": 0.5}}], tmp_path / "f.png")
+    assert not any(label and "+" in label for label in lines if label != "validation mlm_loss + nsp_loss")

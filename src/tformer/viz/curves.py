@@ -82,6 +82,12 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
     for name in losses:
         points = [(e["step"], e["valid"][name]) for e in valid if name in e["valid"]]
         ax.plot(*zip(*points), marker="o", markersize=3, label=f"validation {name}")
+    if len(losses) > 1 and "loss" not in losses:
+        # The training loss of a multi-objective run (BERT: MLM + NSP) is the sum of its parts: so is this line, the
+        # one to read against it.
+        points = [(e["step"], sum(e["valid"][n] for n in losses)) for e in valid if all(n in e["valid"] for n in losses)]
+        if points:
+            ax.plot(*zip(*points), marker="s", markersize=3, color="black", label=f"validation {' + '.join(losses)}")
     ax.set_xlabel("step")
     ax.set_title("loss", fontsize=10)
     if train or losses:
