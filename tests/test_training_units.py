@@ -436,6 +436,36 @@ class _ScriptedTask:
         (path / "trainer_state.json").write_text(json.dumps(trainer_state))
 
 
+class _SavingScriptedTask(_ScriptedTask):
+    """The scripted task with real checkpoints (weights, optimizer, trainer state), so that a run can resume."""
+
+    def save(self, path, model, trainer_state, optimizer_state):
+        from tformer.training import checkpoint
+
+        checkpoint.save_model(path, model, {"model_type": "scripted"}, None, None, trainer_state, optimizer_state)
+
+
+def test_early_stopping_resumes_against_the_same_best_and_refuses_periodic_saves(tmp_path):
+    """A resumed run forgot the best score: its first validation became the "best" and replaced the real best
+    checkpoint. And train.save_every replaced the best checkpoint with later weights between validations."""
+    from tformer.training.loop import train
+
+    cfg = RunConfig().train
+    cfg.max_steps, cfg.eval_every, cfg.early_stopping, cfg.warmup_steps, cfg.lr = 20, 2, 2, 1, 0.01
+    whole = train(_SavingScriptedTask([0.5, 0.9, 0.7, 0.6]), cfg, tmp_path / "whole", quiet=True)
+    assert whole.step == 8 and whole.last_valid == {"accuracy": 0.9}
+    cfg.max_steps = 6  # stopped after the validation of step 6; the checkpoint on disk is step 4's
+    train(_SavingScriptedTask([0.5, 0.9, 0.7]), cfg, tmp_path / "cut", quiet=True)
+    cfg.max_steps = 20
+    resumed = train(_SavingScriptedTask([0.7, 0.6, 0.95]), cfg, tmp_path / "cut", resume=True, quiet=True)
+    assert resumed.step == whole.step and resumed.last_valid == {"accuracy": 0.9}
+    for run in ("whole", "cut"):
+        assert json.loads((tmp_path / run / "trainer_state.json").read_text())["trainer"]["step"] == 4
+    cfg.save_every = 3
+    with pytest.raises(TformerError, match="train.early_stopping keeps the best validated checkpoint"):
+        train(_SavingScriptedTask([0.5]), cfg, tmp_path / "periodic", quiet=True)
+
+
 def test_the_summary_of_an_early_stopped_run_is_its_best_checkpoint_and_epochs_count_whole_ones(tmp_path):
     from tformer.training.loop import train
 

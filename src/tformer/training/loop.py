@@ -74,6 +74,9 @@ class TrainerState:
     # Every log line's {"step", "loss", "lr", "tokens_per_s"} and every validation's {"step", "valid": metrics},
     # in order, across resumes: what `tformer curves` draws.
     history: list[dict] = field(default_factory=list)
+    # Early stopping's record at this checkpoint ({"best", "best_step", "bad", "updates"}), so that a resumed run
+    # judges its next validations against the same best as an uninterrupted one.
+    early_stopping: dict | None = None
 
 
 def learning_rate(cfg: TrainConfig, step: int, d_model: int) -> float:
@@ -187,6 +190,10 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
           info: distributed.DistInfo | None = None, quiet: bool = False) -> TrainerState:
     """Train task.model until max_steps / max_epochs / max_minutes; write the model directory to out_dir."""
     check_section(cfg)
+    if cfg.early_stopping and cfg.save_every and getattr(task, "selection_metric", None):
+        raise TformerError("train.early_stopping keeps the best validated checkpoint in the model directory, and "
+                           "train.save_every would replace it with later weights: set one of them (with early "
+                           "stopping a checkpoint is saved at each better validation, train.eval_every steps apart)")
     averager = _checkpoint_averager(cfg, out_dir)
     info = info or distributed.setup(cfg.device)
     rates = schedule_config(cfg, task, info)
@@ -276,6 +283,10 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     select = getattr(task, "selection_metric", None)  # (metric name, "max" or "min")
     stopper = EarlyStopping(cfg.early_stopping, select[1]) if cfg.early_stopping and select else None
     best: dict[str, Any] = {"metrics": None}  # the best validation's metrics
+    if stopper is not None and state.early_stopping:  # resumed: the checkpoint is the best so far
+        for key in ("best", "best_step", "bad", "updates"):
+            setattr(stopper, key, state.early_stopping[key])
+        best["metrics"] = state.last_valid
 
     def improved() -> bool:
         """Record the validation just made; whether it is the best so far (without a metric to watch: always)."""
@@ -283,6 +294,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         if stopper is None or value is None:
             return True
         stopper.update(value, state.step)
+        state.early_stopping = {"best": stopper.best, "best_step": stopper.best_step, "bad": stopper.bad,
+                                "updates": stopper.updates}
         if stopper.is_best:
             best["metrics"] = state.last_valid
         return stopper.is_best
