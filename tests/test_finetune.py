@@ -455,7 +455,7 @@ def test_finetune_refuses_what_it_would_get_wrong(tmp_path, pretrained, capsys):
     assert finetune_run_defaults("qa").data.max_tokens == 384 > finetune_run_defaults().data.max_tokens
 
 
-def test_finetune_resume_continues_and_refuses_changes(tmp_path, pretrained, capsys):
+def test_finetune_resume_continues_and_refuses_changes(tmp_path, pretrained, capsys, monkeypatch):
     from conftest import assert_one_line_error, run_cli
 
     train_file = write_tsv(tmp_path / "train.tsv", sentiment_rows(32, 0))
@@ -467,6 +467,17 @@ def test_finetune_resume_continues_and_refuses_changes(tmp_path, pretrained, cap
     code, stdout, err = run_cli(capsys, *base, "--epochs", "2", "--resume")  # the steps of 2 epochs, counted again
     assert code == 0, err
     assert json.loads(stdout.splitlines()[-1])["steps"] == 4
+    # The same file written another way is the same file, and without --train the run's own is read (a path
+    # compared as text refused ./train.tsv, and --train was required even to resume).
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(capsys, *base[:4], "./train.tsv", *base[5:], "--epochs", "3", "--resume")
+    assert code == 0, err
+    assert json.loads(stdout.splitlines()[-1])["steps"] == 6
+    code, stdout, err = run_cli(capsys, *base[:3], *base[5:], "--epochs", "4", "--resume")
+    assert code == 0, err
+    assert json.loads(stdout.splitlines()[-1])["steps"] == 8
+    code, _, err = run_cli(capsys, *base[:3], *base[5:])
+    assert_one_line_error(code, err, "--train is needed")
     other = write_tsv(tmp_path / "other.tsv", sentiment_rows(32, 1))
     code, _, err = run_cli(capsys, *base[:4], other, *base[5:], "--resume")
     assert_one_line_error(code, err, "--resume", "data.train_file")
@@ -553,3 +564,12 @@ def test_fine_tuning_on_keeps_the_head_it_was_given(tmp_path, pretrained):
         build_finetune_task(again)
     del again.model["pooling"]
     assert build_finetune_task(again).model.head_config.pooling == "pooler"
+
+
+def test_training_options_fine_tuning_has_no_use_for_are_refused(tmp_path, pretrained):
+    """train.label_smoothing and train.max_tokens were accepted and changed nothing (byte-identical weights)."""
+    for key, value in (("label_smoothing", 0.5), ("max_tokens", 50)):
+        run = run_for(tmp_path, pretrained)
+        setattr(run.train, key, value)
+        with pytest.raises(TformerError, match=rf"train.{key}={value}: fine-tuning does not use it"):
+            build_finetune_task(run)

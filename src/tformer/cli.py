@@ -180,7 +180,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "model.lm_weight=0.5, the weight of the auxiliary language-modelling loss).")
     ft.add_argument("--model", required=True, help="pretrained directory: a BERT-family encoder (tformer or Hugging "
                                                    "Face format) or a GPT language model (tformer or GPT-2)")
-    ft.add_argument("--train", required=True, help="TSV/CSV/JSONL (classification), CoNLL (tagging), SQuAD JSON (qa)")
+    ft.add_argument("--train", help="TSV/CSV/JSONL (classification), CoNLL (tagging), SQuAD JSON (qa); with --resume, "
+                                    "the run's own unless given")
     ft.add_argument("--valid", help="validation file, same format")
     ft.add_argument("--task", choices=["classification", "regression", "tagging", "qa"], default="classification")
     ft.add_argument("--out", required=True, help="directory for the fine-tuned model")
@@ -342,6 +343,10 @@ def _preset_value(run, key: str) -> str:
         return "the preset's"
 
 
+_FILE_OPTIONS = frozenset(f"data.{k}" for k in ("train_text", "valid_text", "train_src", "train_tgt", "valid_src",
+                                                 "valid_tgt", "train_file", "valid_file", "tokenizer_file"))
+
+
 def _check_resumed(base, run, fields: tuple[str, ...]) -> None:
     """--resume continues a run as it was started: the model, and what `fields` name ("model" for every model
     option, or "data.task", ...), must not change; an option that would is an error, never silently ignored."""
@@ -351,10 +356,17 @@ def _check_resumed(base, run, fields: tuple[str, ...]) -> None:
         return ({f"{section}.{k}": v for k, v in part.items()} if not key else
                 {name: part.get(key) if isinstance(part, dict) else getattr(part, key)})
 
+    def same(key, a, b) -> bool:
+        if key in _FILE_OPTIONS and isinstance(a, str) and isinstance(b, str):  # ./a.tsv is a.tsv
+            from tformer.data.text import split_paths
+
+            return [os.path.abspath(x) for x in split_paths(a)] == [os.path.abspath(x) for x in split_paths(b)]
+        return a == b
+
     for name in fields:
         before, after = values(base, name), values(run, name)
         for key in sorted(set(before) | set(after)):
-            if before.get(key) != after.get(key):
+            if not same(key, before.get(key), after.get(key)):
                 was = repr(before.get(key)) if before.get(key) is not None else _preset_value(base, key)
                 raise TformerError(f"--resume: {key} cannot change from {was} to {after.get(key)!r}; a resumed run "
                                    "continues as it started (start a new run to change it)")
@@ -599,6 +611,8 @@ def cmd_finetune(args) -> None:
     overrides = [f"{key}={v}" for name, key in flags.items() if (v := getattr(args, name)) is not None]
     overrides += list(args.overrides)
     out = Path(args.out)
+    if args.train is None and not args.resume:
+        raise TformerError("--train is needed (the training file), unless --resume continues a run with its own")
     _check_out(out, args.resume, args.overwrite, pretrained=args.model)
     base = _saved_run(out) if args.resume else finetune_run_defaults(args.task)
     run = load_config(args.config, overrides, base=base)
@@ -609,6 +623,7 @@ def cmd_finetune(args) -> None:
         # The strategy, frozen layers and per-layer rates shape the optimiser's groups, which resume continues.
         _check_resumed(base, run, ("model", "data.task", "data.train_file", "train.strategy", "train.freeze_layers",
                                    "train.layer_decay", "train.encoder_lr_scale"))
+        _check_data_found(run, out)
         if args.epochs is not None and not any(o.startswith("train.max_steps=") for o in overrides):
             run.train.max_steps = 0  # the steps of --epochs are counted again (see build_finetune_task)
     else:

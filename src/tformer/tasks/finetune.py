@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tformer.config import RunConfig, check_section
+from tformer.config import RunConfig, TrainConfig, check_section
 from tformer.encoder_tokenization import EncoderTokenizer
 from tformer.errors import TformerError
 from tformer.models.bert import BertConfig, BertForPreTraining, BertModel
@@ -511,6 +511,12 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
         raise TformerError("fine-tuning needs data.train_file (--train FILE)")
     if t.early_stopping and not d.valid_file:
         raise TformerError(f"train.early_stopping={t.early_stopping} watches the validation score: give --valid FILE")
+    # Options of other tasks' training that fine-tuning has no use for: set, they would be ignored without a word.
+    for key, unused, why in (("label_smoothing", 0.0, "its losses have no label smoothing"),
+                             ("max_tokens", TrainConfig.max_tokens,
+                              "a batch is train.batch_size examples; data.max_tokens (--max-tokens) cuts each")):
+        if getattr(t, key) != unused:
+            raise TformerError(f"train.{key}={getattr(t, key)}: fine-tuning does not use it ({why})")
     pretrained = run.model.get("pretrained")
     if not pretrained:
         raise TformerError("fine-tuning needs a pretrained encoder (--model DIR)")
