@@ -183,6 +183,7 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path, pretrained):
     assert state.step == 6  # validations at 2 (best), 4, 6 -> stop
     saved = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert saved["trainer"]["step"] == 2  # the best checkpoint is the one on disk
+    assert state.early_stopping["best_step"] == 2  # what the command's summary reports beside "steps"
 
 
 def test_sentence_pairs_regression_and_tagging(tmp_path, pretrained, capsys):

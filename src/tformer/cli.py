@@ -437,8 +437,11 @@ def _train_and_report(builder, run, out: Path, resume: bool) -> None:
                                "or train.max_minutes above 0 (or train.save_every, to train until stopped)")
         state = train(task, run.train, out, resume=resume, info=info)
         if info.is_main:
-            print(json.dumps({"steps": state.step, "epochs": state.epoch, "seconds": round(state.elapsed_s, 1),
-                              "valid": state.last_valid, "model": str(out)}))
+            summary = {"steps": state.step, "epochs": state.epoch, "seconds": round(state.elapsed_s, 1),
+                       "valid": state.last_valid, "model": str(out)}
+            if state.early_stopping:  # the model saved is the best validation's, not the last step's
+                summary["best_step"] = state.early_stopping["best_step"]
+            print(json.dumps(summary))
     finally:
         distributed.teardown(info)
 
