@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import random
 
 import numpy as np
 import pytest
@@ -201,7 +202,14 @@ def test_every_warming_schedule_rises_by_the_same_steps():
 def test_a_byte_level_corpus_encodes_as_one_text_across_its_chunks():
     """The corpus is encoded in chunks of lines; a run of blank lines across a cut was split into other tokens."""
     bpe = train_lm_tokenizer(["    indented code\n\n\n\n  more\n\tx\n" * 200], "byte_bpe", 400)
-    for corpus in ("a\n" * 255 + "\n" + "  x\n", ("word\n" * 300 + "\n\n\n   indented\n") * 3):
+    for corpus in ("a\n" * 255 + "\n" + "  x\n", ("word\n" * 300 + "\n\n\n   indented\n") * 3,
+                   "para one\nline two\n\n" * 300, "a windows line\r\n" * 600, "trailing spaces \n" * 600):
+        assert encode_corpus([corpus], bpe).tolist() == bpe.encode(corpus)
+    # A random mix of the whitespace GPT-2's pre-tokenizer treats apart, cut wherever a chunk may end.
+    rng = random.Random(0)
+    pieces = ["word", " word", "\n", "\n\n", "\r\n", " \n", "  \n", "\u2028\n", "\t", "  ", "x\n"]
+    for _ in range(30):
+        corpus = "".join(rng.choice(pieces) for _ in range(2000))
         assert encode_corpus([corpus], bpe).tolist() == bpe.encode(corpus)
 
 

@@ -90,7 +90,8 @@ class Tokenizer:
                 raise TformerError(str(exc).replace(f"{where}:", f"{where}:{line}:", 1)) from None
             codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
             return self._char_ids[np.searchsorted(self._char_codes, codes)]
-        if not isinstance(self.backend.pre_tokenizer, pre_tokenizers.ByteLevel):
+        pre = self.backend.pre_tokenizer
+        if not isinstance(pre, pre_tokenizers.ByteLevel) or pre.add_prefix_space:  # each chunk would gain a space
             return np.array(self.backend.encode(text, add_special_tokens=False).ids, dtype=np.int64)
         encoded = self.backend.encode_batch(_line_chunks(text, 256), add_special_tokens=False)
         return np.fromiter((i for e in encoded for i in e.ids), dtype=np.int64)
@@ -204,11 +205,14 @@ def train_lm_tokenizer(texts: Iterable[str], kind: str = "char", vocab_size: int
 
 def _line_chunks(text: str, lines_per_chunk: int) -> list[str]:
     """text in pieces of about `lines_per_chunk` lines that byte-level BPE encodes as it encodes the whole: a
-    piece ends with a newline and the next starts with a character that is not whitespace. GPT-2's pre-tokenizer
-    never joins such a pair into one word (a run of whitespace or blank lines crossing a cut would be split)."""
+    piece ends with a lone newline after a character that is not whitespace, and the next starts with one that is
+    not whitespace either. GPT-2's pre-tokenizer makes that newline a word of its own in both places; any longer
+    run of whitespace (a blank line, \r\n, trailing spaces) is cut differently at the end of a text."""
     chunks, current = [], []
     for line in text.splitlines(keepends=True):
-        if len(current) >= lines_per_chunk and current[-1].endswith("\n") and not line[0].isspace():
+        end = current[-1] if current else ""
+        if (len(current) >= lines_per_chunk and len(end) >= 2 and end[-1] == "\n" and not end[-2].isspace()
+                and not line[0].isspace()):
             chunks.append("".join(current))
             current = []
         current.append(line)
