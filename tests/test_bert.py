@@ -136,6 +136,25 @@ def test_albert_shares_one_layer_and_factorizes_embeddings():
     assert len(states) == 5 and not torch.equal(states[1], states[2])  # the shared layer applied 4 times
 
 
+def test_an_albert_checkpoint_saved_without_the_square_projection_loads_as_the_same_function(tmp_path):
+    """ALBERT with E = H had no E -> H layer before it always got one (as transformers'); its checkpoints lack it."""
+    from tformer.training import checkpoint
+
+    c = BertConfig(family="albert", vocab_size=60, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_len=40,
+                   share_layers=True, sentence_objective="sop", dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    old = BertForPreTraining(c).eval()
+    with torch.no_grad():  # the old model: no projection at all, which the identity reproduces
+        old.bert.embeddings.project.weight.copy_(torch.eye(32))
+        old.bert.embeddings.project.bias.zero_()
+    state = {k: v for k, v in checkpoint.unique_state_dict(old).items() if "embeddings.project" not in k}
+    loaded = BertForPreTraining(c).eval()
+    checkpoint.load_state(loaded, state, tmp_path / "model.safetensors")  # strict: nothing missing
+    ids = torch.randint(5, 60, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).mlm_logits, old(ids).mlm_logits, atol=0, rtol=0)
+
+
 def test_roberta_positions_start_after_padding_and_skip_left_padding(tmp_path):
     c = BertConfig(vocab_size=50, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=20, type_vocab_size=1,
                    pad_id=1, position_offset=2, sentence_objective="none", dropout=0.0, attention_dropout=0.0)

@@ -120,6 +120,16 @@ class BertEmbeddings(nn.Module):
         # ALBERT always maps E -> H, even when E = H (as its reference implementation does, so its checkpoints fit).
         self.project = Linear(e, c.d_model) if e != c.d_model or c.family == "albert" else None
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # tformer's ALBERT had no E -> H map when E = H until 2026-12; the identity is the same function, so such
+        # checkpoints load (and resume) as they were.
+        weight = prefix + "project.weight"
+        if self.project is not None and weight not in state_dict and prefix + "tok_embed.weight" in state_dict \
+                and self.project.in_features == self.project.out_features:
+            state_dict[weight] = torch.eye(self.project.out_features)
+            state_dict[prefix + "project.bias"] = torch.zeros(self.project.out_features)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, ids: Tensor, type_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
         t = ids.size(1)
         if self.offset:
