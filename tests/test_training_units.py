@@ -461,6 +461,12 @@ def test_early_stopping_resumes_against_the_same_best_and_refuses_periodic_saves
     assert resumed.step == whole.step and resumed.last_valid == {"accuracy": 0.9}
     for run in ("whole", "cut"):
         assert json.loads((tmp_path / run / "trainer_state.json").read_text())["trainer"]["step"] == 4
+    # Continued without early stopping, the record of the old best goes: it no longer describes the saved model.
+    plain = RunConfig().train
+    plain.max_steps, plain.eval_every, plain.warmup_steps, plain.lr = 10, 2, 1, 0.01
+    later = train(_SavingScriptedTask([0.3] * 5), plain, tmp_path / "cut", resume=True, quiet=True)
+    assert later.step == 10 and later.early_stopping is None
+    assert json.loads((tmp_path / "cut" / "trainer_state.json").read_text())["trainer"]["early_stopping"] is None
     cfg.save_every = 3
     with pytest.raises(TformerError, match="train.early_stopping keeps the best validated checkpoint"):
         train(_SavingScriptedTask([0.5]), cfg, tmp_path / "periodic", quiet=True)

@@ -283,10 +283,13 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     select = getattr(task, "selection_metric", None)  # (metric name, "max" or "min")
     stopper = EarlyStopping(cfg.early_stopping, select[1]) if cfg.early_stopping and select else None
     best: dict[str, Any] = {"metrics": None}  # the best validation's metrics
-    if stopper is not None and state.early_stopping:  # resumed: the checkpoint is the best so far
+    if stopper is not None and state.early_stopping and state.early_stopping["best_step"] == state.step:
+        # Resumed from the best checkpoint an early-stopping run saved: go on against the same best.
         for key in ("best", "best_step", "bad", "updates"):
             setattr(stopper, key, state.early_stopping[key])
         best["metrics"] = state.last_valid
+    else:  # a record from another stretch of the run (without early stopping since) judges nothing
+        state.early_stopping = None
 
     def improved() -> bool:
         """Record the validation just made; whether it is the best so far (without a metric to watch: always)."""
