@@ -236,6 +236,12 @@ def test_embed_options_from_python(tmp_path):
     assert ranked[0][1] == 0 and ranked[0][0] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(TformerError, match="sentences must be a list of strings, not one string"):
         embed(model, tok, texts[0])  # iterated, it would embed each character
+    # Max pooling of a row with no real token gives zeros (as mean pooling does), not -inf.
+    from tformer.tasks.encoding import pool
+
+    hidden, mask = torch.randn(2, 3, 4), torch.tensor([[True, True, False], [False, False, False]])
+    pooled = pool(hidden, mask, "max")
+    assert torch.equal(pooled[0], hidden[0, :2].amax(0)) and torch.equal(pooled[1], torch.zeros(4))
     # The last layer by its number is the last layer: the pooler reads it (it was refused unless written -1).
     last = model.bert.config.n_layers if hasattr(model, "bert") else model.config.n_layers
     torch.testing.assert_close(embed(model, tok, texts, pooling="pooler", layers=[last]),
@@ -293,6 +299,8 @@ def test_a_sentence_transformers_pooling_is_followed_or_refused(minilm_dir, tmp_
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "pooling mean_sqrt_len_tokens is not" in err
     assert main(["embed", "--model", str(folder), "--sentence", texts[0], "--pooling", "mean"]) == 0  # chosen
+    # Token vectors pool nothing: the folder's pooling does not matter to them.
+    assert main(["embed", "--model", str(folder), "--sentence", texts[0], "--tokens"]) == 0
 
 
 def test_fill_mask_with_an_exported_hugging_face_masked_lm(tmp_path):

@@ -813,8 +813,13 @@ def _embed_options(args, defaults) -> dict:
     _positive("batch-size", args.batch_size)
     if args.max_length is not None:
         _positive("max-length", args.max_length)
-    return dict(pooling=args.pooling or defaults.pooling, batch_size=args.batch_size,
-                max_length=args.max_length or defaults.max_length, truncation=args.truncation)
+    pooling = args.pooling or defaults.pooling
+    if pooling is None:
+        if not getattr(args, "tokens", False):  # one vector a sentence, in a way the folder names and tformer lacks
+            raise TformerError(defaults.unsupported)
+        pooling = "cls"  # token vectors: no pooling happens
+    return dict(pooling=pooling, batch_size=args.batch_size, max_length=args.max_length or defaults.max_length,
+                truncation=args.truncation)
 
 
 def _warnings_as_lines():

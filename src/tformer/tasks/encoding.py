@@ -39,9 +39,10 @@ MASK_PLACEHOLDER = "[MASK]"
 class EncoderDefaults:
     """How a checkpoint's sentence embeddings are meant to be made."""
 
-    pooling: Pooling = "cls"
+    pooling: Pooling | None = "cls"  # None: the folder asks for a pooling tformer lacks (`unsupported` says which)
     normalize: bool = False
     max_length: int | None = None
+    unsupported: str = ""
 
 
 def encoder_defaults(path: str | Path, model: BertModel | BertForPreTraining,
@@ -55,7 +56,10 @@ def encoder_defaults(path: str | Path, model: BertModel | BertForPreTraining,
         if pooling is not None:
             out.pooling = pooling
         elif pooling_file.is_file():
-            out.pooling = _sentence_transformers_pooling(json.loads(pooling_file.read_text()), pooling_file)
+            try:
+                out.pooling = _sentence_transformers_pooling(json.loads(pooling_file.read_text()), pooling_file)
+            except TformerError as exc:  # an error only for what needs a pooled vector (not --tokens, fill-mask)
+                out.pooling, out.unsupported = None, str(exc)
         modules = path / "modules.json"
         if modules.is_file():
             out.normalize = any(str(m.get("type", "")).endswith("Normalize") for m in json.loads(modules.read_text()))
@@ -131,8 +135,10 @@ def pool(hidden: Tensor, mask: Tensor | None, pooling: Pooling, pooled: Tensor |
             return hidden.mean(1)
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-    if pooling == "max":  # each dimension's largest value over the real tokens
-        return (hidden if mask is None else hidden.masked_fill(~mask.unsqueeze(-1), float("-inf"))).amax(1)
+    if pooling == "max":  # each dimension's largest value over the real tokens (none: zeros, as mean gives)
+        if mask is None:
+            return hidden.amax(1)
+        return hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1).masked_fill(~mask.any(1, keepdim=True), 0.0)
     raise ValueError(f"unknown pooling {pooling!r}")
 
 
