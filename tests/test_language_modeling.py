@@ -225,6 +225,9 @@ def test_a_run_without_a_validation_loss_or_a_peak_rate_says_so(tmp_path):
     run = lm_run(max_steps=3, warmup_steps=5)
     with pytest.warns(UserWarning, match=r"train.warmup_steps=5 is not below the run's 3 steps"):
         train(LanguageModelingTask(run, [TEXT]), run.train, tmp_path / "out", quiet=True)
+    run = lm_run(max_steps=3, warmup_steps=2, warmup_ratio=0.5)  # the LM default warmup_steps hides a ratio
+    with pytest.warns(UserWarning, match=r"train.warmup_ratio=0.5 is not used: train.warmup_steps=2 is set"):
+        train(LanguageModelingTask(run, [TEXT]), run.train, tmp_path / "out2", quiet=True)
 
 
 def test_model_options_the_tokenizer_decides_are_refused_when_they_differ():

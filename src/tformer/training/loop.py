@@ -105,8 +105,9 @@ def schedule_config(cfg: TrainConfig, task: Task, info: distributed.DistInfo) ->
     ratio_warmup = cfg.warmup_ratio > 0 and cfg.warmup_steps == 0
     if not cfg.max_steps and (cfg.schedule in DECAYING_SCHEDULES or ratio_warmup):
         if cfg.max_epochs:
-            per_epoch = len(shard(task.train_batches(0, cfg.seed), info.rank, info.world_size)) // cfg.accum_steps
-            cfg = replace(cfg, max_steps=max(1, cfg.max_epochs * per_epoch))
+            micro_batches = len(shard(task.train_batches(0, cfg.seed), info.rank, info.world_size))
+            _check_accumulation(micro_batches, cfg, info)
+            cfg = replace(cfg, max_steps=cfg.max_epochs * (micro_batches // cfg.accum_steps))
         elif cfg.schedule in DECAYING_SCHEDULES:
             raise TformerError(f"train.schedule={cfg.schedule} decays until train.max_steps, and this run sets no "
                                "max_steps or max_epochs: set one of them, or use schedule=constant or inverse_sqrt "
@@ -118,6 +119,15 @@ def schedule_config(cfg: TrainConfig, task: Task, info: distributed.DistInfo) ->
     if ratio_warmup:
         cfg = replace(cfg, warmup_steps=int(cfg.warmup_ratio * cfg.max_steps))
     return cfg
+
+
+def _check_accumulation(micro_batches: int, cfg: TrainConfig, info: distributed.DistInfo) -> None:
+    """An optimiser step takes accum_steps micro-batches; fewer in an epoch and no step ever happens (a run limited
+    by steps would loop through empty epochs forever)."""
+    if micro_batches < cfg.accum_steps:
+        share = f" (this process's share of {info.world_size})" if info.world_size > 1 else ""
+        raise TformerError(f"train.accum_steps={cfg.accum_steps} is more than the {micro_batches} micro-batches "
+                           f"of an epoch{share}: lower it, make the batches smaller, or give more data")
 
 
 def _rng_state() -> dict:
@@ -244,6 +254,9 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             log.write(f"device matmul peak {peak_flops / 1e9:,.0f} GFLOP/s; "
                       f"{flops_per_token / 1e6:,.2f} MFLOP per training token")
 
+    if cfg.warmup_ratio > 0 and cfg.warmup_steps > 0 and info.is_main:
+        warnings.warn(f"train.warmup_ratio={cfg.warmup_ratio} is not used: train.warmup_steps={cfg.warmup_steps} is "
+                      "set (give train.warmup_steps=0 for the ratio)", stacklevel=2)
     if rates.schedule != "slanted_triangular" and 0 < rates.max_steps <= rates.warmup_steps and info.is_main:
         warnings.warn(f"train.warmup_steps={rates.warmup_steps} is not below the run's {rates.max_steps} steps: "
                       f"the learning rate never reaches its peak (train.lr={cfg.lr})", stacklevel=2)
@@ -315,10 +328,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             if message and info.is_main and not quiet:
                 log.write(message)
         batches = shard(task.train_batches(state.epoch, cfg.seed), info.rank, info.world_size)
-        if len(batches) < cfg.accum_steps:  # no optimiser step fits in an epoch: the loop would never end
-            share = f" (this process's share of {info.world_size})" if info.world_size > 1 else ""
-            raise TformerError(f"train.accum_steps={cfg.accum_steps} is more than the {len(batches)} micro-batches "
-                               f"of an epoch{share}: lower it, make the batches smaller, or give more data")
+        _check_accumulation(len(batches), cfg, info)
         while state.batch_index + cfg.accum_steps <= len(batches) and not finished():
             group = batches[state.batch_index : state.batch_index + cfg.accum_steps]
             lr = learning_rate(rates, state.step + 1, d_model)
