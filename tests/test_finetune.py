@@ -479,6 +479,15 @@ def test_finetune_resume_continues_and_refuses_changes(tmp_path, pretrained, cap
     assert json.loads(stdout.splitlines()[-1])["steps"] == 8
     code, _, err = run_cli(capsys, *base[:3], *base[5:])
     assert_one_line_error(code, err, "--train is needed")
+    # A run of another task resumes without --task (it defaulted to classification and was refused).
+    scores = write_tsv(tmp_path / "scores.tsv", [(text, f"{i % 5 / 4:.2f}") for i, (text, _) in
+                                                 enumerate(sentiment_rows(32, 2))])
+    regression = ["finetune", "--model", pretrained, "--train", scores, "--out", tmp_path / "reg", "--batch-size", "16"]
+    code, _, err = run_cli(capsys, *regression, "--task", "regression", "--epochs", "1")
+    assert code == 0, err
+    code, stdout, err = run_cli(capsys, *regression, "--epochs", "2", "--resume")
+    assert code == 0, err
+    assert json.loads(stdout.splitlines()[-1])["steps"] == 4
     other = write_tsv(tmp_path / "other.tsv", sentiment_rows(32, 1))
     code, _, err = run_cli(capsys, *base[:4], other, *base[5:], "--resume")
     assert_one_line_error(code, err, "--resume", "data.train_file")

@@ -340,6 +340,10 @@ def test_translation_model_options_that_would_be_replaced_or_overrun_are_refused
         with pytest.raises(TformerError, match=needle):
             TranslationTask(run, copy_pairs(30))
     run = tiny_run()
+    run.data.tokenizer_file = "gpt2/tokenizer.json"  # --tokenizer-file on a translation preset was ignored
+    with pytest.raises(TformerError, match="data.tokenizer_file='gpt2/tokenizer.json' is for GPT language models"):
+        TranslationTask(run, copy_pairs(30))
+    run = tiny_run()
     run.data.joint_vocab = False
     run.model["share_embeddings"] = True
     with pytest.raises(TformerError, match="model.share_embeddings=true needs one vocabulary.*data.joint_vocab=true"):

@@ -183,7 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--train", help="TSV/CSV/JSONL (classification), CoNLL (tagging), SQuAD JSON (qa); with --resume, "
                                     "the run's own unless given")
     ft.add_argument("--valid", help="validation file, same format")
-    ft.add_argument("--task", choices=["classification", "regression", "tagging", "qa"], default="classification")
+    ft.add_argument("--task", choices=["classification", "regression", "tagging", "qa"],
+                    help="default: classification, or with --resume the run's own")
     ft.add_argument("--out", required=True, help="directory for the fine-tuned model")
     ft.add_argument("--config", action="append",
                     help="TOML run configuration (repeatable: a later file's values win)")
@@ -617,7 +618,7 @@ def cmd_finetune(args) -> None:
     if args.train is None and not args.resume:
         raise TformerError("--train is needed (the training file), unless --resume continues a run with its own")
     _check_out(out, args.resume, args.overwrite, pretrained=args.model)
-    base = _saved_run(out) if args.resume else finetune_run_defaults(args.task)
+    base = _saved_run(out) if args.resume else finetune_run_defaults(args.task or "classification")
     run = load_config(args.config, overrides, base=base)
     if args.resume:
         pretrained = base.model.get("pretrained", str(args.model))

@@ -35,6 +35,9 @@ class TranslationTask:
         check_section(run.data)  # values set from Python meet a file's checks
         self.run = run
         d = run.data
+        if d.tokenizer_file and src_tok is None:  # it would be ignored: translation learns its BPE from the pairs
+            raise TformerError(f"data.tokenizer_file={d.tokenizer_file!r} is for GPT language models; a translation "
+                               "model learns its BPE from the training pairs (data.vocab_size sizes it)")
         if src_tok is None:
             if d.joint_vocab:
                 src_tok = tgt_tok = train_tokenizer([s for p in pairs for s in p], d.vocab_size, d.tokenizer)
