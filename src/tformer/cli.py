@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+from tformer.config import PATH_OPTIONS
 from tformer.errors import TformerError
 
 # Shortcut flags for the most used options, mapped onto section.key.
@@ -264,16 +265,23 @@ def cmd_demo(args) -> None:
     out = Path(args.out)
     # Checked before minutes of training, not at the first save. A demo folder is the demo's own: running the demo
     # again replaces its model, as the README's two commands expect.
-    for folder in (out, *out.parents):
+    _check_place(out, out / "model")
+    run_demo(out, args.steps, args.minutes, seed=args.seed)
+
+
+def _check_place(out: Path, model_dir: Path) -> None:
+    """--out is a folder or not there yet, under folders, and the model directory `model_dir` can be saved in it."""
+    for folder in out.parents:
         if folder.exists() and not folder.is_dir():
             raise TformerError(f"--out {out}: {folder} is a file, not a folder")
+    if out.exists() and not out.is_dir():
+        raise TformerError(f"--out {out} is a file, not a model directory; choose another --out")
     from tformer.training.checkpoint import check_writable
 
     try:
-        check_writable(out / "model")
+        check_writable(model_dir)
     except TformerError as exc:
         raise TformerError(f"--out {exc}") from None
-    run_demo(out, args.steps, args.minutes, seed=args.seed)
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool, pretrained: str | None = None) -> None:
@@ -290,19 +298,9 @@ def _check_out(out: Path, resume: bool, overwrite: bool, pretrained: str | None 
         raise TformerError("--resume continues the saved run and --overwrite replaces it: give one of them")
     if out.is_symlink():
         raise TformerError(f"--out {out} is a symbolic link; give the folder it points to")
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise TformerError(f"--out {out}: {parent} is a file, not a folder")
-    if out.exists() and not out.is_dir():
-        raise TformerError(f"--out {out} is a file, not a model directory; choose another --out")
-    if pretrained is not None and out.exists() and out.resolve() == Path(pretrained).resolve():
+    if pretrained is not None and out.is_dir() and out.resolve() == Path(pretrained).resolve():
         raise TformerError(f"--out {out} is the --model being fine-tuned; write the fine-tuned model elsewhere")
-    from tformer.training.checkpoint import check_writable
-
-    try:
-        check_writable(out)
-    except TformerError as exc:
-        raise TformerError(f"--out {exc}") from None
+    _check_place(out, out)
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not (out / "config.json").is_file():
@@ -344,10 +342,6 @@ def _preset_value(run, key: str) -> str:
         return "the preset's"
 
 
-_FILE_OPTIONS = frozenset(f"data.{k}" for k in ("train_text", "valid_text", "train_src", "train_tgt", "valid_src",
-                                                 "valid_tgt", "train_file", "valid_file", "tokenizer_file"))
-
-
 def _check_resumed(base, run, fields: tuple[str, ...]) -> None:
     """--resume continues a run as it was started: the model, and what `fields` name ("model" for every model
     option, or "data.task", ...), must not change; an option that would is an error, never silently ignored."""
@@ -358,7 +352,7 @@ def _check_resumed(base, run, fields: tuple[str, ...]) -> None:
                 {name: part.get(key) if isinstance(part, dict) else getattr(part, key)})
 
     def same(key, a, b) -> bool:
-        if key in _FILE_OPTIONS and isinstance(a, str) and isinstance(b, str):  # ./a.tsv is a.tsv
+        if key in PATH_OPTIONS and isinstance(a, str) and isinstance(b, str):  # ./a.tsv is a.tsv
             from tformer.data.text import split_paths
 
             return [os.path.abspath(x) for x in split_paths(a)] == [os.path.abspath(x) for x in split_paths(b)]
@@ -378,8 +372,8 @@ def _check_data_found(run, out: Path) -> None:
     one not found from here, and say how to point at it, before a bare 'file not found'."""
     from tformer.data.text import split_paths
 
-    for field in ("train_text", "valid_text", "train_src", "train_tgt", "valid_src", "valid_tgt", "train_file",
-                  "valid_file"):
+    # The tokenizer is the saved run's own: where its file was does not matter any more.
+    for field in (k.removeprefix("data.") for k in PATH_OPTIONS if k != "data.tokenizer_file"):
         for path in split_paths(getattr(run.data, field, "") or ""):
             if not Path(path).exists():
                 raise TformerError(f"--resume: data.{field} {path!r} (from {out / 'config.json'} unless given "

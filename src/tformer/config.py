@@ -179,7 +179,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if where.endswith(_FILE_LISTS) and isinstance(value, list) and all(isinstance(v, str) for v in value):
             return ",".join(value)  # a TOML list of files: the same as the comma-separated string
-        if isinstance(value, (list, dict, bool)) or (where.endswith(_PATHS) and not isinstance(value, str)):
+        if isinstance(value, (list, dict, bool)) or (where.endswith(PATH_OPTIONS) and not isinstance(value, str)):
             raise TformerError(f"{where}: expected a string, got {value!r}")
         return str(value)
     return value
@@ -188,7 +188,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 # Options that take several files, comma-separated (or, in a TOML file, as a list of strings).
 _FILE_LISTS = ("data.train_text", "data.valid_text")
 # Options that name a file: a number there is a slip (train_text = 5), not the file "5".
-_PATHS = _FILE_LISTS + tuple(f"data.{k}" for k in ("train_src", "train_tgt", "valid_src", "valid_tgt",
+PATH_OPTIONS = _FILE_LISTS + tuple(f"data.{k}" for k in ("train_src", "train_tgt", "valid_src", "valid_tgt",
                                                      "tokenizer_file", "train_file", "valid_file"))
 
 
