@@ -16,7 +16,7 @@ from tformer.errors import TformerError
 from tformer.models.bert import BertConfig, BertForPreTraining
 from tformer.models.gpt import GPT, GPTConfig
 from tformer.models.heads import EncoderForTask, GPTForClassification, HeadConfig
-from tformer.tasks.finetune import (DistillationTask, build_finetune_task, finetune_run_defaults,
+from tformer.tasks.finetune import (DistillationTask, FineTuneTask, build_finetune_task, finetune_run_defaults,
                                     fit_logistic_regression, load_finetuned)
 from tformer.training import checkpoint
 from tformer.training.distributed import DistInfo
@@ -583,3 +583,24 @@ def test_training_options_fine_tuning_has_no_use_for_are_refused(tmp_path, pretr
         setattr(run.train, key, value)
         with pytest.raises(TformerError, match=rf"train.{key}={value}: fine-tuning does not use it"):
             build_finetune_task(run)
+
+
+def test_tagging_with_byte_level_bpe_reads_words_as_running_text():
+    """A RoBERTa-style tokenizer splits a word after a space ("Ġworld") differently from one that starts the text:
+    the words of a CoNLL sentence get the pieces the encoder saw in running text (each word once split as a
+    text's first word: "wor", "ld"), with each word's tag on its first piece."""
+    from tformer.data.labeled import TaggedSentence
+    from tformer.encoder_tokenization import train_encoder_bpe
+    from tformer.models.bert import BertModel
+
+    tok = train_encoder_bpe(["the big world says hello", "Hello world , the world is big"] * 50, vocab_size=300)
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32,
+                                   max_len=32, pad_id=tok.pad_id))
+    words = ["Hello", "world", "is", "big"]
+    task = FineTuneTask(finetune_run_defaults("tagging"), encoder, tok,
+                        [TaggedSentence(words, ["B-X", "I-X", "O", "O"], 1)])
+    item = task.train_set[0]
+    assert item["ids"] == tok.encode_batch([" ".join(words)])[0].ids
+    assert [tok.id_to_token(i) for i in item["ids"][1:-1]] == ["Hello", "Ġworld", "Ġis", "Ġbig"]
+    assert item["labels"] == [-100, task.label_index["B-X"], task.label_index["I-X"], 0, 0, -100]

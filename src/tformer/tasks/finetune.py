@@ -242,7 +242,12 @@ class FineTuneTask:
         first[w]: the position of word w's first sub-token, None for a word that has none: one the tokenizer
         drops whole (a soft hyphen, a zero-width joiner) or one past the truncation. Such a word is tagged O."""
         tok = self.tokenizer
-        enc = tok.backend.encode(sentence.tokens, is_pretokenized=True, add_special_tokens=False)
+        words = sentence.tokens
+        if tok.style == "bpe":
+            # Byte-level BPE reads a space as part of the word after it ("Ġworld"): without one, every word would
+            # be split as a text's first word ("wor", "ld"), pieces the encoder did not see in running text.
+            words = words[:1] + [" " + w for w in words[1:]]
+        enc = tok.backend.encode(words, is_pretokenized=True, add_special_tokens=False)
         ids, labels = [tok.cls_id], [-100]
         first: list[int | None] = [None] * len(sentence.tokens)
         previous = None
