@@ -115,6 +115,11 @@ def test_read_errors(tmp_path):
     broken["data"][0]["paragraphs"][0]["qas"][2]["id"] = "q1"
     with pytest.raises(TformerError, match="id q1.*used by an earlier question"):
         read_squad(_write(tmp_path, broken))
+    # No questions: an error (validating on it stopped training with a traceback), with or without answers.
+    for empty in ({"data": []}, {"data": [{"title": "t", "paragraphs": [{"context": "c", "qas": []}]}]}):
+        for answers in (True, False):
+            with pytest.raises(TformerError, match=r"squad\.json: no questions"):
+                read_squad(_write(tmp_path, empty), answers=answers)
 
 
 def test_offset_mismatch_warns_or_fails(tmp_path):

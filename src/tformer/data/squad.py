@@ -72,10 +72,10 @@ def read_squad(path: str | Path, strict: bool = False, answers: bool = True) -> 
     """The questions of a SQuAD v1.1 JSON file, in file order. answers=False: questions to answer, whose
     "answers" (and "title") may be left out.
 
-    A missing file, invalid JSON (with its line), or a missing or mistyped field (named with its place, e.g.
-    `data[3].paragraphs[0].qas[7] (id 5733...)`) is a TformerError. An answer whose text is not found in the
-    context at its answer_start is an error with strict=True; otherwise such answers are counted in one warning
-    (`offset_mismatches` lists them). The official v1.1 files have none.
+    A missing file, invalid JSON (with its line), a missing or mistyped field (named with its place, e.g.
+    `data[3].paragraphs[0].qas[7] (id 5733...)`) or a file without questions is a TformerError. An answer whose
+    text is not found in the context at its answer_start is an error with strict=True; otherwise such answers
+    are counted in one warning (`offset_mismatches` lists them). The official v1.1 files have none.
     """
     path = Path(path)
     text = read_text(path)
@@ -111,6 +111,8 @@ def read_squad(path: str | Path, strict: bool = False, answers: bool = True) -> 
                     texts.append(_field(answer, "text", str, path, where_k))
                     starts.append(_field(answer, "answer_start", int, path, where_k))
                 examples.append(QAExample(qid, title, context, question, texts, starts))
+    if not examples:  # as the other readers: a file of nothing to train on, score or answer is a mistake
+        raise TformerError(f"{path}: no questions (every data[].paragraphs[].qas list is empty)")
     bad = offset_mismatches(examples)
     if bad:
         qid, k = bad[0]
