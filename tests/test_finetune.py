@@ -404,6 +404,11 @@ def test_gpt1_classification_head_with_auxiliary_lm_loss():
         opt.step()
     assert (model(ids, lengths)[0].argmax(-1) == labels).all()
     assert gpt.tok_embed.weight.grad is not None  # the decoder itself is fine-tuned
+    # One-token inputs (a character vocabulary has no start or extract token) have no next token: a batch of
+    # only those has an LM loss of 0 (a mean of nothing was NaN, and stopped training), the task loss as it is.
+    short = torch.tensor([[3, 0], [5, 0]])
+    loss, parts = model.loss(short, torch.tensor([1, 1]), torch.tensor([0, 1]))
+    assert parts["lm"].item() == 0.0 and loss.item() == pytest.approx(parts["task"].item())
 
 
 def test_logistic_regression_on_frozen_features():

@@ -134,7 +134,9 @@ class GPTForClassification(nn.Module):
         if lm_logits is None:
             return task, {"task": task.detach()}
         targets = ids.roll(-1, dims=1)[self._has_next(ids, lengths)]  # the token after each kept position
-        lm = nn.functional.cross_entropy(lm_logits.float(), targets)
+        # Mean over the K next-token targets; a batch of one-token inputs has none (K = 0), and a plain mean of
+        # nothing is NaN, which would stop training: its LM loss is 0 instead.
+        lm = nn.functional.cross_entropy(lm_logits.float(), targets, reduction="sum") / max(targets.numel(), 1)
         return task + self.lm_weight * lm, {"task": task.detach(), "lm": lm.detach()}
 
     def to_dict(self) -> dict:
