@@ -181,3 +181,45 @@ def test_blocked_gradients_only_when_a_gradient_is_wanted_and_tuned(blocked_for_
     assert "BlockedGrad" not in type(linear(torch.randn(21, 45), w.t()).grad_fn).__name__  # wide input side
     monkeypatch.setattr(linear_module, "_tuned_choice", False)
     assert "BlockedGrad" not in type(linear(x, w).grad_fn).__name__
+
+
+def test_a_model_built_under_inference_mode_decodes():
+    """Parameters made under inference_mode have no version counter: asking for it raised in every decoding step."""
+    with torch.inference_mode():
+        layer = Linear(8, 4)
+        x = torch.randn(1, 8)
+        with transposed_weights():
+            torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert layer._decode_weight is None
+
+
+def test_decoding_loops_in_several_threads_share_a_model():
+    """One thread's loop ending drops the copies it made while another thread's loop is using them: that thread
+    read a key without its copy (TypeError from addmm), about one call in ten."""
+    import threading
+
+    from tformer.generation.search import greedy_decode
+    from tformer.models.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(src_vocab_size=20, tgt_vocab_size=20, d_model=16, n_heads=2, d_ff=32,
+                                          n_encoder_layers=1, n_decoder_layers=1)).eval()
+    src = torch.randint(3, 20, (1, 5))
+    expected = greedy_decode(model, src, max_len=5)
+    errors = []
+
+    def work():
+        for _ in range(100):
+            try:
+                if greedy_decode(model, src, max_len=5) != expected:
+                    errors.append("different tokens")
+            except Exception as exc:  # noqa: BLE001 - any failure in a thread is the test's failure
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(m._decode_weight is None for m in model.modules() if isinstance(m, Linear))

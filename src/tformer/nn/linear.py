@@ -204,13 +204,20 @@ def transposed_weights() -> Iterator[None]:
         _decoding.depth -= 1
         if _decoding.depth == 0:
             for layer in list(_decoding.layers):
-                layer._decode_weight = layer._decode_key = None
+                layer._decode = None
             _decoding.layers = None
 
 
 class Linear(nn.Linear):
-    _decode_weight: Tensor | None = None
-    _decode_key: tuple | None = None
+    # (key of the weight it was made from, the transposed copy): one attribute, read and replaced whole, so
+    # that another thread's loop ending (which drops it) never leaves a key without its copy.
+    _decode: tuple[tuple, Tensor] | None = None
+
+    @property
+    def _decode_weight(self) -> Tensor | None:
+        """The transposed copy this decoding loop uses, None outside one."""
+        decode = self._decode
+        return None if decode is None else decode[1]
 
     def forward(self, x: Tensor) -> Tensor:
         if (_decoding.depth and x.device.type == "cpu" and x.numel() <= FAST_ROWS * self.in_features
@@ -220,15 +227,18 @@ class Linear(nn.Linear):
 
     def _forward_few_rows(self, x: Tensor) -> Tensor:
         w = self.weight
-        key = (w.data_ptr(), w._version, w.dtype)
-        if self._decode_key != key:
+        # A weight made under inference_mode (a model built or loaded there) has no version counter; such a
+        # tensor can only change in place under inference_mode, and weights do not change within one loop.
+        key = (w.data_ptr(), -1 if w.is_inference() else w._version, w.dtype)
+        decode = self._decode
+        if decode is None or decode[0] != key:
             with torch.no_grad():
-                self._decode_weight = w.detach().t().contiguous()  # (in, out)
-            self._decode_key = key
+                decode = (key, w.detach().t().contiguous())  # (in, out)
+            self._decode = decode
             _decoding.layers.add(self)
         rows = x.reshape(-1, self.in_features)
         if self.bias is not None:
-            y = torch.addmm(self.bias, rows, self._decode_weight)
+            y = torch.addmm(self.bias, rows, decode[1])
         else:
-            y = torch.mm(rows, self._decode_weight)
+            y = torch.mm(rows, decode[1])
         return y.view(*x.shape[:-1], self.out_features)
