@@ -43,3 +43,18 @@ def test_gelu_tanh_gradient_is_exact_and_inference_path_leaves_input_alone():
 def test_gelu_tanh_large_inputs_take_torchs_kernel():
     x = torch.randn((1 << 20) + 1)
     assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))
+
+
+def test_gelu_tanh_second_derivative_matches_torch():
+    """create_graph=True (a gradient penalty, a Hessian-vector product) differentiates the gradient again: the
+    saved sigmoid carries no graph back to x, and the fast backward writes with out=, which autograd refuses."""
+    torch.manual_seed(0)
+    x = (torch.randn(64, 96, dtype=torch.double) * 3).requires_grad_()  # within the custom kernel's sizes
+    assert torch.autograd.gradgradcheck(gelu_tanh, (x,))
+    (g,) = torch.autograd.grad(gelu_tanh(x).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    xr = x.detach().requires_grad_()
+    (gr,) = torch.autograd.grad(F.gelu(xr, approximate="tanh").sum(), xr, create_graph=True)
+    (ggr,) = torch.autograd.grad(gr.sum(), xr)
+    torch.testing.assert_close(g, gr)
+    torch.testing.assert_close(gg, ggr)

@@ -49,6 +49,10 @@ class _GeluTanh(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         x, s = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (a gradient penalty, a Hessian-vector product): the same derivative written with
+            # ops autograd can follow, s recomputed from x (the saved s carries no graph back to x)
+            return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
         d = torch.addcmul(_C1_TENSOR, x, x, value=3 * _C3).mul_(x)  # x u'(x) = x (_C1 + 3 _C3 x^2)
         d.addcmul_(d, s, value=-1.0)  # x u' (1 - s)
         return torch.addcmul(s, s, d, out=d).mul_(grad)  # (s + s x u' (1 - s)) grad, in d's buffer
