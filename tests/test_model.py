@@ -345,3 +345,24 @@ def test_an_unknown_preset_is_named_by_every_registry_function():
     for function in (describe, get_config, create_model):
         with pytest.raises(TformerError, match="unknown model preset 'gpt3'; choose from: .*gpt2"):
             function("gpt3")
+
+
+def test_ids_of_a_wrong_shape_or_integer_type_are_named():
+    """A 1-D pair was read as rows of one token ("5 source rows for 4 target rows"); a 3-D batch, uint8 or int16
+    ids failed inside torch (an embedding takes int64 and int32 only; uint8 would index as a mask)."""
+    from tformer.errors import TformerError
+
+    model = _tiny().eval()
+    src, tgt = _batch()
+    cases = [
+        (lambda: model(src[0], tgt[0]), r"source ids must be \(batch, length\), not of shape \(7,\)"),
+        (lambda: model(src, tgt[None]), r"target ids must be \(batch, length\), not of shape \(1, 3, 6\)"),
+        (lambda: model.encode(src[0]), r"source ids must be \(batch, length\)"),
+        (lambda: model.decode(tgt[0], *model.encode(src)), r"target ids must be \(batch, length\)"),
+        (lambda: model(src.to(torch.uint8), tgt), "source ids must be int64 .* got torch.uint8"),
+        (lambda: model(src, tgt.to(torch.int16)), "target ids must be int64 .* got torch.int16"),
+    ]
+    for call, needle in cases:
+        with pytest.raises(TformerError, match=needle):
+            call()
+    torch.testing.assert_close(model(src.int(), tgt.int()).logits, model(src, tgt).logits)  # int32 is fine

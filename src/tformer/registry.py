@@ -57,7 +57,8 @@ def create_model(name: str, **overrides) -> nn.Module:
 
 # -- the encoder-decoder Transformer -----------------------------------------------------------------
 register("transformer-base", TransformerConfig(), Transformer,
-         "Vaswani et al. 2017 base: N=6, d_model=512, h=8, d_ff=2048, dropout 0.1 (65M params at 37k shared vocab)")
+         "Vaswani et al. 2017 base: N=6, d_model=512, h=8, d_ff=2048, dropout 0.1 (the paper's 65M: "
+         "63M with share_embeddings=true at a 37k joint vocab, 82M unshared)")
 register("transformer-big", TransformerConfig(d_model=1024, n_heads=16, d_ff=4096, dropout=0.3), Transformer,
          "Vaswani et al. 2017 big: N=6, d_model=1024, h=16, d_ff=4096, dropout 0.3")
 register("transformer-small", TransformerConfig(d_model=256, n_heads=4, d_ff=1024, n_encoder_layers=3,

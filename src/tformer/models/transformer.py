@@ -23,7 +23,7 @@ from tformer.nn.cache import DecoderCache
 from tformer.nn.dropout import Dropout
 from tformer.nn.init import init_transformer_
 from tformer.nn.layers import Decoder, Encoder
-from tformer.models.validation import check_config, check_ids, check_token_id
+from tformer.models.validation import check_config, check_ids, check_ndim, check_token_id
 from tformer.nn.linear import Linear
 from tformer.nn.masks import causal_mask, check_boolean, unpad_if_worthwhile
 from tformer.nn.positional import make_positional
@@ -126,7 +126,7 @@ class Transformer(nn.Module):
         """src (B, S) ids -> memory (B, S, D), source mask (B, 1, 1, S) [, per-layer self-attention weights].
 
         When a batch has enough padding the encoder runs on its real tokens only, and memory is 0 at padding."""
-        check_ids(src, self.config.src_vocab_size, "source ids")
+        check_ids(src, self.config.src_vocab_size, "source ids", ndim=2)
         real = src != self.config.pad_id
         src_mask = real[:, None, None, :]  # (B, 1, 1, S)
         x = self.src_embed(src)
@@ -148,7 +148,7 @@ class Transformer(nn.Module):
         only the new token(s) and the cached keys/values supply the past.
         Returns (hidden, self-attention weights, cross-attention weights).
         """
-        check_ids(tgt_in, self.config.tgt_vocab_size, "target ids")
+        check_ids(tgt_in, self.config.tgt_vocab_size, "target ids", ndim=2)
         offset = cache.length if cache is not None else 0
         t = tgt_in.size(1)
         # Targets are padded on the right, so the causal mask alone already hides every padding key from
@@ -172,6 +172,8 @@ class Transformer(nn.Module):
         keep (B, T) bool: project to the vocabulary only where True and return logits (N, V) for those N
         positions. Training passes the non-padding positions, so no work goes into logits nobody scores.
         """
+        check_ndim(src, 2, "source ids")  # before the rows are compared
+        check_ndim(tgt_in, 2, "target ids")
         if src.size(0) != tgt_in.size(0):
             raise TformerError(f"{src.size(0)} source rows for {tgt_in.size(0)} target rows: one target per source")
         check_boolean(keep, "keep")

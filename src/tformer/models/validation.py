@@ -70,16 +70,32 @@ def check_token_id(config: Any, name: str, vocab_size: int, vocabulary: str = "v
         raise ValueError(f"{name} must be a token id below {vocabulary}={vocab_size}, not {value}")
 
 
-def check_ids(ids: torch.Tensor, size: int, what: str = "token ids") -> None:
+_INDEX_DTYPES = (torch.int64, torch.int32)  # what an embedding takes; a uint8 index tensor would even select as a mask
+
+
+def check_ids(ids: torch.Tensor, size: int, what: str = "token ids", ndim: int | None = None) -> None:
     """ids index an embedding of `size` rows (token, segment or position ids): anything else is an error naming
     the value, not an IndexError from inside the embedding. Ranges are checked on a CPU only: on a GPU the
-    question would wait for the device at every step (there, torch's own device-side check stops the run)."""
-    if ids.is_floating_point() or ids.dtype == torch.bool:
+    question would wait for the device at every step (there, torch's own device-side check stops the run).
+    ndim: the number of dimensions the ids must have (2: (batch, length))."""
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TformerError(f"{what} must be integers, got {ids.dtype}")
+    if ids.dtype not in _INDEX_DTYPES:
+        raise TformerError(f"{what} must be int64 (or int32) integers, got {ids.dtype}: convert them with .long()")
+    if ndim is not None:
+        check_ndim(ids, ndim, what)
     if ids.device.type == "cpu" and ids.numel():
         low, high = (v.item() for v in torch.aminmax(ids))
         if low < 0 or high >= size:
             raise TformerError(f"{what}: {low if low < 0 else high} is outside 0..{size - 1} (the model has {size})")
+
+
+def check_ndim(ids: torch.Tensor, ndim: int, what: str = "token ids") -> None:
+    """ids have `ndim` dimensions (2: (batch, length)); a 1-D row would otherwise be read as a batch of
+    one-token rows, or fail deep inside the model."""
+    if ids.dim() != ndim:
+        shape = "(batch, length)" if ndim == 2 else f"{ndim}-dimensional"
+        raise TformerError(f"{what} must be {shape}, not of shape {tuple(ids.shape)}")
 
 
 def check_texts(texts: Any, what: str = "sentences") -> list[str]:
