@@ -164,6 +164,48 @@ def test_gradual_unfreezing_trains_the_top_layer_first(tmp_path, pretrained):
     assert not changed(before, task.model, "bert.embeddings.")
 
 
+
+def _gradual_unfreezing_rank(rank: int, port: int, tmp: str, pretrained: str) -> None:
+    import os
+    from pathlib import Path
+
+    from tformer.training import distributed
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    info = distributed.setup("cpu")
+    try:
+        run = run_for(Path(tmp) / f"data{rank}", pretrained, **{"train.gradual_unfreezing": "true",
+                                                                  "train.max_epochs": 2})
+        task = build_finetune_task(run)
+        train(task, run.train, Path(tmp) / "out", info=info, quiet=True)
+        torch.save(snapshot(task.model), Path(tmp) / f"rank{rank}.pt")
+    finally:
+        distributed.teardown(info)
+
+
+def test_gradual_unfreezing_under_ddp_trains_each_epochs_layers_alike_on_every_rank(tmp_path, pretrained):
+    """DDP syncs the parameters trainable when it was built: it stalled on the first step once layers were frozen
+    after it ("Expected to have finished reduction"), and would leave layers unfrozen later unsynchronised."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for rank in (0, 1):
+        (tmp_path / f"data{rank}").mkdir()
+    before = snapshot(build_finetune_task(run_for(tmp_path, pretrained)).model)
+    mp.spawn(_gradual_unfreezing_rank, args=(port, str(tmp_path), str(pretrained)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(torch.equal(ranks[0][n], ranks[1][n]) for n in ranks[0])
+    moved = {n for n in before if not n.startswith("head.") and not torch.equal(before[n], ranks[0][n])}
+    assert any(n.startswith("bert.encoder.layers.1.") for n in moved)  # epoch 0 and 1
+    assert any(n.startswith("bert.encoder.layers.0.") for n in moved)  # unfrozen at epoch 1
+    assert not any(n.startswith("bert.embeddings.") for n in moved)  # not before epoch 2
+
 def test_slanted_triangular_schedule_runs(tmp_path, pretrained):
     from tformer.training.loop import learning_rate
 

@@ -238,7 +238,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         distributed.barrier(info)  # every process has read them before the snapshot may go
     if averager is not None and info.is_main:
         averager.continue_from(state.step, cfg.save_every)
-    ddp = DistributedDataParallel(model) if info.enabled else model
+    # The model as the steps call it: wrapped in DDP (by _wrap_for_ddp, once the epoch's trainable parameters are set).
+    ddp, wrapped_for = model, None
     use_amp = cfg.amp and info.device.type in AMP_DEVICE_TYPES
     autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if use_amp \
         else contextlib.nullcontext
@@ -327,6 +328,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             message = task.on_epoch_start(state.epoch)
             if message and info.is_main and not quiet:
                 log.write(message)
+        if info.enabled:
+            ddp, wrapped_for = _wrap_for_ddp(model, ddp, wrapped_for)
         batches = shard(task.train_batches(state.epoch, cfg.seed), info.rank, info.world_size)
         _check_accumulation(len(batches), cfg, info)
         while state.batch_index + cfg.accum_steps <= len(batches) and not finished():
@@ -422,6 +425,20 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     validate()
     save(snapshot=False)  # the average is not a checkpoint of the run: a later average must not take it in
     return state
+
+
+def _wrap_for_ddp(model: nn.Module, ddp: nn.Module, wrapped_for: tuple[bool, ...] | None
+                  ) -> tuple[nn.Module, tuple[bool, ...]]:
+    """(DDP wrapper, the requires_grad flags it was built for). DDP averages the gradients of the parameters that
+    required one when it was built, and waits for each of them in every backward: a parameter frozen since (gradual
+    unfreezing) stalls it ("Expected to have finished reduction"), and one unfrozen since would train apart on each
+    rank. So a change of the trainable set gets a new wrapper; the old one's gradient hooks go first."""
+    trainable = tuple(p.requires_grad for p in model.parameters())
+    if trainable == wrapped_for:
+        return ddp, wrapped_for
+    if isinstance(ddp, DistributedDataParallel):
+        ddp._remove_autograd_hooks()
+    return DistributedDataParallel(model), trainable
 
 
 def _checkpoint_averager(cfg: TrainConfig, out_dir: Path | str) -> CheckpointAverager | None:
