@@ -191,6 +191,44 @@ def test_two_process_ddp_training_keeps_ranks_identical(tmp_path):
     assert (tmp_path / "m" / "model.safetensors").is_file()
 
 
+
+def _no_dropout_run(accum_steps: int):
+    run = tiny_run(max_steps=4, accum_steps=accum_steps, device="cpu", clip_norm=0.0)
+    run.model["dropout"] = 0.0
+    return run
+
+
+def _ddp_equals_one_process_worker(rank: int, port: int, out: str, pairs):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    info = distributed.setup("cpu")
+    try:
+        run = _no_dropout_run(1)
+        task = TranslationTask(run, pairs)
+        train(task, run.train, Path(out) / "m", info=info, quiet=True)
+        if rank == 0:
+            torch.save(task.model.state_dict(), Path(out) / "ddp.pt")
+    finally:
+        distributed.teardown(info)
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    """Rank r takes batches r, r + 2, ...: one process accumulating 2 batches per step sees the same ones. The
+    ranks' batches hold different numbers of target tokens, and the step's loss is the mean over all of them
+    (each rank divided by its own count once, weighting a token of a small batch more)."""
+    pairs = copy_pairs(120, seed=5)
+    mp.spawn(_ddp_equals_one_process_worker, args=(_free_port(), str(tmp_path), pairs), nprocs=2, join=True)
+    run = _no_dropout_run(2)
+    single = TranslationTask(run, pairs)
+    batches = single.train_batches(0, run.train.seed)[:8]
+    counts = [single.count_tokens(single.collate(b, torch.device("cpu"))) for b in batches]
+    assert counts[0::2] != counts[1::2]  # the ranks' token counts differ: the case that went wrong
+    train(single, run.train, tmp_path / "single", quiet=True)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    for name, tensor in single.model.state_dict().items():
+        torch.testing.assert_close(ddp[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
 class _ScriptedValidation(TranslationTask):
     """Validation losses that improve twice, then get worse: early stopping ends the run at step 3."""
 

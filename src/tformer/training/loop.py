@@ -341,13 +341,18 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             step_tokens = sum(task.count_tokens(m) for m in micro)
             # Throughput counts input tokens where the loss reads only some of them (masked LM's 15%).
             seen_tokens = sum(task.input_tokens(m) for m in micro) if hasattr(task, "input_tokens") else step_tokens
+            # The step's loss is the mean over its tokens on every rank, as one process with the whole batch has it.
+            # DDP averages the ranks' gradients, so each divides by the mean count per rank, not its own count
+            # (which weighted a rank's token by how few its batch held: translation and masked-LM batches differ).
+            per_rank_tokens = step_tokens if not info.enabled else \
+                distributed.all_reduce_sum([float(step_tokens)], info)[0] / info.world_size
             step_loss = 0.0
             for i, m in enumerate(micro):
                 last = i == len(micro) - 1
                 sync = ddp.no_sync() if info.enabled and not last else contextlib.nullcontext()
                 with sync, autocast():
                     loss_sum, _ = task.loss(ddp, m)
-                    (loss_sum / step_tokens).backward()
+                    (loss_sum / per_rank_tokens).backward()
                 step_loss += float(loss_sum.detach())
             if not math.isfinite(step_loss):
                 # Stop before the update, and without saving: the last checkpoint on disk stays good.
