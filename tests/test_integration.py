@@ -206,9 +206,9 @@ def _ddp_equals_one_process_worker(rank: int, port: int, out: str, pairs):
     try:
         run = _no_dropout_run(1)
         task = TranslationTask(run, pairs)
-        train(task, run.train, Path(out) / "m", info=info, quiet=True)
+        state = train(task, run.train, Path(out) / "m", info=info, quiet=True)
         if rank == 0:
-            torch.save(task.model.state_dict(), Path(out) / "ddp.pt")
+            torch.save({"tokens": torch.tensor(state.tokens), **task.model.state_dict()}, Path(out) / "ddp.pt")
     finally:
         distributed.teardown(info)
 
@@ -221,11 +221,12 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     mp.spawn(_ddp_equals_one_process_worker, args=(_free_port(), str(tmp_path), pairs), nprocs=2, join=True)
     run = _no_dropout_run(2)
     single = TranslationTask(run, pairs)
-    batches = single.train_batches(0, run.train.seed)[:8]
+    batches = single.train_batches(0, run.train.seed)
     counts = [single.count_tokens(single.collate(b, torch.device("cpu"))) for b in batches]
     assert counts[0::2] != counts[1::2]  # the ranks' token counts differ: the case that went wrong
-    train(single, run.train, tmp_path / "single", quiet=True)
+    state = train(single, run.train, tmp_path / "single", quiet=True)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    assert int(ddp.pop("tokens")) == state.tokens  # every process's tokens, not rank 0's alone
     for name, tensor in single.model.state_dict().items():
         torch.testing.assert_close(ddp[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 

@@ -67,7 +67,7 @@ class TrainerState:
     step: int = 0
     epoch: int = 0
     batch_index: int = 0  # micro-batches of this epoch (this rank's share) already consumed
-    tokens: int = 0
+    tokens: int = 0  # the tokens the loss was taken over (count_tokens), on all processes together
     elapsed_s: float = 0.0
     last_valid: dict | None = None
     averaged: bool = False  # the saved weights are a checkpoint average (train.average_checkpoints)
@@ -367,7 +367,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.batch_index += cfg.accum_steps
-            state.tokens += step_tokens
+            state.tokens += round(per_rank_tokens * info.world_size)
             window_tokens += step_tokens
             window_seen += seen_tokens
             window_loss += step_loss
