@@ -487,6 +487,23 @@ def test_the_summary_of_an_early_stopped_run_is_its_best_checkpoint_and_epochs_c
     assert state.step == 8 and state.epoch == 2 and state.batch_index == 0
 
 
+
+def test_early_stopping_is_refused_where_the_task_names_no_score_to_watch(tmp_path):
+    """Translation, language models and masked-LM pretraining name no selection metric: train.early_stopping there
+    never stopped anything (and only moved the saves to the validations)."""
+    from tformer.training.loop import train
+
+    class Unwatched(_ScriptedTask):
+        selection_metric = None
+
+    cfg = RunConfig().train
+    cfg.max_steps, cfg.eval_every, cfg.early_stopping, cfg.save_every, cfg.warmup_steps = 10, 1, 1, 0, 1
+    with pytest.raises(TformerError, match=r"train\.early_stopping=1: this task names no validation score"):
+        train(Unwatched([0.5] * 10), cfg, tmp_path / "a", quiet=True)
+    assert not (tmp_path / "a").exists()
+    state = train(_ScriptedTask([0.5] * 10), cfg, tmp_path / "b", quiet=True)  # a score to watch: it stops
+    assert state.step == 2
+
 def test_an_early_stopping_run_that_validates_each_epoch_validates_its_last_step_once(tmp_path):
     from tformer.training.loop import train
 

@@ -205,6 +205,10 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
                            "train.save_every would replace it with later weights: set one of them (with early "
                            "stopping a checkpoint is saved at each better validation, train.eval_every steps apart)")
     averager = _checkpoint_averager(cfg, out_dir)
+    if cfg.early_stopping and not getattr(task, "selection_metric", None):
+        # Without a score to watch nothing would ever stop the run: the option would do nothing but move its saves.
+        raise TformerError(f"train.early_stopping={cfg.early_stopping}: this task names no validation score to watch "
+                           "(early stopping is fine-tuning's, tformer finetune); set train.early_stopping=0")
     info = info or distributed.setup(cfg.device)
     rates = schedule_config(cfg, task, info)
     if info.device.type == "cpu":
