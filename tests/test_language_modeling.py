@@ -240,3 +240,24 @@ def test_model_options_the_tokenizer_decides_are_refused_when_they_differ():
         LanguageModelingTask(run, [TEXT])
     run.model["vocab_size"] = tok.vocab_size  # the same value: nothing to refuse
     assert LanguageModelingTask(run, [TEXT]).model.config.vocab_size == tok.vocab_size
+
+
+def test_early_stopping_watches_the_validation_loss(tmp_path):
+    """Language models, translation and masked LM stop on their validation loss (train.early_stopping did nothing
+    for them: they named no score to watch)."""
+    from tformer.tasks.masked_lm import MaskedLMTask
+    from tformer.tasks.translation import TranslationTask
+
+    assert LanguageModelingTask.selection_metric == TranslationTask.selection_metric == ("loss", "min")
+    assert MaskedLMTask.selection_metric == ("mlm_loss", "min")
+    run = lm_run(max_steps=40, lr=0.0, min_lr=0.0, eval_every=2, early_stopping=2)  # lr 0: no improvement
+    state = train(LanguageModelingTask(run, [TEXT]), run.train, tmp_path / "lm", quiet=True)
+    assert state.step == 6 and state.early_stopping["best_step"] == 2
+
+
+def test_a_minimum_rate_above_the_peak_is_refused(tmp_path):
+    """The LM default min_lr=1e-4 under a lower train.lr made the cosine schedule climb while it 'decayed'."""
+    run = lm_run(lr=5e-5)
+    with pytest.raises(TformerError, match=r"train.min_lr=0.0001 is above train.lr=5e-05: the cosine schedule"):
+        train(LanguageModelingTask(run, [TEXT]), run.train, tmp_path / "lm", quiet=True)
+    assert not (tmp_path / "lm").exists()

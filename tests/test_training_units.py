@@ -489,8 +489,8 @@ def test_the_summary_of_an_early_stopped_run_is_its_best_checkpoint_and_epochs_c
 
 
 def test_early_stopping_is_refused_where_the_task_names_no_score_to_watch(tmp_path):
-    """Translation, language models and masked-LM pretraining name no selection metric: train.early_stopping there
-    never stopped anything (and only moved the saves to the validations)."""
+    """A task without a selection metric (a user's own): train.early_stopping would never stop anything, and only
+    move the saves to the validations."""
     from tformer.training.loop import train
 
     class Unwatched(_ScriptedTask):
@@ -503,6 +503,19 @@ def test_early_stopping_is_refused_where_the_task_names_no_score_to_watch(tmp_pa
     assert not (tmp_path / "a").exists()
     state = train(_ScriptedTask([0.5] * 10), cfg, tmp_path / "b", quiet=True)  # a score to watch: it stops
     assert state.step == 2
+
+
+def test_early_stopping_without_a_validation_score_is_an_error_not_a_save_at_every_validation(tmp_path):
+    from tformer.training.loop import train
+
+    class NoValidationData(_ScriptedTask):
+        def validate(self, model):
+            return {}
+
+    cfg = RunConfig().train
+    cfg.max_steps, cfg.eval_every, cfg.early_stopping, cfg.save_every, cfg.warmup_steps = 10, 2, 1, 0, 1
+    with pytest.raises(TformerError, match=r"train\.early_stopping=1: the validation gave no .* validation data"):
+        train(NoValidationData([0.5] * 10), cfg, tmp_path / "a", quiet=True)
 
 def test_an_early_stopping_run_that_validates_each_epoch_validates_its_last_step_once(tmp_path):
     from tformer.training.loop import train

@@ -52,6 +52,8 @@ def build_tokenizer(run: RunConfig, texts: list[str]) -> Tokenizer:
 
 
 class LanguageModelingTask:
+    selection_metric = ("loss", "min")  # what train.early_stopping watches
+
     def __init__(self, run: RunConfig, train_texts: list[str], valid_texts: list[str] | None = None,
                  tokenizer: Tokenizer | None = None, model: GPT | None = None, names: list[str] | None = None,
                  valid_names: list[str] | None = None):

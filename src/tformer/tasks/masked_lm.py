@@ -97,6 +97,8 @@ class MLMBatch:
 
 
 class MaskedLMTask:
+    selection_metric = ("mlm_loss", "min")  # what train.early_stopping watches
+
     def __init__(self, run: RunConfig, documents: list[list[str]], valid_documents: list[list[str]] | None = None,
                  tokenizer: EncoderTokenizer | None = None, model: BertForPreTraining | None = None):
         check_section(run.data)  # values set from Python meet a file's checks

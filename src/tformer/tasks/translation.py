@@ -30,6 +30,8 @@ from tformer.training.losses import label_smoothed_cross_entropy
 
 
 class TranslationTask:
+    selection_metric = ("loss", "min")  # what train.early_stopping watches (fairseq's default too)
+
     def __init__(self, run: RunConfig, pairs: Sequence[tuple[str, str]], valid_pairs: Sequence[tuple[str, str]] = (),
                  src_tok: Tokenizer | None = None, tgt_tok: Tokenizer | None = None, model: Transformer | None = None):
         check_section(run.data)  # values set from Python meet a file's checks

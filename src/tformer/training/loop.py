@@ -103,6 +103,10 @@ def schedule_config(cfg: TrainConfig, task: Task, info: distributed.DistInfo) ->
     counts them (epochs x optimiser steps per epoch); a run limited only by time, or not at all, has no end to
     count from and is refused (a decaying rate fell to its lowest right after warmup)."""
     ratio_warmup = cfg.warmup_ratio > 0 and cfg.warmup_steps == 0
+    if cfg.schedule in ("cosine", "linear") and cfg.min_lr > cfg.lr:
+        # (language models default to min_lr=1e-4, nanoGPT's: a lower train.lr alone met it)
+        raise TformerError(f"train.min_lr={cfg.min_lr:g} is above train.lr={cfg.lr:g}: the {cfg.schedule} schedule "
+                           "would rise to it instead of decaying; set train.min_lr to at most train.lr")
     if not cfg.max_steps and (cfg.schedule in DECAYING_SCHEDULES or ratio_warmup):
         if cfg.max_epochs:
             micro_batches = len(shard(task.train_batches(0, cfg.seed), info.rank, info.world_size))
@@ -208,7 +212,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     if cfg.early_stopping and not getattr(task, "selection_metric", None):
         # Without a score to watch nothing would ever stop the run: the option would do nothing but move its saves.
         raise TformerError(f"train.early_stopping={cfg.early_stopping}: this task names no validation score to watch "
-                           "(early stopping is fine-tuning's, tformer finetune); set train.early_stopping=0")
+                           "(a selection_metric); set train.early_stopping=0")
     info = info or distributed.setup(cfg.device)
     rates = schedule_config(cfg, task, info)
     if info.device.type == "cpu":
@@ -312,8 +316,12 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     def improved() -> bool:
         """Record the validation just made; whether it is the best so far (without a metric to watch: always)."""
         value = (state.last_valid or {}).get(select[0]) if select else None
-        if stopper is None or value is None:
+        if stopper is None:
             return True
+        if value is None:
+            # Nothing to judge by (no validation data): going on would save at every validation and never stop.
+            raise TformerError(f"train.early_stopping={cfg.early_stopping}: the validation gave no {select[0]} to "
+                               "watch (is there validation data?); set train.early_stopping=0")
         stopper.update(value, state.step)
         state.early_stopping = {"best": stopper.best, "best_step": stopper.best_step, "bad": stopper.bad,
                                 "updates": stopper.updates}
