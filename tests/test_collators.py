@@ -81,6 +81,24 @@ def test_rates_80_10_10_and_invariants():
     assert ((new[random_] >= LOW) & (new[random_] < VOCAB)).all()  # never a special id
 
 
+def test_random_replacements_skip_special_ids_anywhere_in_the_vocabulary():
+    # A pretrained BERT vocabulary: [PAD]=0, then [UNK] [CLS] [SEP] [MASK] = 100..103, not a prefix of the ids.
+    specials, vocab = {0, 100, 101, 102, 103}, 110
+    ids = torch.full((200, 100), 50)
+    g = torch.Generator().manual_seed(0)
+    inputs, labels = mask_tokens(ids, torch.zeros_like(ids, dtype=torch.bool), vocab_size=vocab, mask_id=103,
+                                 generator=g, mlm_probability=0.99, mask_fraction=0.0, random_fraction=1.0,
+                                 random_exclude=specials)
+    drawn = torch.bincount(inputs[labels != -100], minlength=vocab)
+    allowed = [i for i in range(vocab) if i not in specials]
+    assert drawn[sorted(specials)].sum() == 0  # never a special token
+    # every other id, the last included, is drawn about equally often (uniform over the allowed ids: ~190 each)
+    assert drawn[allowed].min() > 100 and drawn[allowed].max() < 300
+    with pytest.raises(ValueError, match="leaves none"):
+        mask_tokens(ids, torch.zeros_like(ids, dtype=torch.bool), vocab_size=3, mask_id=2, generator=g,
+                    random_exclude={0, 1, 2})
+
+
 def test_custom_fractions():
     ids, special = batch_with_specials(16, 256, seed=2)
     inputs, labels = mask(ids, special, mask_fraction=1.0, random_fraction=0.0)

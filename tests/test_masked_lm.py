@@ -86,6 +86,28 @@ def test_pretraining_batches_follow_the_objective(tmp_path, preset, objective):
                            picked) or objective != "none"
 
 
+def test_random_replacements_are_never_special_with_a_pretrained_bert_vocabulary(tmp_path):
+    # Google's BERT layout: [PAD]=0, [unused..], then [UNK] [CLS] [SEP] [MASK] in the middle of the ids.
+    run = run_config(tmp_path, **{"data.static_masking": "false"})
+    words = sorted(set((tmp_path / "train.txt").read_text().split()))
+    vocab = ["[PAD]", *[f"[unused{i}]" for i in range(20)], "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    run.data.tokenizer_file = str(tmp_path / "vocab.txt")
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+    tok = task.tokenizer
+    assert (tok.pad_id, tok.mask_id) == (0, 24)
+    specials = torch.tensor(sorted(tok.special_ids))
+    replaced = 0
+    for epoch in range(4):
+        for b in task.train_batches(epoch, 1):
+            t = task.collate(b, torch.device("cpu"))
+            picked = t["labels"] != -100
+            random_ = picked & (t["ids"] != tok.mask_id) & (t["ids"] != t["labels"])
+            replaced += int(random_.sum())
+            assert not torch.isin(t["ids"][random_], specials).any()  # 4 of ~50 ids: hit often before the fix
+    assert replaced > 50
+
+
 def test_static_masking_keeps_each_examples_mask_across_epochs(tmp_path):
     run = run_config(tmp_path, **{"data.static_masking": "true", "model.sentence_objective": "none"})
     task = MaskedLMTask(run, read_documents([run.data.train_text]))

@@ -70,7 +70,7 @@ class SpanMasking:
 
 def _check_masking_args(ids: Tensor, special: Tensor, word_starts: Tensor | None, vocab_size: int,
                         mlm_probability: float, mask_fraction: float, random_fraction: float,
-                        random_low: int) -> None:
+                        random_low: int, n_excluded: int) -> None:
     if ids.dim() != 2:
         raise ValueError(f"mask_tokens takes ids of shape (batch, length), not {tuple(ids.shape)}")
     if special.shape != ids.shape or special.dtype != torch.bool:
@@ -84,9 +84,9 @@ def _check_masking_args(ids: Tensor, special: Tensor, word_starts: Tensor | None
     if mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1.0:
         raise ValueError(f"mask_fraction={mask_fraction} and random_fraction={random_fraction} must be "
                          f">= 0 with a sum <= 1 (the rest of the picked tokens stay unchanged)")
-    if random_fraction > 0 and not 0 <= random_low < vocab_size:
+    if random_fraction > 0 and not 0 <= random_low < vocab_size - n_excluded:
         raise ValueError(f"random replacements are drawn from [random_low, vocab_size) = "
-                         f"[{random_low}, {vocab_size}), which is empty")
+                         f"[{random_low}, {vocab_size}) less {n_excluded} excluded ids, which leaves none")
 
 
 def _unit_starts(special: Tensor, word_starts: Tensor | None) -> Tensor:
@@ -176,17 +176,19 @@ def _span_pick(special: Tensor, starts: Tensor, mlm_probability: float, span: Sp
 def mask_tokens(ids: Tensor, special: Tensor, *, vocab_size: int, mask_id: int, generator: torch.Generator,
                 mlm_probability: float = 0.15, mask_fraction: float = 0.8, random_fraction: float = 0.1,
                 word_starts: Tensor | None = None, span: SpanMasking | None = None,
-                random_low: int = 0) -> tuple[Tensor, Tensor]:
+                random_low: int = 0, random_exclude: Collection[int] = ()) -> tuple[Tensor, Tensor]:
     """Corrupt a batch for masked language modelling.
 
     ids (B, T) int64; special (B, T) bool, True at positions never to pick (special tokens AND padding);
     word_starts (B, T) bool, True at the first sub-token of each word (whole-word / word-level spans).
     Returns inputs (B, T), the corrupted ids, and labels (B, T): the original id at picked positions and
-    -100 elsewhere. Random replacements are uniform over [random_low, vocab_size), so ids below
-    random_low (special tokens at the start of the vocabulary) are never drawn.
+    -100 elsewhere. Random replacements are uniform over [random_low, vocab_size) less the ids in
+    random_exclude: ids below random_low, and the excluded ones (special tokens, wherever the vocabulary puts
+    them: a pretrained BERT vocabulary has [PAD]=0 but [UNK]..[MASK]=100..103), are never drawn.
     """
+    excluded = sorted({int(i) for i in random_exclude if random_low <= int(i) < vocab_size})
     _check_masking_args(ids, special, word_starts, vocab_size, mlm_probability, mask_fraction, random_fraction,
-                        random_low)
+                        random_low, len(excluded))
     device = ids.device
     if span is not None:
         starts = _unit_starts(special, word_starts)
@@ -207,8 +209,11 @@ def mask_tokens(ids: Tensor, special: Tensor, *, vocab_size: int, mask_id: int, 
     to_random = picked & (choice >= mask_fraction) & (choice < mask_fraction + random_fraction)
     inputs = ids.masked_fill(to_mask, mask_id)
     if random_fraction > 0:
-        random_ids = torch.randint(random_low, vocab_size, ids.shape, generator=generator, device=device,
-                                   dtype=ids.dtype)
+        random_ids = torch.randint(random_low, vocab_size - len(excluded), ids.shape, generator=generator,
+                                   device=device, dtype=ids.dtype)
+        # The k-th allowed id: step over each excluded id at or below the value so far (ascending order).
+        for e in excluded:
+            random_ids += random_ids >= e
         inputs = torch.where(to_random, random_ids, inputs)
     return inputs, labels
 

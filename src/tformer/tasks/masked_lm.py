@@ -138,8 +138,9 @@ class MaskedLMTask:
         if self.objective == "nsp" and given_valid and len(self.valid_docs) < 2:  # else validation is silently empty
             raise TformerError(f"data.valid_text: next-sentence prediction needs at least 2 documents to validate on, "
                                f"and {d.valid_text} holds {len(self.valid_docs)} (separate them by blank lines)")
-        # Random replacements come from the ordinary vocabulary, never from the special tokens.
-        self.random_low = max(tok.special_ids) + 1 if max(tok.special_ids) < 10 else 0
+        # Random replacements come from the ordinary vocabulary, never from the special tokens (wherever they
+        # sit: a pretrained BERT vocabulary has [PAD]=0 and [UNK], [CLS], [SEP], [MASK] = 100..103).
+        self.random_exclude = tok.special_ids
         self.span = SpanMasking() if d.masking == "span" else None
         self._epoch_cache: tuple[int, list[PairExample]] | None = None
 
@@ -226,7 +227,7 @@ class MaskedLMTask:
         if self.run.data.masking in ("whole_word", "span"):
             starts = torch.tensor([tok.word_starts(row) for row in ids.tolist()], dtype=torch.bool)
         kwargs = dict(vocab_size=tok.vocab_size, mask_id=tok.mask_id, mlm_probability=self.run.data.mlm_probability,
-                      word_starts=starts, span=self.span, random_low=self.random_low)
+                      word_starts=starts, span=self.span, random_exclude=self.random_exclude)
         if isinstance(seeds, int):
             g = torch.Generator().manual_seed(seeds)
             inputs, labels = mask_tokens(ids, special, generator=g, **kwargs)
