@@ -108,6 +108,22 @@ def test_random_replacements_are_never_special_with_a_pretrained_bert_vocabulary
     assert replaced > 50
 
 
+def test_lines_longer_than_a_block_are_kept_whole_or_warned_about(tmp_path):
+    # A paragraph per line, each longer than a block: packing (RoBERTa) cuts them into pieces and keeps every token
+    paragraph = " ".join(f"the {a} sleeps in the {p} ." for a in ANIMALS for p in PLACES)
+    (tmp_path / "paras.txt").write_text("\n\n".join(f"{paragraph}\n{paragraph}" for _ in range(6)) + "\n")
+    run = run_config(tmp_path, **{"data.train_text": tmp_path / "paras.txt", "model.sentence_objective": "none",
+                                  "data.valid_fraction": 0.0})
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+    examples = task.examples(task.train_docs, 0)
+    assert [t for e in examples for t in e.a] == [t for doc in task.train_docs for s in doc for t in s]
+    assert max(len(e.a) for e in examples) == run.data.block_size - 2 and len(task.train_docs[0][0]) > 3 * 30
+    # NSP pairs whole lines: most of such a line cannot be used, and the run says so
+    run.model["sentence_objective"] = "nsp"
+    with pytest.warns(UserWarning, match=r"12 of 12 training lines are longer than the 29 tokens a sentence pair"):
+        MaskedLMTask(run, read_documents([run.data.train_text]))
+
+
 def test_static_masking_keeps_each_examples_mask_across_epochs(tmp_path):
     run = run_config(tmp_path, **{"data.static_masking": "true", "model.sentence_objective": "none"})
     task = MaskedLMTask(run, read_documents([run.data.train_text]))

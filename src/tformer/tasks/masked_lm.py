@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -138,6 +139,8 @@ class MaskedLMTask:
         if self.objective == "nsp" and given_valid and len(self.valid_docs) < 2:  # else validation is silently empty
             raise TformerError(f"data.valid_text: next-sentence prediction needs at least 2 documents to validate on, "
                                f"and {d.valid_text} holds {len(self.valid_docs)} (separate them by blank lines)")
+        if self.objective in ("nsp", "sop"):
+            self._warn_long_lines(d.block_size - 3)
         # Random replacements come from the ordinary vocabulary, never from the special tokens (wherever they
         # sit: a pretrained BERT vocabulary has [PAD]=0 and [UNK], [CLS], [SEP], [MASK] = 100..103).
         self.random_exclude = tok.special_ids
@@ -165,6 +168,18 @@ class MaskedLMTask:
                 out.append(sentences)
         return out
 
+    def _warn_long_lines(self, budget: int) -> None:
+        """NSP/SOP pair whole lines, as BERT's data did: a line that alone exceeds a pair's budget is mostly cut
+        off (or, in a chunk of its own, skipped), silently losing most of a paragraph-per-line corpus."""
+        lengths = [len(s) for doc in self.train_docs for s in doc]
+        long_ = [n for n in lengths if n > budget]
+        if long_:
+            warnings.warn(f"{len(long_)} of {len(lengths)} training lines are longer than the {budget} tokens a "
+                          f"sentence pair holds (data.block_size={self.run.data.block_size}); {self.objective} pairs "
+                          f"whole lines, so most of each is cut off or skipped (they hold {sum(long_) / sum(lengths):.0%} "
+                          f"of the text): write one sentence per line, or raise data.block_size", UserWarning,
+                          stacklevel=3)
+
     def examples(self, documents: list[list[list[int]]], seed: int) -> list[PairExample]:
         """This epoch's sequences (pairs for NSP/SOP, packed sentences otherwise), before masking."""
         rng = random.Random(seed)
@@ -181,7 +196,12 @@ class MaskedLMTask:
                 if chunk and len(chunk) + len(sentence) > budget:
                     out.append(PairExample(chunk, [], 0))
                     chunk = []
-                chunk = chunk + sentence[: budget - len(chunk)]
+                # A line longer than the limit (a paragraph) is cut into consecutive pieces, not truncated: its
+                # tail is text to learn from too (truncating dropped about half of a paragraph-per-line corpus).
+                while len(sentence) > budget:
+                    out.append(PairExample(sentence[:budget], [], 0))
+                    sentence = sentence[budget:]
+                chunk = chunk + sentence
             if chunk:
                 out.append(PairExample(chunk, [], 0))
         return out
