@@ -124,6 +124,19 @@ def test_lines_longer_than_a_block_are_kept_whole_or_warned_about(tmp_path):
         MaskedLMTask(run, read_documents([run.data.train_text]))
 
 
+def test_a_batch_without_masked_tokens_still_trains_next_sentence_prediction(tmp_path):
+    run = run_config(tmp_path)
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+    batch = task.collate(task.train_batches(0, 1)[0], torch.device("cpu"))
+    task.model.eval()  # no dropout: the two forward passes below compare
+    batch["labels"][:] = -100  # a short example can come out with no token picked
+    total, _ = task.loss(task.model, batch)
+    out = task.model(batch["ids"], batch["type_ids"], batch["attention_mask"])
+    nsp = torch.nn.functional.cross_entropy(out.sentence_logits, batch["sentence_labels"])
+    # the trainer divides by count_tokens: what is left is the mean NSP loss, not 0
+    torch.testing.assert_close(total / task.count_tokens(batch), nsp)
+
+
 def test_static_masking_keeps_each_examples_mask_across_epochs(tmp_path):
     run = run_config(tmp_path, **{"data.static_masking": "true", "model.sentence_objective": "none"})
     task = MaskedLMTask(run, read_documents([run.data.train_text]))

@@ -293,8 +293,9 @@ class MaskedLMTask:
         mlm, n, _, sentence, _ = self._losses(model, batch)
         total = mlm
         if sentence is not None:
-            # The trainer divides by the masked-token count: scale the per-pair loss so that both end as means.
-            total = mlm + sentence * (n / batch["ids"].size(0))
+            # The trainer divides by count_tokens (the masked-token count, at least 1): scale the per-pair loss so
+            # that both end as means, also in a batch where no token was picked (n / B would drop its NSP loss).
+            total = mlm + sentence * (max(n, 1) / batch["ids"].size(0))
         return total, {"mlm": mlm.detach(), "tokens": n}
 
     def input_tokens(self, batch: dict[str, Tensor]) -> int:
