@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 
 import pytest
 import torch
@@ -297,6 +298,19 @@ def test_nsp_pairs_continuation_or_other_document():
             labels.append(pair.label)
     assert len(labels) > 2000
     assert within(sum(labels) / len(labels), 0.5, len(labels))
+
+
+def test_nsp_pairs_scale_linearly_with_the_number_of_documents():
+    # 20,000 two-sentence documents: picking the other document by building the list of all the others for each
+    # NotNext pair took ~6 s here (quadratic); one draw per pair takes a fraction of a second.
+    docs = [[[d * 2 + 10], [d * 2 + 11]] for d in range(20_000)]
+    start = time.perf_counter()
+    pairs = make_nsp_pairs(docs, 2, random.Random(0))
+    assert len(pairs) == 20_000 and time.perf_counter() - start < 4.0
+    others = [p for p in pairs if p.label == 1]
+    # NotNext B comes from every other document alike: the sources spread over the whole corpus
+    assert all((p.b[0] - 10) // 2 != (p.a[0] - 10) // 2 for p in others)
+    assert len({(p.b[0] - 10) // 2 for p in others}) > 0.5 * len(others)
 
 
 def test_nsp_and_sop_truncate_to_the_budget():
