@@ -403,3 +403,5 @@ def test_roberta_presets_default_to_byte_level_bpe_and_fill_mask_shows_text(tmp_
     assert main(["fill-mask", "--model", str(tmp_path / "rb"), "the [MASK] sleeps .", "--top-k", "1000"]) == 0
     printed = [line.split("  ", 1)[1] for line in capsys.readouterr().out.splitlines()]
     assert "' garden'" in printed and "garden" not in printed and all(t.strip() for t in printed)
+    # every byte is in the vocabulary: a control character is shown quoted ('\\x14'), not as an invisible line
+    assert "'\\x14'" in printed and all(t.isprintable() for t in printed)

@@ -883,8 +883,10 @@ def cmd_fill_mask(args) -> None:
         if k:
             print()
         for token, p in candidates:
-            # A byte-level piece keeps its space (" garden"): quoted then, so a bare space is not a blank line.
-            print(f"{p:7.4f}  {token if token and token == token.strip() else repr(token)}")
+            # A byte-level piece keeps its space (" garden"): quoted then, so a bare space is not a blank line; so
+            # is a control character ("\x14", a byte of the byte-level alphabet), which would print as nothing.
+            plain = token and token == token.strip() and token.isprintable()
+            print(f"{p:7.4f}  {token if plain else repr(token)}")
 
 
 def cmd_similar(args) -> None:
