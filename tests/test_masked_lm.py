@@ -137,6 +137,12 @@ def test_a_batch_without_masked_tokens_still_trains_next_sentence_prediction(tmp
     torch.testing.assert_close(total / task.count_tokens(batch), nsp)
 
 
+def test_a_sentence_objective_without_segment_embeddings_is_refused_up_front(tmp_path):
+    run = run_config(tmp_path, "roberta-small", **{"model.sentence_objective": "nsp", "data.tokenizer": "bpe"})
+    with pytest.raises(TformerError, match=r"sentence_objective='nsp' needs segment embeddings .* has 1"):
+        MaskedLMTask(run, read_documents([run.data.train_text]))
+
+
 def test_static_masking_keeps_each_examples_mask_across_epochs(tmp_path):
     run = run_config(tmp_path, **{"data.static_masking": "true", "model.sentence_objective": "none"})
     task = MaskedLMTask(run, read_documents([run.data.train_text]))

@@ -129,6 +129,10 @@ class MaskedLMTask:
         if d.block_size > c.max_tokens:
             raise TformerError(f"data.block_size={d.block_size} exceeds the model's {c.max_tokens} positions")
         self.objective = c.sentence_objective
+        if self.objective != "none" and c.type_vocab_size < 2:  # B is segment 1: else every batch fails
+            raise TformerError(f"model.sentence_objective={self.objective!r} needs segment embeddings for A and B "
+                               f"(model.type_vocab_size=2), and this model has {c.type_vocab_size} (RoBERTa's: "
+                               f"pretrain it with sentence_objective='none')")
         given_valid = valid_documents is not None
         if valid_documents is None:
             documents, valid_documents = self._split(documents, d.valid_fraction)
