@@ -94,6 +94,18 @@ def test_validation_needs_both_sides(capsys, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_data_options_of_the_other_family_are_refused(capsys, tmp_path):
+    """--train-text with the default translation preset (a forgotten --preset) named as such, not answered by
+    'training needs data.train_src'; a translation file given to a GPT run is not silently ignored."""
+    (tmp_path / "t.txt").write_text("some text to learn from\n" * 20)
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "m", "--train-text", tmp_path / "t.txt")
+    assert_one_line_error(code, err, "--train-text", "transformer-small", "--preset")
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "m", "--preset", "gpt-micro", "--train-text",
+                           tmp_path / "t.txt", "--valid-src", tmp_path / "t.txt", "--max-steps", "1")
+    assert_one_line_error(code, err, "--valid-src", "gpt-micro")
+    assert not (tmp_path / "m").exists()
+
+
 def test_empty_file(capsys, tmp_path):
     (tmp_path / "a.txt").write_text("")
     (tmp_path / "b.txt").write_text("x\n")

@@ -405,8 +405,23 @@ def cmd_train(args) -> None:
         preset = run.model.get("preset", "transformer-small")
         run = load_config(args.config, overrides,
                           base=lm_run_defaults() if kind == "gpt" else mlm_run_defaults(preset))
+    _check_family_data(run, kind)
     builder = {"gpt": build_lm_task, "encoder": build_mlm_task}.get(kind, build_task)
     _train_and_report(builder, run, out, args.resume)
+
+
+def _check_family_data(run, kind: str) -> None:
+    """The preset picks the task, and each task reads its own data options: a file given to the other family's
+    option (--train-text with the default translation preset, a forgotten --preset) would be ignored, and the
+    error that followed would ask for files the user never meant to give."""
+    text_task = kind in ("gpt", "encoder")
+    ignored = ("train_src", "train_tgt", "valid_src", "valid_tgt") if text_task else ("train_text", "valid_text")
+    for key in ignored:
+        if getattr(run.data, key):
+            preset = run.model.get("preset", "transformer-small")
+            raise TformerError(f"--{key.replace('_', '-')} (data.{key}) is not read by preset {preset}: "
+                               "transformer-* presets train translation on --train-src/--train-tgt; gpt*, bert*, "
+                               "roberta* and albert* train on --train-text (--preset picks one)")
 
 
 def _train_and_report(builder, run, out: Path, resume: bool) -> None:
