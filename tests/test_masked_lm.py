@@ -181,6 +181,16 @@ def test_pretraining_learns_and_reports_masked_accuracy(tmp_path):
     assert any(w in ANIMALS for w, _ in ranked[:3])
 
 
+def test_validation_with_no_masked_token_reports_no_mlm_score(tmp_path):
+    """A validation text so short that no token is picked for masking (here: a tiny masking rate) has no MLM
+    score: it was reported as mlm_loss 0, ppl 1, a perfect model."""
+    run = run_config(tmp_path, **{"data.mlm_probability": 1e-9})
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+    scores = task.validate(task.model.eval())
+    assert "mlm_loss" not in scores and "ppl" not in scores and "mlm_accuracy" not in scores
+    assert 0.0 <= scores["nsp_accuracy"] <= 1.0
+
+
 def test_cli_trains_resumes_and_uses_the_encoder(tmp_path, capsys):
     text = corpus(tmp_path / "train.txt")
     out = tmp_path / "enc"

@@ -338,8 +338,10 @@ class MaskedLMTask:
             mlm, n, correct = mlm + float(m), n + count, correct + float(c)
             if s is not None:
                 sent, sent_correct, pairs = sent + float(s), sent_correct + float(sc), pairs + batch["ids"].size(0)
-        out = {"mlm_loss": mlm / max(n, 1), "mlm_accuracy": correct / max(n, 1)}
-        out["ppl"] = math.exp(min(out["mlm_loss"], 50.0))
+        out = {}
+        if n:  # a validation text too short to have a token picked has no MLM score (not a loss of 0, ppl 1)
+            out = {"mlm_loss": mlm / n, "mlm_accuracy": correct / n}
+            out["ppl"] = math.exp(min(out["mlm_loss"], 50.0))
         if pairs:
             out[f"{self.objective}_loss"] = sent / pairs
             out[f"{self.objective}_accuracy"] = sent_correct / pairs
