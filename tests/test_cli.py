@@ -239,3 +239,20 @@ def test_every_help_page_shows_the_defaults(capsys):
                   "--max-new-tokens MAX_NEW_TOKENS default: 200", "--text-column TEXT_COLUMN the text's column or "
                   "JSON field (default: sentence)"):
         assert shown in out, shown
+
+
+def test_help_says_what_each_shortcut_flag_sets(capsys):
+    """--max-tokens is a batch's tokens in train and one input's length in finetune: each help page says which
+    (the flags were listed bare), and every train shortcut names the option it sets."""
+    from tformer.cli import _SHORTCUTS
+
+    pages = {}
+    for command in ("train", "finetune"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        pages[command] = " ".join(capsys.readouterr().out.split())
+    assert "--max-tokens MAX_TOKENS translation: padded tokens per micro-batch" in pages["train"]
+    assert "--max-tokens MAX_TOKENS tokens per input" in pages["finetune"]
+    assert "(data.max_tokens; default: 128" in pages["finetune"]
+    for key in _SHORTCUTS.values():
+        assert f"({key})" in pages["train"], key

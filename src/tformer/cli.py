@@ -32,6 +32,25 @@ _SHORTCUTS = {
     "batch_size": "train.batch_size", "tokenizer": "data.tokenizer", "tokenizer_file": "data.tokenizer_file",
 }
 
+# What each shortcut means, for train --help (the same name means other things in other commands: --max-tokens
+# is a batch's tokens here, an input's length in finetune).
+_SHORTCUT_HELP = {
+    "train_src": "translation: the training sources, one sentence a line (plain or .gz)",
+    "train_tgt": "translation: their translations, line-aligned with --train-src",
+    "valid_src": "translation: validation sources", "valid_tgt": "translation: validation references",
+    "preset": "model preset, whose family picks the task (tformer list-models)",
+    "vocab_size": "tokenizer vocabulary to learn", "max_steps": "stop after this many optimiser steps",
+    "max_epochs": "stop after this many passes over the training data", "max_minutes": "stop after this long",
+    "max_tokens": "translation: padded tokens per micro-batch and process", "seed": "random seed",
+    "device": "auto, cpu or cuda",
+    "train_text": "GPT or encoder: the training text, files separated by commas",
+    "valid_text": "GPT or encoder: held-out text (default: the end of --train-text)",
+    "block_size": "GPT or encoder: tokens per training sequence",
+    "batch_size": "GPT or encoder: sequences per micro-batch and process",
+    "tokenizer": "bpe, char, byte_bpe or wordpiece",
+    "tokenizer_file": "GPT: a GPT-2 tokenizer.json, or a folder with it or vocab.json + merges.txt",
+}
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in the one-line form of every other tformer error."""
@@ -77,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out, with its saved options unless given again")
     t.add_argument("--overwrite", action="store_true", help="replace the model already saved in --out")
-    for name in _SHORTCUTS:
-        t.add_argument("--" + name.replace("_", "-"), dest=name)
+    for name, key in _SHORTCUTS.items():
+        t.add_argument("--" + name.replace("_", "-"), dest=name, help=f"{_SHORTCUT_HELP[name]} ({key})")
     t.set_defaults(overrides=[])  # section.key=value items, collected wherever they appear (see main)
 
     tr = sub.add_parser("translate", help="translate sentences from a file or stdin")
@@ -196,9 +215,14 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--label-column", help="the label's column or JSON field (default: label)")
     ft.add_argument("--strategy", choices=["full", "feature_extraction"])
     ft.add_argument("--freeze-layers", type=int, help="freeze the embeddings and the lowest N layers")
-    ft.add_argument("--epochs", type=int), ft.add_argument("--lr", type=float)
-    ft.add_argument("--batch-size", type=int), ft.add_argument("--max-tokens", type=int)
-    ft.add_argument("--seed", type=int), ft.add_argument("--device")
+    # --max-tokens is a length per input here, not train's tokens per batch: say so in the help.
+    ft.add_argument("--epochs", type=int, help="passes over --train (train.max_epochs; default: 3)")
+    ft.add_argument("--lr", type=float, help="peak learning rate (train.lr; default: 5e-05)")
+    ft.add_argument("--batch-size", type=int, help="inputs per batch (train.batch_size; default: 32)")
+    ft.add_argument("--max-tokens", type=int, help="tokens per input, special tokens included; longer ones are "
+                                                   "cut (data.max_tokens; default: 128, qa: 384)")
+    ft.add_argument("--seed", type=int, help="train.seed")
+    ft.add_argument("--device", help="train.device (default: auto)")
     ft.set_defaults(overrides=[])
 
     pr = sub.add_parser("predict", help="labels (or answers) of a fine-tuned model for a file",
