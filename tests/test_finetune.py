@@ -651,3 +651,20 @@ def test_tagging_with_byte_level_bpe_reads_words_as_running_text():
     assert item["ids"] == tok.encode_batch([" ".join(words)])[0].ids
     assert [tok.id_to_token(i) for i in item["ids"][1:-1]] == ["Hello", "Ġworld", "Ġis", "Ġbig"]
     assert item["labels"] == [-100, task.label_index["B-X"], task.label_index["I-X"], 0, 0, -100]
+
+
+def test_a_fine_tuned_model_trains_on_at_its_own_task_without_task(tmp_path, pretrained, capsys):
+    """finetune --model NER_DIR --train more.txt, as the README says, trains on; without --task it was refused as
+    'fine-tuned for tagging, not --task classification: start from the pretrained model instead'."""
+    sentence = [f"{w} X {'B-ANI' if w in ANIMALS else 'O'}" for w in ("the", ANIMALS[0], "sat")] + [""]
+    run = tagging_run(tmp_path / "ner.txt", sentence * 8, pretrained, epochs=1)
+    train(build_finetune_task(run), run.train, tmp_path / "ner", quiet=True)
+    code = main(["finetune", "--model", str(tmp_path / "ner"), "--train", str(tmp_path / "ner.txt"),
+                 "--out", str(tmp_path / "more"), "train.max_steps=1"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "more" / "config.json").read_text())
+    assert saved["tformer_run"]["data"]["task"] == "tagging"
+    # Given, --task still has to match the model's
+    code = main(["finetune", "--model", str(tmp_path / "ner"), "--train", str(tmp_path / "ner.txt"),
+                 "--out", str(tmp_path / "other"), "--task", "classification"])
+    assert code == 2 and "fine-tuned for 'tagging', not --task classification" in capsys.readouterr().err

@@ -204,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "the run's own unless given")
     ft.add_argument("--valid", help="validation file, same format")
     ft.add_argument("--task", choices=["classification", "regression", "tagging", "qa"],
-                    help="default: classification, or with --resume the run's own")
+                    help="default: classification, or the run's own (--resume) or the fine-tuned --model's")
     ft.add_argument("--out", required=True, help="directory for the fine-tuned model")
     ft.add_argument("--config", action="append",
                     help="TOML run configuration (repeatable: a later file's values win)")
@@ -651,7 +651,8 @@ def cmd_finetune(args) -> None:
     if args.train is None and not args.resume:
         raise TformerError("--train is needed (the training file), unless --resume continues a run with its own")
     _check_out(out, args.resume, args.overwrite, pretrained=args.model)
-    base = _saved_run(out) if args.resume else finetune_run_defaults(args.task or "classification")
+    task = args.task or (None if args.resume else _finetuned_task(args.model))
+    base = _saved_run(out) if args.resume else finetune_run_defaults(task or "classification")
     run = load_config(args.config, overrides, base=base)
     if args.resume:
         pretrained = base.model.get("pretrained", str(args.model))
@@ -666,6 +667,18 @@ def cmd_finetune(args) -> None:
     else:
         run.model["pretrained"] = str(args.model)
     _train_and_report(build_finetune_task, run, out, args.resume)
+
+
+def _finetuned_task(model: str) -> str | None:
+    """The task of a fine-tuned --model, which trains on head included; None for a pretrained one. Without it
+    the default, classification, refused a tagging or qa model given without --task."""
+    from tformer.tasks.finetune import FINETUNED_MODEL_TYPES, finetuned_head
+    from tformer.training.checkpoint import CONFIG, read_config
+
+    data = read_config(model)
+    if data.get("model_type") not in FINETUNED_MODEL_TYPES:
+        return None
+    return finetuned_head(data, Path(model) / CONFIG).task
 
 
 def cmd_evaluate(args) -> None:
