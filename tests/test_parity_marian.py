@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tformer.generation.search import greedy_decode, strip_after_eos
+from tformer.generation.search import beam_search, greedy_decode, strip_after_eos
 from tformer.models.transformer import Transformer, TransformerConfig
 
 transformers = pytest.importorskip("transformers")
@@ -53,3 +53,49 @@ def test_greedy_generation_matches_marian_generate(pair):
     # Drop the decoder start token, then everything from </s> on.
     theirs = [strip_after_eos(row, CONFIG.eos_id, CONFIG.pad_id) for row in out[:, 1:].tolist()]
     assert mine == theirs
+
+
+def _eos_prone_pair(seed: int, eos_weight: float, vocab: int = 30):
+    """A random model whose last decoder norm's bias points towards </s>'s output row, so hypotheses end at
+    varied lengths well inside max_len (a plain random model almost never says </s>)."""
+    config = TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=32, n_heads=4, d_ff=64,
+                               n_encoder_layers=2, n_decoder_layers=2, dropout=0.0, share_embeddings=True, max_len=64)
+    torch.manual_seed(seed)
+    ours = Transformer(config).eval()
+    with torch.no_grad():
+        ours.output.weight.mul_(3.0)
+        u = torch.randn(config.d_model)
+        ours.decoder.layers[-1].ff_block.norm.bias.copy_(0.5 * u)
+        ours.output.weight[config.eos_id] = eos_weight * u
+    ref = make_marian(config).eval()
+    copy_tformer_to_marian(ours, ref)
+    return ours, ref, config
+
+
+@pytest.mark.parametrize("seed,eos_weight", [(4, 0.4), (1, 0.7)])
+def test_beam_search_n_best_matches_marian_generate(seed, eos_weight):
+    """Every one of the K hypotheses, and its length-normalised score, equals generate(num_beams=K,
+    early_stopping=True): a hypothesis ending late can displace a worse one that ended earlier (before: the
+    first K to end were kept, so the n-best list held a worse hypothesis in place of a better one)."""
+    ours, ref, config = _eos_prone_pair(seed, eos_weight)
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, config.src_vocab_size, (4, 7), generator=g)
+    src[1, 5:] = config.pad_id
+    compared = 0
+    for k, length_penalty in ((3, 0.6), (5, 1.0), (5, 2.0)):
+        mine = beam_search(ours, src, beam_size=k, max_len=39, length_penalty=length_penalty, n_best=k)
+        with torch.no_grad():
+            out = ref.generate(input_ids=src, attention_mask=(src != config.pad_id).long(), num_beams=k,
+                               do_sample=False, max_new_tokens=40, min_new_tokens=0, early_stopping=True,
+                               length_penalty=length_penalty, num_return_sequences=k, output_scores=True,
+                               return_dict_in_generate=True)
+        seqs = out.sequences.view(src.size(0), k, -1).tolist()
+        scores = out.sequences_scores.view(src.size(0), k).tolist()
+        for row in range(src.size(0)):
+            if any(config.eos_id not in s for s in seqs[row]):
+                continue  # ran out of length: transformers keeps it without </s>, tformer makes it end
+            compared += 1
+            assert [h.tokens for h in mine[row]] == [strip_after_eos(s[1:], config.eos_id, config.pad_id)
+                                                     for s in seqs[row]]
+            assert [h.score for h in mine[row]] == pytest.approx(scores[row], abs=1e-4)
+    assert compared >= 8

@@ -73,9 +73,10 @@ def beam_search(model, src: Tensor, beam_size: int = 4, max_len: int | None = No
 
     Each step extends each of the K live hypotheses of a sentence by every token, keeps the 2K best
     extensions by total log-probability, moves those that end in </s> (among the top K) to the finished
-    list and continues with the K best that did not end. A sentence is done when it has K finished
-    hypotheses; done sentences leave the batch, so the work shrinks as decoding goes on. Finished
-    hypotheses are ranked by sum(log p) / length^length_penalty (length counts </s>).
+    list (which keeps the K best by normalised score) and continues with the K best that did not end. A
+    sentence is done when it has K finished hypotheses (transformers' early_stopping=True); done sentences
+    leave the batch, so the work shrinks as decoding goes on. Finished hypotheses are ranked by
+    sum(log p) / length^length_penalty (length counts </s>).
     With beam_size=1 this is exactly greedy decoding.
 
     The encoder output is not copied K times: the K hypotheses of a sentence attend to one copy of it.
@@ -119,12 +120,17 @@ def beam_search(model, src: Tensor, beam_size: int = 4, max_len: int | None = No
         if eos_hits:
             prefix = tokens.view(n, k, -1)[:, :, 1:]
             length = tokens.size(1)  # tokens so far (without <s>) + </s>
+            touched = set()
             for row, col in eos_hits:
                 sent = int(alive[row])
-                if len(finished[sent]) < k:
-                    beam = int(top_beams[row, col])
-                    finished[sent].append(Hypothesis(prefix[row, beam].tolist(),
-                                                     float(top_scores[row, col]) / length**length_penalty))
+                beam = int(top_beams[row, col])
+                finished[sent].append(Hypothesis(prefix[row, beam].tolist(),
+                                                 float(top_scores[row, col]) / length**length_penalty))
+                touched.add(sent)
+            # Keep the K best by normalised score: a hypothesis ending now may beat a shorter one that ended
+            # earlier (as transformers' beam scorer replaces its worst), so the first K to end are not the n-best.
+            for sent in touched:
+                finished[sent] = sorted(finished[sent], key=lambda h: h.score, reverse=True)[:k]
             done_rows = [r for r in range(n) if len(finished[int(alive[r])]) >= k]
         if step == max_len:
             break
