@@ -33,6 +33,8 @@ How the two beam searches are made to agree:
     and </s>) and a small logits processor that does the same thing at that last step; HF's own
     forced_eos_token_id would give </s> log-probability 0 instead, which ranks the capped hypotheses
     differently.
+  * <pad> and <s>: tformer's searches never produce them; HF gets suppress_tokens=[pad, bos], which masks them
+    after the log-softmax, as tformer does.
   * with random weights (no --model) </s> is almost never chosen (p ~ 1/vocab), so both sides run every
     hypothesis to the cap (--max-len, default 20 tokens) and generate the same number of tokens. With
     --model DIR the outputs have their natural lengths and the cap is the source length * 2 + 10 per batch
@@ -66,7 +68,7 @@ from torch import Tensor, nn
 
 from tformer.data.batching import collate_translation, pad, token_batches
 from tformer.generation.search import strip_after_eos as strip
-from tformer.generation.search import translate_ids
+from tformer.generation.search import never_generated, translate_ids
 from tformer.models.transformer import Transformer, TransformerConfig
 from tformer.nn.linear import tuned_cpu_products
 from tformer.nn.positional import sinusoidal_table
@@ -417,7 +419,7 @@ def generate_benchmark(args, tok, data: Path | None) -> dict:
                                 min_length=0, num_return_sequences=1, use_cache=True,
                                 decoder_start_token_id=c.bos_id, eos_token_id=c.eos_id, pad_token_id=c.pad_id,
                                 bos_token_id=c.bos_id, forced_eos_token_id=None, no_repeat_ngram_size=0,
-                                repetition_penalty=1.0, **beam_options)
+                                repetition_penalty=1.0, suppress_tokens=never_generated(c), **beam_options)
 
     def run_tformer(src: Tensor, beams: int) -> list[list[int]]:
         out = translate_ids(model, src, beam_size=beams, max_len=cap(src))

@@ -175,3 +175,19 @@ def test_a_grid_of_few_panels_gives_every_token_label_room(tmp_path):
     dpi = 110
     assert height >= 39 * 0.09 * dpi  # at least 0.09 inch a row: 5-point labels do not overlap
     assert width >= 0.09 * len(title) * dpi  # the title's width at 10 points
+
+
+def test_own_translation_maps_skip_the_tokens_decoding_never_produces(models):
+    """A model that ranks <s> first and </s> second: its greedy translation is empty (it ended at once), so the
+    map shows one </s> row and no ' ...' (the raw argmax, <s>, was taken for an unfinished translation)."""
+    _, _, _, (_, bpe) = models
+    torch.manual_seed(0)
+    mt = create_model("transformer-micro", src_vocab_size=bpe.vocab_size, tgt_vocab_size=bpe.vocab_size).eval()
+    c = mt.config
+    with torch.no_grad():
+        u = torch.randn(c.d_model)
+        mt.decoder.layers[-1].ff_block.norm.bias.copy_(u)  # post-LN: the last norm writes the final states
+        mt.output.weight[c.bos_id] = 2 * u
+        mt.output.weight[c.eos_id] = u
+    own = translation_maps(mt, bpe, bpe, "the cat sat")
+    assert own.output == "" and own.rows == ["</s>"]

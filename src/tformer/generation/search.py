@@ -7,6 +7,13 @@ Greedy decoding, as the lectures describe it: feed the decoder <s>, take the mos
 <s> and every token produced so far, repeat until </s>. With use_cache=True the decoder is fed only the
 newest token and reads the keys/values of earlier positions (and the projected encoder output) from a
 cache, which gives the same result with O(1) instead of O(t) new work per step.
+
+Neither search ever produces <pad> or <s> (`never_generated`): no training target holds them, so an
+untrained or undertrained model is the only one that ranks them first, and its output would then hold a
+stray <s> (greedy used to cut its output at a <pad>, beam search kept both). fairseq's generator masks
+<pad> the same way, and the opus-mt Marian models ban their pad token, which is also their decoder start
+token, through bad_words_ids. The masked tokens' probability is not handed to the others (as fairseq and
+transformers' logits processors do): scores stay the model's own log-probabilities.
 """
 
 from __future__ import annotations
@@ -19,13 +26,21 @@ from torch import Tensor
 from tformer.nn.linear import transposed_weights
 
 
+def never_generated(config) -> list[int]:
+    """The target ids decoding never produces: <pad> and <s> (the decoder's start token), unless one of them is
+    also </s>, which must stay possible."""
+    return sorted({config.pad_id, config.bos_id} - {config.eos_id})
+
+
 def _step_logits(model, tokens: Tensor, memory: Tensor, src_mask: Tensor, cache) -> Tensor:
-    """Log-probabilities (B, V) of the next token after `tokens` (B, t)."""
+    """Log-probabilities (B, V) of the next token after `tokens` (B, t), -inf for `never_generated` tokens."""
     if cache is not None:
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)
     else:
         logits = model.decode(tokens, memory, src_mask)
-    return torch.log_softmax(logits[:, -1].float(), dim=-1)
+    logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
+    logp[:, never_generated(model.config)] = float("-inf")
+    return logp
 
 
 @torch.inference_mode()
@@ -90,6 +105,7 @@ def beam_search(model, src: Tensor, beam_size: int = 4, max_len: int | None = No
     scores = torch.full((b, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # the K beams start identical: only the first is live at step 0
     cache = model.new_cache()
+    banned = never_generated(cfg)
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
     alive = torch.arange(b, device=device)  # original sentence index of each sentence still decoding
     width = 2 * k  # candidates kept per beam and per sentence
@@ -98,6 +114,7 @@ def beam_search(model, src: Tensor, beam_size: int = 4, max_len: int | None = No
         n = alive.numel()
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1].float()  # (n*K, V)
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        logits[:, banned] = float("-inf")  # after the normaliser: the other tokens keep their log-probabilities
         per_beam = min(width, logits.size(-1))  # a vocabulary smaller than 2K offers every token
         if step == max_len:  # out of room: only </s> may follow
             beam_lp = torch.full((n * k, per_beam), float("-inf"), device=device)

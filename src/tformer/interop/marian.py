@@ -11,12 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tformer.generation.search import never_generated
 from tformer.models.transformer import Transformer, TransformerConfig
 from tformer.nn.positional import sinusoidal_table
 
 
 def make_marian(c: TransformerConfig):
-    """A random-weight MarianMTModel of tformer config c's shape (no download)."""
+    """A random-weight MarianMTModel of tformer config c's shape (no download), whose generate suppresses the
+    tokens tformer's searches never produce (<pad>, <s>)."""
     from transformers import MarianConfig, MarianMTModel
 
     if c.norm_position != "post" or c.positional != "sinusoidal":
@@ -32,7 +34,10 @@ def make_marian(c: TransformerConfig):
         pad_token_id=c.pad_id, eos_token_id=c.eos_id, decoder_start_token_id=c.bos_id, forced_eos_token_id=None,
         encoder_layerdrop=0.0, decoder_layerdrop=0.0,
     )
-    return MarianMTModel(mc)
+    model = MarianMTModel(mc)
+    # tformer's searches never produce <pad> or <s>; opus-mt checkpoints ban their pad token likewise.
+    model.generation_config.suppress_tokens = never_generated(c)
+    return model
 
 
 @torch.no_grad()

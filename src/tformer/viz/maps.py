@@ -114,7 +114,7 @@ def encoder_maps(model, tokenizer, text: str, pair: str | None = None) -> Attent
 def translation_maps(model, src_tok, tgt_tok, source: str, target: str | None = None,
                      kind: str = "cross") -> AttentionMaps:
     """An encoder-decoder Transformer's attention for `source` and `target` (None: its greedy translation)."""
-    from tformer.generation.search import greedy_decode
+    from tformer.generation.search import greedy_decode, never_generated
 
     c, device = model.config, _device(model)
     src_tok.check_chars(source, "the source")
@@ -133,7 +133,12 @@ def translation_maps(model, src_tok, tgt_tok, source: str, target: str | None = 
     src_tokens = token_labels(src_tok, src_ids)
     # The last row produces what follows the target: </s> for a given target; for the model's own translation,
     # its next token, which is </s> unless decoding stopped at its length limit first.
-    last = int(out.logits[0, -1].argmax()) if own else c.eos_id
+    if own:  # greedy's choice there: <pad> and <s> are never produced
+        final = out.logits[0, -1].clone()
+        final[never_generated(c)] = float("-inf")
+        last = int(final.argmax())
+    else:
+        last = c.eos_id
     if last != c.eos_id:
         target += " ..."
     produced = token_labels(tgt_tok, tgt_ids) + ["</s>" if last == c.eos_id else token_labels(tgt_tok, [last])[0]]
