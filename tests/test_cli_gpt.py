@@ -85,6 +85,23 @@ def test_repetition_options_reach_generation(lm, capsys):
         assert_one_line_error(code, err, option, value)
 
 
+def test_ignore_eos_goes_on_past_the_models_end_of_text_token(lm, capsys, tmp_path):
+    import shutil
+
+    from tformer.tokenization import Tokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(lm / "model", model)
+    config = json.loads((model / "config.json").read_text())
+    config["eos_id"] = Tokenizer.load(model / "tokenizer.json", required=()).encode(".")[0]  # "." ends a text
+    (model / "config.json").write_text(json.dumps(config))
+    args = ["generate", "--model", model, "--prompt", "the cat sat on the", "--greedy", "--max-new-tokens", "9"]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0 and out == "the cat sat on the mat\n", err
+    code, out, err = run_cli(capsys, *args, "--ignore-eos")
+    assert code == 0 and out == "the cat sat on the mat. the\n", err  # "." is no special token: it is text
+
+
 def test_score_and_choose(lm, capsys, tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("the cat sat on the mat. the cat sat on the mat.")

@@ -195,6 +195,24 @@ def test_repetition_options_match_transformers_generate(tmp_path, options):
     assert mine != generate(ours, [prompt], 16)[0]  # the option changed the continuation
 
 
+def test_a_pad_token_written_by_the_model_does_not_end_generation(tmp_path):
+    """transformers' generate with pad_token_id set goes on past a pad token the model writes (the id only fills
+    rows that already ended); tformer has no pad id for a GPT and gives the same tokens."""
+    from tformer.generation.sampling import generate
+
+    ref = _hf_model(seed=3)
+    ref.save_pretrained(tmp_path)
+    ours = load_gpt2(tmp_path)
+    prompt = [5, 17, 42, 8]
+    mine = generate(ours, [prompt], 16)[0]
+    pad = mine[3]
+    assert VOCAB - 1 not in mine and len(mine) == 16
+    with torch.no_grad():
+        out = ref.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                           do_sample=False, max_new_tokens=16, pad_token_id=pad, use_cache=True)
+    assert out[0, len(prompt):].tolist() == mine  # the pad token and everything after it
+
+
 def _tformer_model(seed: int = 0, **options) -> GPT:
     config = GPTConfig(**{"vocab_size": VOCAB, "max_len": POSITIONS, "d_model": 32, "n_heads": 2, "n_layers": 2,
                           "dropout": 0.0, "attention_dropout": 0.0, "eos_id": VOCAB - 1, **options})

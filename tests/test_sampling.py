@@ -260,6 +260,25 @@ def test_eos_and_stop_sequences_end_rows():
     assert len(calls) == k + 1  # every row done: generation stops (prefill + k steps)
 
 
+def test_ignore_eos_goes_on_past_the_end_of_text_token():
+    """ignore_eos=True turns off the model's own eos_id (eos_id=None only means 'the model's'): the rows run
+    to max_new_tokens, the eos tokens written on the way included, and are what a model without eos_id gives."""
+    full = generate(random_gpt(), PROMPTS, 16)  # no eos_id in the config: nothing ends a row
+    eos = full[2][3]
+    with_eos = random_gpt(eos_id=eos)
+    assert generate(with_eos, PROMPTS, 16) == [r[: r.index(eos)] if eos in r else r for r in full]
+    assert generate(with_eos, PROMPTS, 16, ignore_eos=True) == full
+    assert generate(with_eos, PROMPTS, 16, ignore_eos=True, use_cache=False) == full
+    assert generate(with_eos, PROMPTS, 16, eos_id=full[0][1], ignore_eos=True) == full  # a given eos_id too
+    stub = NextTokenStub(8)
+    assert generate(stub, [[1]], 10, eos_id=4) == [[2, 3]]
+    assert generate(stub, [[1]], 10, eos_id=4, ignore_eos=True) == [[2, 3, 4, 5, 6, 7, 0, 1, 2, 3]]
+    # the eos token still starts an empty prompt
+    assert generate(with_eos, [[], [3]], 5, ignore_eos=True) == generate(with_eos, [[eos], [3]], 5, ignore_eos=True)
+    with pytest.raises(TformerError, match="ignore_eos must be True or False, not 'yes'"):
+        generate(with_eos, PROMPTS, 3, ignore_eos="yes")
+
+
 def test_empty_prompt_starts_from_eos_else_errors():
     with_eos = random_gpt(eos_id=0)
     assert generate(with_eos, [[], [3]], 5) == generate(with_eos, [[0], [3]], 5)
@@ -384,6 +403,18 @@ def test_streamer_waits_for_every_byte_of_a_character():
     out = generate_text(ScriptedStub(tok.vocab_size, script), tok, ["x"], len(script), streamer=pieces.append)
     assert out == [wanted] and "".join(pieces) == wanted
     assert all("\ufffd" not in p for p in pieces) and len(pieces) > 5
+
+
+def test_generate_text_with_ignore_eos_leaves_the_token_out_and_goes_on():
+    tok = train_lm_tokenizer(["plain ascii text only"], "byte_bpe", vocab_size=270)
+    script = tok.encode("ab") + [tok.eos_id] + tok.encode("cd")
+    assert generate_text(ScriptedStub(tok.vocab_size, script), tok, ["x"], len(script)) == ["ab"]
+    pieces = []
+    out = generate_text(ScriptedStub(tok.vocab_size, script), tok, ["x"], len(script), ignore_eos=True,
+                        streamer=pieces.append)
+    assert out == ["abcd"] and "".join(pieces) == "abcd"
+    out = generate_text(ScriptedStub(tok.vocab_size, script), tok, ["x"], 40, ignore_eos=True, stop=["c"])
+    assert out == ["ab"]  # stop strings still end the text
 
 
 def test_python_callers_get_named_errors_for_the_wrong_kind_of_argument():

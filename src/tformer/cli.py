@@ -138,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="never repeat an n-gram of this many tokens (0: off)")
     g.add_argument("--stop", action="append", default=[], type=_text,
                    help="stop at this string (repeatable); \\n means a newline")
+    g.add_argument("--ignore-eos", action="store_true",
+                   help="go on past the end-of-text token (left out of the text) up to --max-new-tokens")
     g.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
     g.add_argument("--seed", type=int,
                    help="makes sampling reproducible (the same prompts, --num-samples and options give the same text; "
@@ -767,7 +769,8 @@ def cmd_generate(args) -> None:
     batch = [p for p in prompts for _ in range(args.num_samples)]
     options = dict(stop=[_newlines(s) for s in args.stop], do_sample=not args.greedy,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                   repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
+                   repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                   ignore_eos=args.ignore_eos)
     if len(batch) == 1:  # one text: shown as it grows (the same characters as printing it at the end)
         sys.stdout.write(batch[0])
         sys.stdout.flush()

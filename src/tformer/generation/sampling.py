@@ -147,20 +147,27 @@ def next_token(logits: Tensor, do_sample: bool = False, temperature: float = 1.0
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
-             seed: int | None = None, use_cache: bool = True, stop_ids: list[list[int]] | None = None,
-             repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> list[list[int]]:
+             ignore_eos: bool = False, seed: int | None = None, use_cache: bool = True,
+             stop_ids: list[list[int]] | None = None, repetition_penalty: float = 1.0,
+             no_repeat_ngram_size: int = 0) -> list[list[int]]:
     """The new tokens (at most max_new_tokens) that follow each prompt.
 
+    prompts: a list of token-id lists (lengths may differ), or a (B, T) tensor of B prompts of T tokens each.
     A row ends at eos_id (default: model.config.eos_id) or at the end of a sequence in stop_ids; neither the
     eos token nor the stop sequence is returned, and stop sequences are only looked for in the new tokens.
-    An empty prompt starts from the eos token, as GPT-2 starts from <|endoftext|>. `seed` makes sampling
+    Nothing else ends a row: a padding token the model writes is a token like any other (transformers'
+    generate only uses pad_token_id to fill rows that ended). ignore_eos=True (vLLM's option of that name): rows do not end at the eos token, so every row runs to
+    max_new_tokens (or a stop sequence) and any eos token the model writes stays in its output; the model may
+    still write it, where transformers' min_new_tokens would forbid it instead. An empty prompt starts from
+    the eos token (with ignore_eos too), as GPT-2 starts from <|endoftext|>. `seed` makes sampling
     reproducible (a generator of its own; the global RNG is left alone). repetition_penalty (> 0; 1: off) and
     no_repeat_ngram_size (0: off) look at the whole row, prompt included, as transformers' options of those
     names do; they apply to greedy decoding and to sampling alike.
     """
     return _generate(model, prompts, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                     top_k=top_k, top_p=top_p, eos_id=eos_id, seed=seed, use_cache=use_cache, stop_ids=stop_ids,
-                     repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+                     top_k=top_k, top_p=top_p, eos_id=eos_id, ignore_eos=ignore_eos, seed=seed,
+                     use_cache=use_cache, stop_ids=stop_ids, repetition_penalty=repetition_penalty,
+                     no_repeat_ngram_size=no_repeat_ngram_size)
 
 
 def generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int, *, stop: list[str] | None = None,
@@ -169,7 +176,8 @@ def generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int, *, 
 
     A stop string may span several tokens: each row's continuation is decoded every few steps and the row
     ends once it holds a stop string. `options` are those of `generate`; eos_id defaults to the model's,
-    else the tokenizer's.
+    else the tokenizer's. With ignore_eos=True the text goes on past an end-of-text token, which is left out
+    of it (as decoding leaves out special tokens).
 
     streamer (one prompt only): called with each new piece of the continuation as soon as it is final, so a
     reader sees the text grow; the pieces joined are exactly the returned text. A piece is held back while it
@@ -179,6 +187,13 @@ def generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int, *, 
     if options.get("eos_id") is None:
         eos = getattr(model.config, "eos_id", None)
         options["eos_id"] = eos if eos is not None else tokenizer.eos_id
+    ignore_eos = options.get("ignore_eos", False)
+    ends = None if ignore_eos else options["eos_id"]  # the token that ends a row, if any
+
+    def decode(row: list[int]) -> str:
+        if ignore_eos:  # the tokenizer's decode stops at its end-of-text token: leave that token out instead
+            row = [t for t in row if t != tokenizer.eos_id]
+        return tokenizer.decode(row)
     prompts = check_texts(prompts, "prompts")
     if isinstance(stop, str):
         stop = [stop]
@@ -195,7 +210,7 @@ def generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int, *, 
         for i, row in enumerate(new_ids.tolist()):
             if done[i] and streamer is None:
                 continue
-            text = tokenizer.decode(_trim(row, options["eos_id"], options.get("stop_ids") or []))
+            text = decode(_trim(row, ends, options.get("stop_ids") or []))
             cut = _cut(text, stop)
             done[i] = done[i] or cut is not None
             if streamer is not None:
@@ -208,7 +223,7 @@ def generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int, *, 
     watch = bool(stop) or streamer is not None
     outs = _generate(model, ids, max_new_tokens, row_done=rows_done if watch else None,
                      row_done_every=1 if streamer is not None else None, **options)
-    texts = [tokenizer.decode(row) for row in outs]
+    texts = [decode(row) for row in outs]
     texts = [t[: _cut(t, stop)] for t in texts]
     if streamer is not None and len(texts[0]) > len(shown[0]) and texts[0].startswith(shown[0]):
         streamer(texts[0][len(shown[0]) :])  # the rest: the last steps, and anything held back at the end
@@ -259,9 +274,9 @@ def _cut(text: str, stop: list[str]) -> int | None:
 @transposed_weights()
 def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample: bool = False,
               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
-              seed: int | None = None, use_cache: bool = True, stop_ids: list[list[int]] | None = None,
-              repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-              row_done: Callable[[Tensor, Tensor], Tensor] | None = None,
+              ignore_eos: bool = False, seed: int | None = None, use_cache: bool = True,
+              stop_ids: list[list[int]] | None = None, repetition_penalty: float = 1.0,
+              no_repeat_ngram_size: int = 0, row_done: Callable[[Tensor, Tensor], Tensor] | None = None,
               row_done_every: int | None = None) -> list[list[int]]:
     """`generate`, plus row_done(new ids (B, n), finished (B,)) -> finished, asked every few steps (every
     row_done_every steps when given)."""
@@ -269,6 +284,10 @@ def _generate(model, prompts: list[list[int]], max_new_tokens: int, *, do_sample
     window = cfg.max_len
     eos = eos_id if eos_id is not None else getattr(cfg, "eos_id", None)
     prompts = _check(prompts, max_new_tokens, cfg.vocab_size, window, eos, temperature, top_k, top_p)
+    if not isinstance(ignore_eos, bool):
+        raise TformerError(f"ignore_eos must be True or False, not {ignore_eos!r}")
+    if ignore_eos:
+        eos = None  # it still started the empty prompts above; it ends no row
     _check_repetition_options(repetition_penalty, no_repeat_ngram_size)
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
