@@ -134,3 +134,25 @@ def test_an_untied_token_embedding_is_a_lookup_in_the_flop_count():
     extra = untied.num_parameters() - tied.num_parameters()
     assert extra == untied.output.weight.numel()
     assert untied.flops_per_token(16) == tied.flops_per_token(16)  # the same matmuls
+
+
+def test_generate_method_gives_the_generation_modules_tokens():
+    """model.generate is generation.sampling.generate with the model: the same tokens for lists and tensors, and
+    every option reaches it (sampling with a seed, an eos token that ends rows, ignore_eos)."""
+    from tformer.generation.sampling import generate
+
+    model = tiny()
+    with torch.no_grad():  # varied continuations (the default init mostly repeats the last token)
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.5)
+    prompts = [[1, 2, 3], [7], [9, 8, 7, 6]]
+    greedy = generate(model, prompts, 10)
+    assert model.generate(prompts, 10) == greedy and len({tuple(r) for r in greedy}) == 3
+    assert model.generate(torch.tensor([[1, 2, 3], [4, 5, 6]]), max_new_tokens=10) == \
+        generate(model, [[1, 2, 3], [4, 5, 6]], 10)
+    sampled = model.generate(prompts, 10, do_sample=True, seed=3, temperature=1.5)
+    assert sampled == generate(model, prompts, 10, do_sample=True, seed=3, temperature=1.5) and sampled != greedy
+    eos = greedy[0][2]
+    assert model.generate(prompts, 10, eos_id=eos) == generate(model, prompts, 10, eos_id=eos) != greedy
+    assert model.generate(prompts, 10, eos_id=eos, ignore_eos=True) == greedy

@@ -135,6 +135,20 @@ class GPT(nn.Module):
         return LMOutput(self.output(selected), hidden if return_hidden else None,
                         self_w if need_weights else None)
 
+    def generate(self, prompts: list[list[int]] | Tensor, max_new_tokens: int, **options) -> list[list[int]]:
+        """The new token ids (at most max_new_tokens) after each prompt: tformer.generation.sampling.generate
+        with this model, and the same options (do_sample, temperature, top_k, top_p, eos_id, ignore_eos, seed,
+        stop_ids, repetition_penalty, no_repeat_ngram_size, use_cache).
+
+        prompts: token ids, a list of lists (one per prompt, lengths may differ) or a (B, T) tensor of B prompts
+        with T real tokens each (no padding: give prompts of different lengths as lists). Unlike transformers'
+        generate, which returns prompt + continuation as one padded tensor, this returns the continuation
+        alone, one list per prompt, without the end-of-text token. Text in, text out: generate_text."""
+        # Imported here: generation builds on the models package (tformer.models.validation), not the reverse.
+        from tformer.generation.sampling import generate
+
+        return generate(self, prompts, max_new_tokens, **options)
+
     def num_parameters(self, exclude_positions: bool = False) -> int:
         """Distinct parameters (the tied output matrix counted once); GPT-2's 124M counts positions too."""
         n = sum(p.numel() for p in self.parameters())
