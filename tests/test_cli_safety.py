@@ -168,7 +168,8 @@ def test_output_to_dev_stdout_writes_into_the_redirected_file(tmp_path):
 
 
 @pytest.mark.parametrize("option, named", [
-    ("train.lr=-1", "train.lr"), ("train.adam_beta1=1.5", "train.adam_beta1"), ("train.accum_steps=0", "accum_steps"),
+    ("train.lr=-1", "train.lr"), ("train.lr=0", "train.lr: 0.0 is out of range (allowed: (0, inf))"),
+    ("train.adam_beta1=1.5", "train.adam_beta1"), ("train.accum_steps=0", "accum_steps"),
     ("train.max_minutes=inf", "max_minutes"), ("train.label_smoothing=2", "label_smoothing"),
     ("train.warmup_steps=-1", "warmup_steps"), ("train.seed=99999999999999999999", "train.seed"),
     ("model.n_heads=0", "n_heads"), ("model.n_heads=two", "n_heads"), ("model.n_layers=1.5", "n_layers"),

@@ -217,8 +217,9 @@ def test_slanted_triangular_schedule_runs(tmp_path, pretrained):
 
 
 def test_early_stopping_stops_and_keeps_the_best(tmp_path, pretrained):
-    # lr 0: the metric never improves after the first validation, so training stops after `patience` more.
-    run = run_for(tmp_path, pretrained, **{"train.lr": 0.0, "train.early_stopping": 2, "train.eval_every": 2,
+    # A rate too small to move a float32 weight (0 itself is refused): the metric never improves after the first
+    # validation, so training stops after `patience` more.
+    run = run_for(tmp_path, pretrained, **{"train.lr": 1e-30, "train.early_stopping": 2, "train.eval_every": 2,
                                            "train.max_epochs": 5})
     task = build_finetune_task(run)
     state = train(task, run.train, tmp_path / "out", quiet=True)
@@ -668,3 +669,29 @@ def test_a_fine_tuned_model_trains_on_at_its_own_task_without_task(tmp_path, pre
     code = main(["finetune", "--model", str(tmp_path / "ner"), "--train", str(tmp_path / "ner.txt"),
                  "--out", str(tmp_path / "other"), "--task", "classification"])
     assert code == 2 and "fine-tuned for 'tagging', not --task classification" in capsys.readouterr().err
+
+
+def test_a_learning_rate_of_zero_or_below_is_refused(tmp_path, pretrained, capsys):
+    """finetune --lr 0 (and a negative rate, and train.lr=0) trained nothing without a word; train.lr=0 for train
+    too (the same check). A model saved with lr 0 before still predicts."""
+    from conftest import assert_one_line_error, run_cli
+
+    train_file = write_tsv(tmp_path / "train.tsv", sentiment_rows(16, 0))
+    base = ["finetune", "--model", pretrained, "--train", train_file, "--out", tmp_path / "clf", "train.max_steps=1"]
+    for option in (["--lr", "0"], ["--lr", "-0.5"], ["--lr=-1e-5"], ["train.lr=0"], ["--lr", "nan"]):
+        code, _, err = run_cli(capsys, *base, *option)
+        assert_one_line_error(code, err, "train.lr", "out of range (allowed: (0, inf))")
+        assert not (tmp_path / "clf").exists()
+    code, _, err = run_cli(capsys, *base)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "clf" / "config.json").read_text())
+    saved["tformer_run"]["train"]["lr"] = 0.0
+    (tmp_path / "clf" / "config.json").write_text(json.dumps(saved))
+    code, out, err = run_cli(capsys, "predict", "--model", tmp_path / "clf", "--input", train_file)
+    assert code == 0 and len(out.splitlines()) == 16, err
+    code, _, err = run_cli(capsys, "finetune", "--model", pretrained, "--out", tmp_path / "clf", "--resume",
+                           "train.max_steps=2")
+    assert_one_line_error(code, err, "train.lr: 0.0 is out of range")  # resuming it trains: a rate is needed
+    code, _, err = run_cli(capsys, "finetune", "--model", pretrained, "--out", tmp_path / "clf", "--resume",
+                           "train.max_steps=2", "--lr", "1e-4")
+    assert code == 0, err

@@ -250,7 +250,8 @@ def test_early_stopping_watches_the_validation_loss(tmp_path):
 
     assert LanguageModelingTask.selection_metric == TranslationTask.selection_metric == ("loss", "min")
     assert MaskedLMTask.selection_metric == ("mlm_loss", "min")
-    run = lm_run(max_steps=40, lr=0.0, min_lr=0.0, eval_every=2, early_stopping=2)  # lr 0: no improvement
+    # A rate too small to move a float32 weight (0 itself is refused): no improvement after the first validation.
+    run = lm_run(max_steps=40, lr=1e-30, min_lr=0.0, eval_every=2, early_stopping=2)
     state = train(LanguageModelingTask(run, [TEXT]), run.train, tmp_path / "lm", quiet=True)
     assert state.step == 6 and state.early_stopping["best_step"] == 2
 

@@ -129,7 +129,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "data.doc_stride": (0, None, True), "data.max_answer_length": (1, None, True),
     "train.max_steps": (0, None, True), "train.max_epochs": (0, None, True), "train.max_minutes": (0, None, True),
     "train.max_tokens": (1, None, True), "train.batch_size": (1, None, True), "train.accum_steps": (1, None, True),
-    "train.lr": (0, None, True), "train.warmup_steps": (0, None, True),
+    "train.lr": (0, None, False), "train.warmup_steps": (0, None, True),
     "train.warmup_ratio": (0, 1, True), "train.min_lr": (0, None, True),
     "train.adam_beta1": (0, 1, True), "train.adam_beta2": (0, 1, True), "train.adam_eps": (0, None, False),
     "train.weight_decay": (0, None, True), "train.clip_norm": (0, None, True), "train.label_smoothing": (0, 1, True),
@@ -142,8 +142,13 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 }
 
 
-def _check_range(name: str, value: float, where: str) -> None:
-    low, high, low_allowed = _RANGES[name]
+# Saved runs are read with the ranges they were checked against when saved: a fine-tuned model saved before the
+# learning rate had to be above 0 still predicts and evaluates (resuming its run meets today's check in train()).
+_SAVED_RANGES: dict[str, tuple[float | None, float | None, bool]] = {"train.lr": (0, None, True)}
+
+
+def _check_range(name: str, value: float, where: str, saved: bool = False) -> None:
+    low, high, low_allowed = _SAVED_RANGES.get(name, _RANGES[name]) if saved else _RANGES[name]
     inside = math.isfinite(value) and (low is None or value > low or (low_allowed and value == low))
     inside = inside and (high is None or value < high)
     if not inside:
@@ -200,14 +205,14 @@ def parse_scalar(text: str) -> Any:
         return text
 
 
-def _apply(section_obj: Any, section: str, key: str, value: Any, source: str) -> None:
+def _apply(section_obj: Any, section: str, key: str, value: Any, source: str, saved: bool = False) -> None:
     hints = typing.get_type_hints(type(section_obj))
     if key not in hints:
         names = ", ".join(f.name for f in fields(section_obj))
         raise TformerError(f"{source}: unknown option {section}.{key} (known: {names})")
     value = _coerce(value, hints[key], f"{source}: {section}.{key}")
     if f"{section}.{key}" in _RANGES:
-        _check_range(f"{section}.{key}", value, f"{source}: {section}.{key}")
+        _check_range(f"{section}.{key}", value, f"{source}: {section}.{key}", saved)
     setattr(section_obj, key, value)
 
 
@@ -299,5 +304,5 @@ def config_from_dict(data: Any, source: str = "saved config") -> RunConfig:
     cfg = RunConfig(model=dict(data.get("model", {})))
     for section in ("data", "train"):
         for key, value in data.get(section, {}).items():
-            _apply(getattr(cfg, section), section, key, value, source)
+            _apply(getattr(cfg, section), section, key, value, source, saved=True)
     return cfg
