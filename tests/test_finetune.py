@@ -671,6 +671,30 @@ def test_a_fine_tuned_model_trains_on_at_its_own_task_without_task(tmp_path, pre
     assert code == 2 and "fine-tuned for 'tagging', not --task classification" in capsys.readouterr().err
 
 
+def test_max_tokens_above_the_models_positions_is_cut_with_a_warning(tmp_path, pretrained, capsys):
+    """--max-tokens 1000 on a 64-position model was cut to 64 without a word; now it says so, naming both numbers,
+    as transformers' run_glue does. The default (128 here) fits the model silently, and evaluate and predict of the
+    saved run do not repeat the warning."""
+    from conftest import run_cli
+
+    train_file = write_tsv(tmp_path / "train.tsv", sentiment_rows(16, 0))
+    base = ["finetune", "--model", pretrained, "--train", train_file, "train.max_steps=1"]
+    code, _, err = run_cli(capsys, *base, "--out", tmp_path / "long", "--max-tokens", "1000")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("tformer: warning:")]
+    assert warned == ["tformer: warning: data.max_tokens=1000 (--max-tokens) is more than the model's 64 positions: "
+                      "inputs are cut to 64 tokens"]
+    code, _, err = run_cli(capsys, "predict", "--model", tmp_path / "long", "--input", train_file)
+    assert code == 0 and "warning" not in err
+    for given in ([], ["--max-tokens", "64"], ["--max-tokens", "20"]):  # the default, and values that fit
+        code, _, err = run_cli(capsys, *base, "--out", tmp_path / f"fits-{given[-1] if given else 'default'}", *given)
+        assert code == 0 and "warning" not in err, err
+    run = run_for(tmp_path, pretrained, **{"data.max_tokens": 65})  # from Python alike
+    with pytest.warns(UserWarning, match="data.max_tokens=65 .* the model's 64 positions: inputs are cut to 64"):
+        task = build_finetune_task(run)
+    assert task.max_tokens == 64
+
+
 def test_a_learning_rate_of_zero_or_below_is_refused(tmp_path, pretrained, capsys):
     """finetune --lr 0 (and a negative rate, and train.lr=0) trained nothing without a word; train.lr=0 for train
     too (the same check). A model saved with lr 0 before still predicts."""

@@ -222,7 +222,8 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--lr", type=float, help="peak learning rate (train.lr; default: 5e-05)")
     ft.add_argument("--batch-size", type=int, help="inputs per batch (train.batch_size; default: 32)")
     ft.add_argument("--max-tokens", type=int, help="tokens per input, special tokens included; longer ones are "
-                                                   "cut (data.max_tokens; default: 128, qa: 384)")
+                                                   "cut, and so is a value above the model's positions (with a "
+                                                   "warning) (data.max_tokens; default: 128, qa: 384)")
     ft.add_argument("--seed", type=int, help="train.seed")
     ft.add_argument("--device", help="train.device (default: auto)")
     ft.set_defaults(overrides=[])

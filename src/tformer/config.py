@@ -56,7 +56,9 @@ class DataConfig:
     text_column: str = "sentence"
     pair_column: str = ""  # the second sentence of sentence-pair tasks
     label_column: str = "label"
-    max_tokens: int = 128  # per input, special tokens included (longer inputs are truncated with a warning)
+    # per input, special tokens included (longer inputs are truncated with a warning); at most the model's positions:
+    # a larger value is cut to them, with a warning unless it is the task's default (128, qa 384)
+    max_tokens: int = 128
     # qa: tokens shared by consecutive windows of a long context (scaled down in proportion when the model
     # has fewer positions than max_tokens)
     doc_stride: int = 128

@@ -107,7 +107,14 @@ class FineTuneTask:
         self.tokenizer = tokenizer
         if d.max_tokens < 4:
             raise TformerError(f"data.max_tokens must be at least 4, not {d.max_tokens}")
-        self.max_tokens = min(d.max_tokens, self._context_size(encoder))
+        positions = self._context_size(encoder)
+        self.max_tokens = min(d.max_tokens, positions)
+        if d.max_tokens > positions and train_data and d.max_tokens != finetune_run_defaults(self.kind).data.max_tokens:
+            # As transformers' run_glue/run_qa: a length above the model's positions is cut to them, with a warning
+            # (it was cut without one). The task's default (128, qa 384) means "up to" and fits the model without
+            # a word; evaluate and predict (no training data) read a saved run, warned about when it trained.
+            warnings.warn(f"data.max_tokens={d.max_tokens} (--max-tokens) is more than the model's {positions} "
+                          f"positions: inputs are cut to {positions} tokens", UserWarning, stacklevel=2)
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
         if model is not None and getattr(model.head_config, "task", self.kind) != self.kind:
             raise TformerError(f"data.task is {self.kind!r}, but the model's head was fine-tuned for "
