@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import replace
 
 import pytest
@@ -719,3 +720,50 @@ def test_a_learning_rate_of_zero_or_below_is_refused(tmp_path, pretrained, capsy
     code, _, err = run_cli(capsys, "finetune", "--model", pretrained, "--out", tmp_path / "clf", "--resume",
                            "train.max_steps=2", "--lr", "1e-4")
     assert code == 0, err
+
+
+def test_empty_data_is_named_not_an_index_error(tmp_path, pretrained):
+    """FineTuneTask with no tagging examples raised IndexError (reading the tags of none); classification named
+    no data, regression and qa blamed train.accum_steps. Each names the data now, and so does empty validation
+    data (its metrics divided by zero)."""
+    from tformer.data.labeled import TaggedSentence, TextExample
+    from tformer.tasks.finetune import load_pretrained_encoder, task_for_model
+
+    encoder, tok = load_pretrained_encoder(pretrained)
+    for kind in ("tagging", "classification", "regression", "qa"):
+        with pytest.raises(TformerError, match=f"^train_data: no examples in it; {kind} fine-tuning needs at least "
+                                               "one to train on$"):
+            FineTuneTask(finetune_run_defaults(kind), encoder, tok, [])
+    run = finetune_run_defaults("tagging")
+    run.data.train_file = "ner.conll"  # set: the file is named
+    with pytest.raises(TformerError, match="^ner.conll: no examples in it"):
+        FineTuneTask(run, encoder, tok, [])
+    sentences = [TaggedSentence(["the", "cat"], ["O", "B-ANI"], 1)]
+    with pytest.raises(TformerError, match="^valid_data: no examples in it; tagging fine-tuning needs at least one "
+                                           "to validate on$"):
+        FineTuneTask(finetune_run_defaults("tagging"), encoder, tok, sentences, [])
+    # A model with no training data is how evaluate and predict build the task: training it names the data.
+    rows = [TextExample("a good film", None, "1", 2), TextExample("a bad film", None, "0", 3)]
+    task = FineTuneTask(finetune_run_defaults(), encoder, tok, rows)
+    again = task_for_model(finetune_run_defaults(), task.model, tok, [])
+    with pytest.raises(TformerError, match="^train_data: no examples in it"):
+        train(again, replace(again.run.train, max_steps=1), tmp_path / "m", quiet=True)
+    assert not (tmp_path / "m").exists()
+
+
+def test_logistic_regression_needs_two_classes():
+    """One example (or examples of one class) gave NaN weights or an overflow inside L-BFGS: the bias, not held by
+    the l2 term, grows without end. Refused, as scikit-learn's LogisticRegression does; so are labels outside
+    n_classes and mismatched shapes."""
+    x = torch.randn(5, 4)
+    for labels, needle in ((torch.tensor([1]), "the 1 example(s) are all of class 1"),
+                           (torch.tensor([0] * 5), "the 5 example(s) are all of class 0"),
+                           (torch.tensor([0, 1, 2, 0, 1]), "labels run from 0 to 2, outside 0 to 1"),
+                           (torch.tensor([0, 1]), "features of shape (5, 4) and labels of shape (2,)")):
+        features = x[: labels.numel()] if labels.numel() < 2 else x
+        with pytest.raises(TformerError, match=re.escape(needle)):
+            fit_logistic_regression(features, labels, 2)
+    with pytest.raises(TformerError, match=re.escape("no examples (features of shape (0, 4))")):
+        fit_logistic_regression(x[:0], torch.tensor([], dtype=torch.long), 2)
+    layer = fit_logistic_regression(x[:2], torch.tensor([0, 1]), 2)  # two examples, two classes: a finite fit
+    assert torch.isfinite(layer.weight).all() and (layer(x[:2]).argmax(-1) == torch.tensor([0, 1])).all()

@@ -115,6 +115,8 @@ class FineTuneTask:
             # a word; evaluate and predict (no training data) read a saved run, warned about when it trained.
             warnings.warn(f"data.max_tokens={d.max_tokens} (--max-tokens) is more than the model's {positions} "
                           f"positions: inputs are cut to {positions} tokens", UserWarning, stacklevel=2)
+        if model is None and not train_data:  # before the labels are read from it (IndexError on no tags)
+            raise TformerError(self._no_examples("train"))
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
         if model is not None and getattr(model.head_config, "task", self.kind) != self.kind:
             raise TformerError(f"data.task is {self.kind!r}, but the model's head was fine-tuned for "
@@ -127,6 +129,8 @@ class FineTuneTask:
         self.labels = model.head_config.labels
         self.label_index = {label: i for i, label in enumerate(self.labels)}
         self.train_set = self.encode(train_data, "train")
+        if valid_data is not None and not len(valid_data):  # its metrics would divide by zero
+            raise TformerError(self._no_examples("valid"))
         self.valid_data = valid_data
         self.valid_set = self.encode(valid_data, "valid") if valid_data is not None else None
         # Strategies
@@ -192,6 +196,13 @@ class FineTuneTask:
     def _where(self, split: str) -> str:
         """The file a split came from, for error messages."""
         return {"train": self.run.data.train_file, "valid": self.run.data.valid_file}.get(split) or split
+
+    def _no_examples(self, split: str) -> str:
+        """The message for a split without examples, naming its file or, from Python, the argument."""
+        file = self.run.data.train_file if split == "train" else self.run.data.valid_file
+        where = file or f"{split}_data"
+        purpose = "to train on" if split == "train" else "to validate on"
+        return f"{where}: no examples in it; {self.kind} fine-tuning needs at least one {purpose}"
 
     def _labels(self, data) -> list[str]:
         if self.kind == "classification":
@@ -286,6 +297,8 @@ class FineTuneTask:
         return [self.labels[best[p]] if p is not None else "O" for p in item["first"]]
 
     def train_batches(self, epoch: int, seed: int) -> list[list[int]]:
+        if not self.train_set:  # a model given with no training data (evaluate and predict build it so) trains on none
+            raise TformerError(self._no_examples("train"))
         return length_batches([len(x["ids"]) for x in self.train_set], self.run.train.batch_size,
                               seed * 1_000_003 + epoch)
 
@@ -641,8 +654,29 @@ __all__ = ["FineTuneTask", "build_finetune_task", "load_finetuned", "task_for_mo
 def fit_logistic_regression(features: Tensor, labels: Tensor, n_classes: int, l2: float = 1e-4,
                             max_iter: int = 200) -> nn.Linear:
     """Multinomial logistic regression on fixed features, fitted by full-batch L-BFGS to the minimum of
-    mean cross-entropy + l2 * |W|^2 (the features are standardised first; the returned layer undoes it)."""
+    mean cross-entropy + l2 * |W|^2 (the features are standardised first; the returned layer undoes it).
+
+    Needs examples of at least two classes (as scikit-learn's LogisticRegression): with one, the bias, which the
+    l2 term does not hold, grows without end and the fit ends in NaN or an overflow; a single example is one class."""
+    if features.dim() != 2 or labels.dim() != 1 or features.size(0) != labels.size(0):
+        raise TformerError(f"fit_logistic_regression: features of shape {tuple(features.shape)} and labels of shape "
+                           f"{tuple(labels.shape)}: expected (N, D) features and N labels")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TformerError(f"fit_logistic_regression: labels are {labels.dtype}; expected class ids (integers)")
+    if n_classes < 2:
+        raise TformerError(f"fit_logistic_regression: n_classes={n_classes}; a classifier needs at least two")
+    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < n_classes):
+        raise TformerError(f"fit_logistic_regression: labels run from {int(labels.min())} to {int(labels.max())}, "
+                           f"outside 0 to {n_classes - 1} (n_classes={n_classes})")
+    classes = labels.unique().tolist()
+    if not classes:
+        raise TformerError(f"fit_logistic_regression: no examples (features of shape {tuple(features.shape)})")
+    if len(classes) < 2:
+        raise TformerError(f"fit_logistic_regression: the {labels.numel()} example(s) are all of class {classes[0]}; "
+                           "a classifier needs examples of at least two classes")
     x = features.float()
+    if not bool(torch.isfinite(x).all()):
+        raise TformerError("fit_logistic_regression: the features hold NaN or infinite values")
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mean) / std
     layer = nn.Linear(x.size(1), n_classes)
