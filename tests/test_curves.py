@@ -119,3 +119,27 @@ def test_a_pretraining_run_draws_the_sum_of_its_validation_losses(tmp_path, monk
     assert list(steps) == [10] and list(total) == [pytest.approx(7.6)]
     plot_training_curves([history[0], {"step": 10, "valid": {"loss": 2.0, "accuracy": 0.5}}], tmp_path / "f.png")
     assert not any(label and "+" in label for label in lines if label != "validation mlm_loss + nsp_loss")
+
+
+def test_a_short_run_says_it_logged_no_training_loss(tmp_path, capsys):
+    """A run shorter than train.log_every keeps only its validation: `tformer curves` said "0 log points and 1
+    validations"; it says that no training loss was logged, why (the run's steps against its log_every), and what
+    is drawn."""
+    from tformer.viz.curves import describe_history
+
+    text = tmp_path / "text.txt"
+    text.write_text("a cat sat on a mat. " * 60)
+    model = tmp_path / "model"
+    code, _, err = run_cli(capsys, "train", "--preset", "gpt-micro", "--train-text", text, "--out", model,
+                           "--block-size", "16", "--batch-size", "4", "--max-steps", "3", "train.eval_batches=1")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "curves", "--model", model, "--output", tmp_path / "c.png")
+    assert code == 0 and (tmp_path / "c.png").read_bytes()[:8] == PNG
+    assert err.strip() == (f"no training loss logged (the run took 3 steps, fewer than train.log_every=50); "
+                           f"1 validation at step 3 -> {tmp_path / 'c.png'}")
+    # Without its run options (a hand-made history), and the other cases, in words that count right
+    assert describe_history([{"step": 1, "valid": {"loss": 1.0}}]) == \
+        "no training loss logged (the run took 1 step); 1 validation at step 1"
+    assert describe_history([{"step": 2, "loss": 1.0}]) == "1 log point of the training loss, at step 2; no validation"
+    assert describe_history([{"step": 2, "loss": 1.0}, {"step": 4, "loss": 0.5}, {"step": 4, "valid": {}}]) == \
+        "2 log points and 1 validation, steps 2 to 4"

@@ -1010,17 +1010,19 @@ def cmd_attention(args) -> None:
 
 
 def cmd_curves(args) -> None:
-    from tformer.viz.curves import not_drawn, plot_training_curves, read_history
+    from tformer.viz.curves import describe_history, not_drawn, plot_training_curves, read_history
 
     suffix = _picture_suffix(args.output)
     history = read_history(args.model)
-    steps = [e["step"] for e in history]
     _write_output(args.output, lambda file: plot_training_curves(history, file, f"training of {args.model}"),
                   suffix=suffix, model=args.model)
-    n_valid = sum("valid" in e for e in history)
+    try:  # a short run logs no training loss: its log_every says why
+        log_every = _run_options(args.model).train.log_every
+    except TformerError:
+        log_every = None
     left_out = not_drawn(history)
-    print(f"{len(history) - n_valid} log points and {n_valid} validations, steps {min(steps)} to {max(steps)} "
-          f"-> {args.output}" + (f" (not drawn: {', '.join(left_out)})" if left_out else ""), file=sys.stderr)
+    print(f"{describe_history(history, log_every)} -> {args.output}"
+          + (f" (not drawn: {', '.join(left_out)})" if left_out else ""), file=sys.stderr)
 
 
 def _picture_suffix(output: str) -> str:

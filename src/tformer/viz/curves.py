@@ -60,6 +60,30 @@ def _metric_panels(history: list[dict]) -> tuple[list[str], list[str]]:
     return losses, [k for k in names if k not in losses and k != "ppl"]  # ppl is exp(loss)
 
 
+def describe_history(history: list[dict], log_every: int | None = None) -> str:
+    """What a picture of `history` shows, in words: its logged training losses and validations, and the steps.
+    A short run logs no training loss (it logs every train.log_every steps): said so, with the run's step count
+    and its log_every when known, rather than "0 log points"."""
+    logged = [e["step"] for e in history if "loss" in e]
+    validated = [e["step"] for e in history if "valid" in e]
+
+    def count(n: int, what: str) -> str:
+        return f"{n} {what}{'s' * (n != 1)}"
+
+    def steps(values: list[int]) -> str:
+        return f"at step {values[0]}" if min(values) == max(values) else f"steps {min(values)} to {max(values)}"
+
+    if logged and validated:
+        return (f"{count(len(logged), 'log point')} and {count(len(validated), 'validation')}, "
+                f"{steps(logged + validated)}")
+    if logged:
+        return f"{count(len(logged), 'log point')} of the training loss, {steps(logged)}; no validation"
+    last = max(e["step"] for e in history)
+    why = f", fewer than train.log_every={log_every}" if log_every and last < log_every else ""
+    said = f"{count(len(validated), 'validation')} {steps(validated)}" if validated else "no validation either"
+    return f"no training loss logged (the run took {count(last, 'step')}{why}); {said}"
+
+
 def not_drawn(history: list[dict]) -> list[str]:
     """The validation metrics beyond the panels a picture has room for."""
     return _metric_panels(history)[1][MAX_METRIC_PANELS:]
