@@ -311,3 +311,45 @@ def test_demo_and_evaluate_refuse_bad_places_and_sizes_before_working(tmp_path, 
     for bad in ("0", "-3"):
         code, _, err = run_cli(capsys, "evaluate", "--model", tmp_path, "--src", src, "--ref", src, "--max-tokens", bad)
         assert_one_line_error(code, err, f"--max-tokens must be at least 1, not {bad}")
+
+
+def test_demo_out_never_replaces_a_model_it_did_not_make(lm, tmp_path, capsys, monkeypatch):
+    """demo --out DIR wrote DIR/model and DIR/attention*.png over whatever was there: a trained model at DIR/model
+    was replaced, and a model directory given as DIR got the demo's files mixed in. An earlier demo's folder is
+    still run again, as the README's two commands expect."""
+    import tformer.demo
+    from tformer.demo import demo_config, is_demo_model
+
+    ran = []
+    monkeypatch.setattr(tformer.demo, "run_demo", lambda out, *a, **k: ran.append(Path(out)))
+    theirs = tmp_path / "theirs"
+    shutil.copytree(lm / "model", theirs / "model")  # a GPT that `tformer train` saved
+    before = digest(theirs / "model")
+    code, _, err = run_cli(capsys, "demo", "--out", theirs, "--steps", "1")
+    assert_one_line_error(code, err, f"--out {theirs}", "holds a model the demo did not make")
+    code, _, err = run_cli(capsys, "demo", "--out", theirs / "model", "--steps", "1")
+    assert_one_line_error(code, err, "is a model directory (it holds config.json)")
+    assert digest(theirs / "model") == before and sorted(p.name for p in theirs.iterdir()) == ["model"]
+
+    pictures = tmp_path / "pictures"  # a picture of the user's under the demo's name
+    pictures.mkdir()
+    (pictures / "attention.png").write_text("mine")
+    code, _, err = run_cli(capsys, "demo", "--out", pictures, "--steps", "1")
+    assert_one_line_error(code, err, "attention.png is not from an earlier demo")
+    other = tmp_path / "other"  # a model/ folder of other things
+    (other / "model").mkdir(parents=True)
+    (other / "model" / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "demo", "--out", other, "--steps", "1")
+    assert_one_line_error(code, err, "other files in it")
+    assert ran == []
+
+    earlier = tmp_path / "earlier"  # an earlier demo's folder, of another --steps and --seed
+    (earlier / "model").mkdir(parents=True)
+    (earlier / "model" / "config.json").write_text(json.dumps(
+        {"model_type": "transformer", "tformer_run": demo_config(40, 0.0, 7).to_dict()}))
+    (earlier / "attention.png").write_text("an earlier demo's")
+    (earlier / "notes.txt").write_text("kept")
+    assert is_demo_model(earlier / "model") and not is_demo_model(theirs / "model")
+    for out in (earlier, tmp_path / "new"):
+        assert run_cli(capsys, "demo", "--out", out, "--steps", "1")[0] == 0
+    assert ran == [earlier, tmp_path / "new"]

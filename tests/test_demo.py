@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tformer.demo import run_demo
+from tformer.demo import is_demo_model, run_demo
 
 
 def test_short_demo_writes_model_and_heatmaps(tmp_path):
@@ -14,6 +14,7 @@ def test_short_demo_writes_model_and_heatmaps(tmp_path):
     assert result.heatmap.is_file() and result.heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "attention-all-heads.png").is_file()
     assert 0.0 <= result.exact_match <= 1.0 and len(result.examples) == 20
+    assert is_demo_model(result.model_dir)  # what lets `tformer demo --out` run again over its own folder
 
 
 @pytest.mark.slow

@@ -290,10 +290,35 @@ def cmd_demo(args) -> None:
     if args.minutes < 0:
         raise TformerError(f"--minutes must not be negative, not {args.minutes}")
     out = Path(args.out)
-    # Checked before minutes of training, not at the first save. A demo folder is the demo's own: running the demo
-    # again replaces its model, as the README's two commands expect.
-    _check_place(out, out / "model")
+    _check_demo_out(out)  # before minutes of training, not at the first save
     run_demo(out, args.steps, args.minutes, seed=args.seed)
+
+
+def _check_demo_out(out: Path) -> None:
+    """demo --out: a new folder, or one whose model/ and pictures an earlier demo wrote (running the demo again
+    replaces them, as the README's two commands expect); never a model directory, nor a folder whose model/ or
+    attention pictures are someone else's (they would be replaced). Other files in it are left alone."""
+    from tformer.demo import DEMO_MODEL, DEMO_PICTURES, is_demo_model
+    from tformer.training import checkpoint
+
+    model_dir = out / DEMO_MODEL
+    _check_place(out, model_dir)
+    if not out.is_dir():
+        return
+    held = sorted(p.name for p in out.iterdir() if p.name in checkpoint.MODEL_FILES)
+    if held:
+        raise TformerError(f"--out {out} is a model directory (it holds {held[0]}); the demo writes its model into "
+                           f"{model_dir} and pictures beside it: choose a new folder")
+    checkpoint.restore_interrupted_save(model_dir)  # a save stopped midway: the copy it set aside is judged
+    ours = is_demo_model(model_dir)
+    if not ours and (model_dir / checkpoint.CONFIG).is_file():
+        raise TformerError(f"--out {out}: {model_dir} holds a model the demo did not make, which the demo would "
+                           "replace; choose another --out")
+    _check_out(model_dir, resume=False, overwrite=ours)  # a file, a link, a folder of other things
+    for picture in DEMO_PICTURES if not ours else ():
+        if (out / picture).exists() or (out / picture).is_symlink():
+            raise TformerError(f"--out {out}: {out / picture} is not from an earlier demo (no demo model beside it), "
+                               "and the demo would replace it; choose another --out")
 
 
 def _check_place(out: Path, model_dir: Path) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from tformer.config import RunConfig
 from tformer.data.dates import make_date_splits
+from tformer.errors import TformerError
 from tformer.metrics import bleu, exact_match
 from tformer.tasks.translation import TranslationTask, translate_lines
 from tformer.training.loop import train
@@ -50,6 +51,37 @@ def demo_config(steps: int, minutes: float, seed: int) -> RunConfig:
     return run
 
 
+# What the demo writes in its folder: the model directory and two pictures.
+DEMO_MODEL, DEMO_PICTURES = "model", ("attention.png", "attention-all-heads.png")
+# The run options that differ from one demo to the next (--steps, --minutes, --seed).
+_VARYING = {"max_steps", "max_minutes", "seed"}
+
+
+def is_demo_model(path: str | Path) -> bool:
+    """Whether `path` holds a model an earlier demo saved: its saved run options are the demo's (apart from steps,
+    minutes and seed; options a newer or older tformer lacks are not compared). `tformer train` always names data
+    files, which the demo, making its dates in memory, never does."""
+    from tformer.training import checkpoint
+
+    try:
+        saved = checkpoint.read_json(Path(path) / checkpoint.CONFIG)
+    except (TformerError, OSError):
+        return False
+    run = saved.get("tformer_run") if isinstance(saved, dict) else None
+    if not isinstance(run, dict) or saved.get("model_type") != "transformer":
+        return False
+    ours = demo_config(1, 0.0, 1).to_dict()
+    if run.get("model") != ours["model"]:
+        return False
+    for section in ("data", "train"):
+        theirs = run.get(section)
+        if not isinstance(theirs, dict):
+            return False
+        if any(theirs[k] != v for k, v in ours[section].items() if k in theirs and k not in _VARYING):
+            return False
+    return True
+
+
 def run_demo(out_dir: str | Path = "tformer-demo", steps: int = 800, minutes: float = 0.0, n_train: int = 40000,
              n_test: int = 1000, seed: int = 1, quiet: bool = False) -> DemoResult:
     out_dir = Path(out_dir)
@@ -62,7 +94,7 @@ def run_demo(out_dir: str | Path = "tformer-demo", steps: int = 800, minutes: fl
     say(f"tformer demo: {n_train} training dates, {model.num_parameters():,} parameters, "
         f"training {steps} steps on {torch.get_num_threads()} threads")
     start = time.perf_counter()
-    state = train(task, run.train, out_dir / "model", quiet=quiet)
+    state = train(task, run.train, out_dir / DEMO_MODEL, quiet=quiet)
     seconds = time.perf_counter() - start
 
     model.eval()
@@ -70,14 +102,14 @@ def run_demo(out_dir: str | Path = "tformer-demo", steps: int = 800, minutes: fl
     refs = [t for _, t in test_pairs]
     hyps = translate_lines(model, task.src_tok, task.tgt_tok, sources, beam_size=1)
     em, score = exact_match(hyps, refs), bleu(hyps, refs)
-    heatmap = write_alignment(model, task, sources[0], out_dir / "attention.png")
+    heatmap = write_alignment(model, task, sources[0], out_dir / DEMO_PICTURES[0])
     examples = list(zip(sources, hyps, refs))
     say(f"trained {state.step} steps in {seconds:.0f} s")
     for src, hyp, ref in examples[:8]:
         say(f"  {src:<38} -> {hyp}  {'ok' if hyp == ref else 'expected ' + ref}")
     say(f"held-out exact match: {100 * em:.1f}% of {len(refs)}   BLEU: {score:.1f}")
-    say(f"model: {out_dir / 'model'}   attention heatmap: {heatmap}")
-    return DemoResult(em, score, seconds, state.step, model.num_parameters(), out_dir / "model", heatmap, examples)
+    say(f"model: {out_dir / DEMO_MODEL}   attention heatmap: {heatmap}")
+    return DemoResult(em, score, seconds, state.step, model.num_parameters(), out_dir / DEMO_MODEL, heatmap, examples)
 
 
 def write_alignment(model, task: TranslationTask, source: str, path: Path) -> Path:
