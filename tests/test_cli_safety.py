@@ -353,3 +353,49 @@ def test_demo_out_never_replaces_a_model_it_did_not_make(lm, tmp_path, capsys, m
     for out in (earlier, tmp_path / "new"):
         assert run_cli(capsys, "demo", "--out", out, "--steps", "1")[0] == 0
     assert ran == [earlier, tmp_path / "new"]
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_status_130(capsys, monkeypatch):
+    """A KeyboardInterrupt in any command (here one that lists models) ends in one line and exit status 130, no
+    traceback; under torchrun (RANK set) only the first process says it, since every process gets the signal."""
+    import tformer.cli
+
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tformer.cli, "cmd_list_models", stopped)
+    code, out, err = run_cli(capsys, "list-models")
+    assert code == 130 and out == "" and err == "tformer list-models: interrupted\n"
+    monkeypatch.setenv("RANK", "1")
+    code, out, err = run_cli(capsys, "list-models")
+    assert code == 130 and out == err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert run_cli(capsys, "list-models")[2] == "tformer list-models: interrupted\n"
+
+
+@pytest.mark.parametrize("where", ["writing", "swapping"])
+def test_a_checkpoint_save_interrupted_keeps_the_previous_copy(lm, tmp_path, monkeypatch, where):
+    """Ctrl-C while a checkpoint is written, or between the renames that swap it in: the previous copy is whole at
+    its place, and no temporary copy is left."""
+    from tformer.training import checkpoint
+
+    model = shutil.copytree(lm / "model", tmp_path / "model")
+    before = digest(model)
+
+    def write(tmp):
+        (tmp / "config.json").write_text("{}")
+        if where == "writing":
+            raise KeyboardInterrupt
+
+    real_replace = checkpoint.os.replace
+
+    def replace(source, target):
+        if where == "swapping" and Path(source).name.startswith(".model.tmp-"):  # the old copy is aside by now
+            monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_dir(model, write)
+    assert digest(model) == before and sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -1093,8 +1093,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, _Terminated)
-        print(f"tformer {args.command}: {'terminated' if terminated else 'interrupted'}{_what_was_kept(args)}",
-              file=sys.stderr)
+        # Under torchrun every process gets the signal and would print the same line: the first process says it.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"tformer {args.command}: {'terminated' if terminated else 'interrupted'}{_what_was_kept(args)}",
+                  file=sys.stderr)
         return 143 if terminated else 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
