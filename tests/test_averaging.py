@@ -215,3 +215,37 @@ def test_resume_after_a_save_killed_between_its_renames(tmp_path):
     _train_whole_and_first_part(tmp_path, pairs)
     aside = _leave_as_a_killed_save_would(tmp_path / "split")
     _resume_split_and_compare(tmp_path, pairs, aside)
+
+
+def test_a_snapshot_that_fails_to_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A full disk (or Ctrl-C) while a snapshot was written left .step-N.safetensors.tmp in averaging/ for good."""
+    import errno
+
+    from tformer.training import averaging
+
+    model = GPT(GPTConfig(vocab_size=20, max_len=8, d_model=8, n_heads=2, n_layers=1))
+    write = checkpoint.write_weights
+
+    def half_written(failure):
+        def write_weights(model, file):
+            file.write_bytes(b"half a snapshot")
+            raise failure
+        return write_weights
+
+    (tmp_path / "m").mkdir()  # the run's folder
+    averager = CheckpointAverager(tmp_path / "m", 2)
+    monkeypatch.setattr(averaging.checkpoint, "write_weights", half_written(OSError(errno.ENOSPC, "No space left")))
+    with pytest.raises(TformerError, match=r"step-00000005\.safetensors: cannot save the weights kept for checkpoint "
+                                           r"averaging \(No space left\); the last checkpoint in .*m is kept"):
+        averager.snapshot(model, 5)
+    assert list((tmp_path / "m").iterdir()) == []  # not even the averaging folder it made
+    monkeypatch.setattr(averaging.checkpoint, "write_weights", write)
+    averager.snapshot(model, 5)
+    monkeypatch.setattr(averaging.checkpoint, "write_weights", half_written(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        averager.snapshot(model, 10)
+    assert sorted(p.name for p in averager.folder.iterdir()) == ["step-00000005.safetensors"]
+    # What a run killed outright left half-written goes when the run is resumed.
+    (averager.folder / ".step-00000010.safetensors.tmp").write_bytes(b"half a snapshot")
+    averager.continue_from(5, save_every=5)
+    assert sorted(p.name for p in averager.folder.iterdir()) == ["step-00000005.safetensors"]

@@ -11,6 +11,7 @@ or to train longer, goes on from the weights it had and averages the same ones a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -64,20 +65,36 @@ class CheckpointAverager:
     def continue_from(self, step: int, save_every: int) -> None:
         """Before a run goes on from `step`: drops the snapshots from beyond it (an earlier checkpoint is
         resumed; the run will write its own), and the one at `step` itself unless `step` is one of the run's
-        checkpoints (a multiple of save_every), as the weights at the end of a shorter run are."""
+        checkpoints (a multiple of save_every), as the weights at the end of a shorter run are; and what a run
+        killed while writing a snapshot left half-written."""
         for s, f in self.snapshots():
             if s > step or (s == step and step % save_every):
                 f.unlink()
+        for f in self.folder.glob(".step-*.tmp") if self.folder.is_dir() else []:
+            f.unlink(missing_ok=True)
 
     def snapshot(self, model: nn.Module, step: int) -> None:
-        """Writes the model's weights at `step` and drops all but the last `count` snapshots."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Writes the model's weights at `step` and drops all but the last `count` snapshots. A write that fails
+        (a full disk) leaves nothing of itself behind: the half-written file goes, and the folder if it made it."""
+        made = not self.folder.is_dir()
         final = self.folder / _file_name(step)
         tmp = final.with_name(f".{final.name}.tmp")
-        checkpoint.write_weights(model, tmp)
-        with open(tmp, "rb") as fh:  # on disk before the rename makes it visible
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_weights(model, tmp)
+            with open(tmp, "rb") as fh:  # on disk before the rename makes it visible
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException as exc:  # Ctrl-C included: the run stops, its folder as it was
+            tmp.unlink(missing_ok=True)
+            if made:
+                with contextlib.suppress(OSError):
+                    self.folder.rmdir()  # only when empty
+            reason = checkpoint._storage_problem(self.folder, exc)
+            if reason is None:
+                raise
+            raise TformerError(f"{final}: cannot save the weights kept for checkpoint averaging ({reason}); the "
+                               f"last checkpoint in {self.folder.parent} is kept") from None
         for _, f in self.snapshots()[:-self.count]:
             f.unlink()
 
