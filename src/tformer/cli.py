@@ -353,7 +353,10 @@ def _check_out(out: Path, resume: bool, overwrite: bool, pretrained: str | None 
     if pretrained is not None and out.is_dir() and out.resolve() == Path(pretrained).resolve():
         raise TformerError(f"--out {out} is the --model being fine-tuned; write the fine-tuned model elsewhere")
     _check_place(out, out)
-    if not out.is_dir() or not any(out.iterdir()):
+    from tformer.training.run_lock import LOCK_FILE
+
+    # The lock file of a run (held now, or left by one killed) is no file of the user's: the folder is empty.
+    if not out.is_dir() or not any(p.name != LOCK_FILE for p in out.iterdir()):
         return
     if not (out / "config.json").is_file():
         if resume:
@@ -444,22 +447,33 @@ def cmd_train(args) -> None:
     overrides += list(args.overrides)
     out = Path(args.out)
     _check_out(out, args.resume, args.overwrite)
-    base = _saved_run(out) if args.resume else None
-    run = load_config(args.config, overrides, base=base)
-    if base is not None:  # the tokenizer is the saved one: options that would make another cannot change
-        _check_resumed(base, run, ("model", "data.tokenizer", "data.vocab_size", "data.tokenizer_file",
-                                              "data.joint_vocab"))
-        _check_data_found(run, out)
-    kind = family(run.model.get("preset", "transformer-small"))
-    if kind in ("gpt", "encoder") and base is None:
-        # Language models start from their own defaults (cosine schedule, AdamW, ...), then the file and
-        # the command line; read them again over that base.
-        preset = run.model.get("preset", "transformer-small")
-        run = load_config(args.config, overrides,
-                          base=lm_run_defaults() if kind == "gpt" else mlm_run_defaults(preset))
-    _check_family_data(run, kind)
-    builder = {"gpt": build_lm_task, "encoder": build_mlm_task}.get(kind, build_task)
-    _train_and_report(builder, run, out, args.resume)
+    with _run_lock(out):
+        base = _saved_run(out) if args.resume else None
+        run = load_config(args.config, overrides, base=base)
+        if base is not None:  # the tokenizer is the saved one: options that would make another cannot change
+            _check_resumed(base, run, ("model", "data.tokenizer", "data.vocab_size", "data.tokenizer_file",
+                                       "data.joint_vocab"))
+            _check_data_found(run, out)
+        kind = family(run.model.get("preset", "transformer-small"))
+        if kind in ("gpt", "encoder") and base is None:
+            # Language models start from their own defaults (cosine schedule, AdamW, ...), then the file and
+            # the command line; read them again over that base.
+            preset = run.model.get("preset", "transformer-small")
+            run = load_config(args.config, overrides,
+                              base=lm_run_defaults() if kind == "gpt" else mlm_run_defaults(preset))
+        _check_family_data(run, kind)
+        builder = {"gpt": build_lm_task, "encoder": build_mlm_task}.get(kind, build_task)
+        _train_and_report(builder, run, out, args.resume)
+
+
+def _run_lock(out: Path):
+    """--out for this run alone (training.run_lock), from before its first look at a saved run: a second run on it
+    stops at once, not after reading its data. Under torchrun only rank 0 locks: the process that writes there."""
+    import contextlib
+
+    from tformer.training import distributed, run_lock
+
+    return run_lock.hold(out) if distributed.launched().is_main else contextlib.nullcontext()
 
 
 def _check_family_data(run, kind: str) -> None:
@@ -679,22 +693,23 @@ def cmd_finetune(args) -> None:
     if args.train is None and not args.resume:
         raise TformerError("--train is needed (the training file), unless --resume continues a run with its own")
     _check_out(out, args.resume, args.overwrite, pretrained=args.model)
-    task = args.task or (None if args.resume else _finetuned_task(args.model))
-    base = _saved_run(out) if args.resume else finetune_run_defaults(task or "classification")
-    run = load_config(args.config, overrides, base=base)
-    if args.resume:
-        pretrained = base.model.get("pretrained", str(args.model))
-        if Path(pretrained).resolve() != Path(args.model).resolve():
-            raise TformerError(f"--resume: the run in {out} fine-tunes {pretrained}, not --model {args.model}")
-        # The strategy, frozen layers and per-layer rates shape the optimiser's groups, which resume continues.
-        _check_resumed(base, run, ("model", "data.task", "data.train_file", "train.strategy", "train.freeze_layers",
-                                   "train.layer_decay", "train.encoder_lr_scale"))
-        _check_data_found(run, out)
-        if args.epochs is not None and not any(o.startswith("train.max_steps=") for o in overrides):
-            run.train.max_steps = 0  # the steps of --epochs are counted again (see build_finetune_task)
-    else:
-        run.model["pretrained"] = str(args.model)
-    _train_and_report(build_finetune_task, run, out, args.resume)
+    with _run_lock(out):
+        task = args.task or (None if args.resume else _finetuned_task(args.model))
+        base = _saved_run(out) if args.resume else finetune_run_defaults(task or "classification")
+        run = load_config(args.config, overrides, base=base)
+        if args.resume:
+            pretrained = base.model.get("pretrained", str(args.model))
+            if Path(pretrained).resolve() != Path(args.model).resolve():
+                raise TformerError(f"--resume: the run in {out} fine-tunes {pretrained}, not --model {args.model}")
+            # The strategy, frozen layers and per-layer rates shape the optimiser's groups, which resume continues.
+            _check_resumed(base, run, ("model", "data.task", "data.train_file", "train.strategy",
+                                       "train.freeze_layers", "train.layer_decay", "train.encoder_lr_scale"))
+            _check_data_found(run, out)
+            if args.epochs is not None and not any(o.startswith("train.max_steps=") for o in overrides):
+                run.train.max_steps = 0  # the steps of --epochs are counted again (see build_finetune_task)
+        else:
+            run.model["pretrained"] = str(args.model)
+        _train_and_report(build_finetune_task, run, out, args.resume)
 
 
 def _finetuned_task(model: str) -> str | None:

@@ -25,7 +25,7 @@ from tformer.config import TrainConfig, check_section
 from tformer.data.batching import shard
 from tformer.errors import TformerError
 from tformer.runtime import keep_freed_memory_for_reuse
-from tformer.training import checkpoint, distributed, schedules, throughput
+from tformer.training import checkpoint, distributed, run_lock, schedules, throughput
 from tformer.training.averaging import CheckpointAverager
 from tformer.training.early_stopping import EarlyStopping
 from tformer.training.optim import make_adam
@@ -214,10 +214,17 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         raise TformerError(f"train.early_stopping={cfg.early_stopping}: this task names no validation score to watch "
                            "(a selection_metric); set train.early_stopping=0")
     info = info or distributed.setup(cfg.device)
+    # One run at a time in out_dir; only rank 0 writes there, so only rank 0 locks it.
+    with run_lock.hold(out_dir) if info.is_main else contextlib.nullcontext():
+        return _train(task, cfg, Path(out_dir), resume, info, quiet, averager)
+
+
+def _train(task: Task, cfg: TrainConfig, out_dir: Path, resume: bool, info: distributed.DistInfo, quiet: bool,
+           averager: CheckpointAverager | None) -> TrainerState:
+    """train()'s run, once its options are checked and out_dir is this run's."""
     rates = schedule_config(cfg, task, info)
     if info.device.type == "cpu":
         keep_freed_memory_for_reuse()
-    out_dir = Path(out_dir)
     model = task.model.to(info.device)
     d_model = getattr(model.config, "d_model", 512)
     # A task may give its own parameter groups (fine-tuning: discriminative learning rates via lr_scale).
@@ -265,10 +272,10 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
 
     if cfg.warmup_ratio > 0 and cfg.warmup_steps > 0 and info.is_main:
         warnings.warn(f"train.warmup_ratio={cfg.warmup_ratio} is not used: train.warmup_steps={cfg.warmup_steps} is "
-                      "set (give train.warmup_steps=0 for the ratio)", stacklevel=2)
+                      "set (give train.warmup_steps=0 for the ratio)", stacklevel=3)
     if rates.schedule != "slanted_triangular" and 0 < rates.max_steps <= rates.warmup_steps and info.is_main:
         warnings.warn(f"train.warmup_steps={rates.warmup_steps} is not below the run's {rates.max_steps} steps: "
-                      f"the learning rate never reaches its peak (train.lr={cfg.lr})", stacklevel=2)
+                      f"the learning rate never reaches its peak (train.lr={cfg.lr})", stacklevel=3)
 
     def save(snapshot: bool = True) -> None:
         rng_ranks = distributed.gather_objects(_rng_state(), info)  # every rank takes part
