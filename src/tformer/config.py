@@ -75,7 +75,9 @@ class TrainConfig:
     max_minutes: float = 0.0  # 0: no limit by wall time
     max_tokens: int = 4096  # padded tokens per micro-batch and process (translation)
     batch_size: int = 12  # sequences of block_size tokens per micro-batch and process (language modelling)
-    accum_steps: int = 1  # micro-batches per optimiser step
+    # Micro-batches per optimiser step. An epoch's last len % accum_steps micro-batches (of each process's share)
+    # make no step and are left out of that epoch; the epochs shuffle anew, so other ones are left out each time.
+    accum_steps: int = 1
     # slanted_triangular: ULMFiT's short linear rise (cut_frac of the steps) then long linear decay
     schedule: Literal["inverse_sqrt", "cosine", "constant", "linear", "slanted_triangular"] = "inverse_sqrt"
     lr: float = 1.0  # inverse_sqrt: multiplies d_model^-0.5 * min(...); cosine/constant: the peak rate
