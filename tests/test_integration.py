@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -286,6 +287,65 @@ def test_two_process_resume_equals_uninterrupted_with_dropout(tmp_path):
     for k in whole[0]:
         assert torch.equal(whole[0][k], whole[1][k]), k
         assert torch.equal(whole[0][k], split[0][k]), k
+
+
+def _first_batches(task, monkeypatch) -> list:
+    """The micro-batches (lists of example indices) `task` collates from now on, in order."""
+    seen = []
+    collate = task.collate
+
+    def recording(batch, device):
+        seen.append(list(batch))
+        return collate(batch, device)
+
+    monkeypatch.setattr(task, "collate", recording)
+    return seen
+
+
+def test_a_run_saved_by_two_processes_resumes_on_one_only_when_allowed(tmp_path, monkeypatch):
+    """A process's batch_index counts its own share: resumed on one process, the saved run's step 2 (4 batches of
+    the epoch used by the two) went on from batch 2, training batches 2 and 3 again. It is refused unless allowed,
+    and then goes on from batch 4."""
+    pairs = copy_pairs(120, seed=5)
+    _spawn_phases(tmp_path, "two", [({"max_steps": 2}, False)])
+    out = tmp_path / "two"
+    saved = (out / "trainer_state.json").read_text()
+    assert json.loads(saved)["trainer"]["world_size"] == 2
+    run = tiny_run(max_steps=3, device="cpu")
+    task = TranslationTask(run, pairs)
+    refused = (r"two: the run was saved by 2 processes and is resumed on 1; .*it on 2 "
+               r"\(torchrun --nproc_per_node 2\), or set train.allow_world_size_change=true")
+    with pytest.raises(TformerError, match=refused):
+        train(task, run.train, out, resume=True, quiet=True)
+    assert (out / "trainer_state.json").read_text() == saved  # nothing changed
+    # A checkpoint saved before the trainer state held world_size: its two processes' random states tell.
+    older = json.loads(saved)
+    del older["trainer"]["world_size"]
+    (out / "trainer_state.json").write_text(json.dumps(older))
+    with pytest.raises(TformerError, match=refused):
+        train(task, run.train, out, resume=True, quiet=True)
+    run.train.allow_world_size_change = True
+    seen = _first_batches(task, monkeypatch)
+    with pytest.warns(UserWarning, match=r"saved by 2 processes on 1: a step takes 1 x 1 micro-batches .*it took "
+                                         r"2 x 1\), and epoch 0 goes on from its batch 4"):
+        state = train(task, run.train, out, resume=True, quiet=True)
+    assert state.step == 3 and seen == [task.train_batches(0, run.train.seed)[4]]
+    assert json.loads((out / "trainer_state.json").read_text())["trainer"]["world_size"] == 1
+
+
+def test_a_run_saved_by_one_process_resumes_on_two_when_allowed(tmp_path):
+    """The other way: refused (before any process waits for another), and when allowed both processes go on in
+    step from the saved weights."""
+    pairs = copy_pairs(120, seed=5)
+    run = tiny_run(max_steps=3, device="cpu")
+    train(TranslationTask(run, pairs), run.train, tmp_path / "one", quiet=True)
+    with pytest.raises(TformerError, match=r"saved by 1 process and is resumed on 2; .*resume it in one process"):
+        train(TranslationTask(run, pairs), run.train, tmp_path / "one", resume=True, quiet=True,
+              info=distributed.DistInfo(rank=0, world_size=2))
+    ranks = _spawn_phases(tmp_path, "one", [({"max_steps": 5, "allow_world_size_change": True}, True)])
+    assert ranks[0].pop("step") == ranks[1].pop("step") == 5
+    for k in ranks[0]:
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
 
 
 def test_two_processes_stop_together_on_time_and_on_early_stopping(tmp_path):

@@ -620,3 +620,45 @@ def test_model_options_name_the_file_that_set_them(tmp_path):
     with pytest.raises(TformerError, match=r"command line: model\.dropout: expected a number, got 'high'"):
         load_config(first, ["model.dropout=high"])
     assert load_config([first], ["model.n_layers=3"]).model == {"preset": "gpt-micro", "d_model": 64, "n_layers": 3}
+
+
+@pytest.mark.parametrize("saved_world,world", [(1, 2), (2, 1), (2, 3), (4, 3), (3, 4), (8, 1)])
+def test_a_resumed_position_under_another_world_size_skips_no_batch_and_repeats_fewer_than_a_round(saved_world,
+                                                                                                  world):
+    """The saved processes used batch_index x saved_world batches of the epoch: the new shares start at the last
+    round of `world` batches at or before that point."""
+    from tformer.training.loop import resharded_position
+
+    for used_each in range(12):
+        used = used_each * saved_world
+        start = resharded_position(used_each, saved_world, world) * world  # the first batch the new shares take
+        assert start <= used < start + world, (used_each, start)
+    assert resharded_position(5, 3, 3) == 5
+
+
+def test_processes_a_saved_run_did_not_have_draw_their_own_random_numbers(tmp_path):
+    """Resumed on more processes than saved, every process took rank 0's random state: all drew rank 0's dropout
+    masks from then on."""
+    from conftest import copy_pairs, tiny_run
+    from tformer.tasks.translation import TranslationTask
+    from tformer.training import checkpoint, distributed
+    from tformer.training.loop import _load_optimizer_state, saved_world_size, train
+    from tformer.training.optim import make_adam
+
+    run = tiny_run(max_steps=1)
+    task = TranslationTask(run, copy_pairs(30))
+    train(task, run.train, tmp_path / "m", quiet=True)
+    meta, saved = checkpoint.load_trainer_state(tmp_path / "m")
+    assert saved_world_size(meta["trainer"], saved, tmp_path) == 1
+    optimizer = make_adam(task.model, (0.9, 0.98), 1e-9, 0.0)
+    drawn = []
+    for rank in range(3):
+        _load_optimizer_state(optimizer, saved, tmp_path, distributed.DistInfo(rank=rank, world_size=3), seed=1)
+        drawn.append(torch.rand(4))
+    assert not torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[1], drawn[2])
+    torch.set_rng_state(saved["rng"]["torch"])
+    assert torch.equal(drawn[0], torch.rand(4))  # rank 0 goes on from its own saved state
+    # A checkpoint from before trainer.world_size was saved: its random states tell how many processes saved it.
+    assert saved_world_size({}, {"rng_ranks": [None, None]}, tmp_path) == 2
+    with pytest.raises(TformerError, match=r"trainer_state.json: trainer.world_size is 0, not a number"):
+        saved_world_size({"world_size": 0}, saved, tmp_path / "trainer_state.json")

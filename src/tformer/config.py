@@ -111,6 +111,9 @@ class TrainConfig:
     # The final model is the mean of the weights at the last N checkpoints (save_every steps apart, the end
     # included), as the paper's base models (N=5); 0: off, the last weights.
     average_checkpoints: int = 0
+    # --resume on another number of processes (torchrun's world size) than the run was saved by: refused unless
+    # true, as the run then no longer goes on as it started (see training.loop._check_new_world_size).
+    allow_world_size_change: bool = False
     cut_frac: float = 0.1  # slanted triangular: share of steps spent rising
     stlr_ratio: float = 32.0  # slanted triangular: peak / lowest learning rate
 

@@ -77,6 +77,9 @@ class TrainerState:
     # Early stopping's record at this checkpoint ({"best", "best_step", "bad", "updates"}), so that a resumed run
     # judges its next validations against the same best as an uninterrupted one.
     early_stopping: dict | None = None
+    # The processes the run trained on (torchrun's world size): batch_index counts one process's share of the
+    # epoch, which is another place in the data under another world size (see resharded_position).
+    world_size: int = 1
 
 
 def learning_rate(cfg: TrainConfig, step: int, d_model: int) -> float:
@@ -148,11 +151,33 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def saved_world_size(trainer: dict, opt_state: dict, file: Path) -> int:
+    """The number of processes a saved run trained on: its trainer state says so; a checkpoint from before it did
+    is told by the random states it kept, one per process of a multi-process run."""
+    if "world_size" in trainer:
+        size = trainer["world_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise TformerError(f"{file}: trainer.world_size is {size!r}, not a number of processes")
+        return size
+    ranks = opt_state.get("rng_ranks")
+    return len(ranks) if isinstance(ranks, list) and ranks else 1
+
+
+def resharded_position(batch_index: int, saved_world: int, world: int) -> int:
+    """Where this process's share of the epoch goes on when a run saved by `saved_world` processes resumes on
+    `world`. Process r takes the epoch's batches r, r + world, ... (data.batching.shard), so the saved processes had
+    used the first batch_index x saved_world batches between them; the new shares go on from the last whole round
+    of `world` batches at or before that point: no batch of the epoch is skipped, fewer than `world` are seen twice."""
+    return batch_index * saved_world // world
+
+
 def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, file: Path,
-                          info: distributed.DistInfo | None = None) -> None:
+                          info: distributed.DistInfo | None = None, seed: int = 0) -> None:
     """The optimizer's moments and the random state of a saved run (checkpoint.load_trainer_state's second part).
-    Each process of a multi-process run takes its own random state back (they draw different dropout masks),
-    when the run is resumed with as many processes; otherwise every process takes rank 0's."""
+    Each process of a multi-process run takes its own random state back (they draw different dropout masks).
+    Resumed with more processes than were saved, a process the saved run did not have starts from rank 0's state
+    reseeded as a new run's process of that rank would be (seed + rank): taking rank 0's as it is, every process
+    drew the same dropout masks as rank 0 from then on."""
     # torch's load_state_dict also brings back the saved groups' options (betas, weight decay, eps, fused,
     # ...); a resumed run keeps the moments but takes its options from this run's config, as --resume says.
     options = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
@@ -161,8 +186,11 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, file: P
         for group, own in zip(optimizer.param_groups, options):
             group.update(own)
         ranks = saved.get("rng_ranks")
-        same_world = info is not None and isinstance(ranks, list) and len(ranks) == info.world_size
-        _set_rng_state(ranks[info.rank] if same_world else saved["rng"])
+        rank = info.rank if info is not None else 0
+        has_own = isinstance(ranks, list) and rank < len(ranks)
+        _set_rng_state(ranks[rank] if has_own else saved["rng"])
+        if not has_own and rank > 0:
+            torch.manual_seed(seed + rank)
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:  # saved by another model, or damaged
         raise TformerError(f"{file}: does not fit this run's optimizer and random state ({exc})") from None
 
@@ -230,7 +258,7 @@ def _train(task: Task, cfg: TrainConfig, out_dir: Path, resume: bool, info: dist
     # A task may give its own parameter groups (fine-tuning: discriminative learning rates via lr_scale).
     groups = task.parameter_groups(cfg.weight_decay) if hasattr(task, "parameter_groups") else None
     optimizer = make_adam(model, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.weight_decay, groups)
-    state = TrainerState()
+    state = TrainerState(world_size=info.world_size)
     if resume:
         checkpoint.restore_interrupted_save(out_dir)  # a save killed midway left the last copy aside
     if resume and (out_dir / checkpoint.TRAINER_STATE).is_file():
@@ -240,8 +268,14 @@ def _train(task: Task, cfg: TrainConfig, out_dir: Path, resume: bool, info: dist
                                       "trainer.")
         if state.step < 0:
             raise TformerError(f"{out_dir / checkpoint.TRAINER_STATE}: trainer.step is {state.step}, not a step count")
+        saved_world = saved_world_size(meta["trainer"], opt_state, out_dir / checkpoint.TRAINER_STATE)
+        if saved_world != info.world_size:
+            saved_accum = (meta.get("train_config") or {}).get("accum_steps", cfg.accum_steps)
+            _check_new_world_size(cfg, state, saved_world, saved_accum, info, out_dir)
+            state.batch_index = resharded_position(state.batch_index, saved_world, info.world_size)
+        state.world_size = info.world_size  # (a checkpoint from before the field lacks it)
         checkpoint.load_weights(out_dir, model)
-        _load_optimizer_state(optimizer, opt_state, out_dir / checkpoint.OPTIMIZER, info)
+        _load_optimizer_state(optimizer, opt_state, out_dir / checkpoint.OPTIMIZER, info, cfg.seed)
     elif not resume:
         torch.manual_seed(cfg.seed + info.rank)
     if state.step == 0 and info.is_main:
@@ -449,6 +483,31 @@ def _train(task: Task, cfg: TrainConfig, out_dir: Path, resume: bool, info: dist
     validate()
     save(snapshot=False)  # the average is not a checkpoint of the run: a later average must not take it in
     return state
+
+
+def _check_new_world_size(cfg: TrainConfig, state: TrainerState, saved_world: int, saved_accum: Any,
+                          info: distributed.DistInfo, out_dir: Path) -> None:
+    """A run resumed on another number of processes does not go on as it would have: each optimiser step takes
+    world_size x accum_steps micro-batches, so the steps are larger or smaller from there on (and an epoch holds
+    another number of them), the processes draw other dropout masks, and the epoch's batches are shared out anew.
+    Refused unless train.allow_world_size_change says so; then said in a warning."""
+    def procs(n: int) -> str:
+        return f"{n} process{'es' if n > 1 else ''}"
+
+    if not cfg.allow_world_size_change:
+        same = ("in one process (without torchrun)" if saved_world == 1
+                else f"on {saved_world} (torchrun --nproc_per_node {saved_world})")
+        raise TformerError(f"{out_dir}: the run was saved by {procs(saved_world)} and is resumed on "
+                           f"{info.world_size}; it would not go on as it started (another number of micro-batches "
+                           f"per step, the epoch's batches shared out anew): resume it {same}, or set "
+                           "train.allow_world_size_change=true")
+    if info.is_main:
+        warnings.warn(f"{out_dir}: resuming the run saved by {procs(saved_world)} on {info.world_size}: a step "
+                      f"takes {info.world_size} x {cfg.accum_steps} micro-batches (processes x accum_steps; it took "
+                      f"{saved_world} x {saved_accum}), and epoch {state.epoch} goes on from its batch "
+                      f"{resharded_position(state.batch_index, saved_world, info.world_size) * info.world_size} "
+                      f"(the saved processes had used {state.batch_index * saved_world}); the weights will not be "
+                      "those of a run never stopped", stacklevel=4)
 
 
 def _wrap_for_ddp(model: nn.Module, ddp: nn.Module, wrapped_for: tuple[bool, ...] | None
