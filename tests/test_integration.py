@@ -242,8 +242,24 @@ class _ScriptedValidation(TranslationTask):
         return {"loss": self.scripted[self.calls - 1]}
 
 
+class _InfiniteOnRank1(TranslationTask):
+    """Rank 1's loss becomes inf on its 5th micro-batch (step 3's first, with accum_steps=2); rank 0's stays finite.
+    An added constant: the gradients stay finite, as those of a cross-entropy over a -inf logit do."""
+
+    def loss(self, model, batch):
+        self.calls = getattr(self, "calls", 0) + 1
+        loss, stats = super().loss(model, batch)
+        if distributed.launched().rank == 1 and self.calls == 5:
+            loss = loss + float("inf")
+        return loss, stats
+
+
+_TASKS = {"translation": TranslationTask, "scripted": _ScriptedValidation, "inf_on_rank1": _InfiniteOnRank1}
+
+
 def _ddp_phases_worker(rank: int, world: int, port: int, out: str, pairs, result: str, phases: list, task_kind: str):
-    """Train in `world` processes through each (train options, resume) phase; rank r writes result/rank{r}.pt."""
+    """Train in `world` processes through each (train options, resume) phase; rank r writes result/rank{r}.pt, or
+    result/rank{r}.error with the message of a TformerError that stopped it."""
     import time
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
@@ -253,18 +269,20 @@ def _ddp_phases_worker(rank: int, world: int, port: int, out: str, pairs, result
     try:
         for options, resume in phases:
             run = tiny_run(device="cpu", **options)
-            task = (_ScriptedValidation if task_kind == "scripted" else TranslationTask)(run, pairs)
+            task = _TASKS[task_kind](run, pairs)
             if rank == 1:
                 time.sleep(0.5)  # the ranks' clocks start apart, as when only rank 0 measures the matmul peak
             state = train(task, run.train, out, resume=resume, info=info, quiet=True)
         torch.save({"step": state.step, **task.model.state_dict()}, Path(result) / f"rank{rank}.pt")
+    except TformerError as exc:
+        (Path(result) / f"rank{rank}.error").write_text(str(exc))
     finally:
         distributed.teardown(info)
 
 
-def _spawn_phases(tmp_path, name: str, phases: list, task_kind: str = "translation", timeout: float = 240.0):
-    """Each rank's final weights (and step) of a 2-process run; a rank left waiting for the other fails the test
-    instead of hanging it."""
+def _run_phases(tmp_path, name: str, phases: list, task_kind: str = "translation", timeout: float = 240.0) -> Path:
+    """Run the phases in 2 processes; the folder of their results. A rank left waiting for the other fails the
+    test instead of hanging it."""
     result = tmp_path / f"{name}-result"
     result.mkdir()
     context = mp.spawn(_ddp_phases_worker, args=(2, _free_port(), str(tmp_path / name), copy_pairs(120, seed=5),
@@ -275,6 +293,12 @@ def _spawn_phases(tmp_path, name: str, phases: list, task_kind: str = "translati
             for process in context.processes:
                 process.kill()
             pytest.fail(f"{name}: the processes did not finish in {timeout:.0f} s (one waits for the other)")
+    return result
+
+
+def _spawn_phases(tmp_path, name: str, phases: list, task_kind: str = "translation", timeout: float = 240.0):
+    """Each rank's final weights (and step) of a 2-process run."""
+    result = _run_phases(tmp_path, name, phases, task_kind, timeout)
     return [torch.load(result / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
@@ -375,6 +399,49 @@ def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tmp_path):
     task.loss = nan_loss
     run.train.max_steps = 4
     with pytest.raises(TformerError, match="nan at step 3"):
+        train(task, run.train, tmp_path / "m", resume=True, quiet=True)
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == saved
+
+
+def test_a_non_finite_loss_on_one_process_stops_every_process_with_the_same_error(tmp_path):
+    """Rank 1's loss alone goes to inf at step 3. Each rank checked only its own loss: rank 1 stopped, and rank 0
+    stepped on the inf gradients DDP had averaged in and went on into its next collective, to wait for a process
+    that had left (NCCL: a hang; gloo here: a RuntimeError on the closed connection). Both must stop at step 3 with
+    the same line, the checkpoint of step 2 untouched."""
+    result = _run_phases(tmp_path, "inf", [({"max_steps": 6, "accum_steps": 2, "save_every": 2}, False)],
+                         task_kind="inf_on_rank1", timeout=120)
+    errors = [(result / f"rank{r}.error").read_text() if (result / f"rank{r}.error").is_file() else None
+              for r in range(2)]
+    assert errors[0] is not None and errors[0] == errors[1], errors
+    assert errors[0].startswith("training loss or gradients became non-finite on one of the 2 processes "
+                                "(gradient norm nan) at step 3; the last checkpoint in "), errors[0]
+    saved = json.loads((tmp_path / "inf" / "trainer_state.json").read_text())
+    assert saved["trainer"]["step"] == 2
+    weights = checkpoint.read_weights(tmp_path / "inf" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+@pytest.mark.parametrize("clip_norm", [1.0, 0.0])
+def test_non_finite_gradients_of_a_finite_loss_stop_before_the_update(tmp_path, clip_norm):
+    """sqrt's slope at 0 is inf: the loss below stays finite and the gradients become NaN. The step wrote NaN into
+    the weights and the checkpoint after it saved them; the run went on to stop on the loss one step later."""
+    pairs = copy_pairs(40, seed=6)
+    run = tiny_run(max_steps=2, clip_norm=clip_norm, save_every=1)
+    task = TranslationTask(run, pairs)
+    train(task, run.train, tmp_path / "m", quiet=True)
+    saved = (tmp_path / "m" / "model.safetensors").read_bytes()
+
+    real_loss = task.loss
+
+    def nan_gradients(model, batch):
+        loss, stats = real_loss(model, batch)
+        weight = next(model.parameters())
+        return loss + torch.sqrt(weight.sum() * 0), stats
+
+    task.loss = nan_gradients
+    run.train.max_steps = 4
+    with pytest.raises(TformerError, match=r"^training gradients became non-finite \(norm nan\) at step 3; the last "
+                                           "checkpoint in .* is kept"):
         train(task, run.train, tmp_path / "m", resume=True, quiet=True)
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == saved
 

@@ -1,8 +1,9 @@
 """The training loop. It knows nothing of any task: a task supplies batches, a loss and a validation.
 
 One optimiser step: set the learning rate from the schedule, run `accum_steps` micro-batches forward and
-backward under autocast (DDP synchronises gradients on the last one only), clip, step. Around it: logging,
-periodic validation, atomic checkpoints, and exact resume (weights, optimiser, step, data position, RNG).
+backward under autocast (DDP synchronises gradients on the last one only), clip, stop every process if a loss or
+the gradients are not finite, step. Around it: logging, periodic validation, atomic checkpoints, and exact resume
+(weights, optimiser, step, data position, RNG).
 """
 
 from __future__ import annotations
@@ -405,17 +406,37 @@ def _train(task: Task, cfg: TrainConfig, out_dir: Path, resume: bool, info: dist
                 sync = ddp.no_sync() if info.enabled and not last else contextlib.nullcontext()
                 with sync, autocast():
                     loss_sum, _ = task.loss(ddp, m)
-                    (loss_sum / per_rank_tokens).backward()
+                    scaled = loss_sum / per_rank_tokens
+                    if info.enabled:
+                        # A rank whose loss is not finite makes all its gradients NaN (x1.0 otherwise: the same
+                        # bits), and DDP's averaging hands the NaN to every rank: all see it in the gradient norm
+                        # below and stop at this step together. A rank that stopped alone on its own loss left the
+                        # others waiting for it in their next collective. (Telling the ranks otherwise takes a
+                        # second collective a step, or the division above put off until the token count could be
+                        # all-reduced with the losses, after the backward: then a run on N processes is no longer
+                        # bit for bit one process accumulating the same batches.)
+                        scaled = scaled * torch.where(torch.isfinite(loss_sum.detach()), 1.0, math.nan)
+                    scaled.backward()
                 step_loss += float(loss_sum.detach())
-            if not math.isfinite(step_loss):
+            # The ranks hold the same averaged gradients, so the same norm: they decide alike. A non-finite norm
+            # with finite losses stops the run too: the step would write NaN into the weights.
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm) if cfg.clip_norm > 0
+                              else _gradient_norm(model))
+            own_loss_bad = not info.enabled and not math.isfinite(step_loss)  # alone, the loss itself says
+            if own_loss_bad or not math.isfinite(grad_norm):
                 # Stop before the update, and without saving: the last checkpoint on disk stays good.
                 log.close()
                 kept = (f"the last checkpoint in {out_dir} is kept" if (out_dir / checkpoint.CONFIG).is_file()
                         else "nothing was saved")
-                raise TformerError(f"training loss became {step_loss} at step {state.step + 1}; {kept} (try a lower "
-                                   "train.lr or more train.warmup_steps)")
-            if cfg.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                if own_loss_bad:
+                    what = f"training loss became {step_loss}"
+                elif info.enabled:  # the same line on every rank: none knows which rank's loss it was
+                    what = (f"training loss or gradients became non-finite on one of the {info.world_size} "
+                            f"processes (gradient norm {grad_norm})")
+                else:
+                    what = f"training gradients became non-finite (norm {grad_norm})"
+                raise TformerError(f"{what} at step {state.step + 1}; {kept} (try a lower train.lr or more "
+                                   "train.warmup_steps)")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -522,6 +543,14 @@ def _wrap_for_ddp(model: nn.Module, ddp: nn.Module, wrapped_for: tuple[bool, ...
     if isinstance(ddp, DistributedDataParallel):
         ddp._remove_autograd_hooks()
     return DistributedDataParallel(model), trainable
+
+
+def _gradient_norm(model: nn.Module) -> Tensor:
+    """The 2-norm of all the gradients together (what clip_grad_norm_ measures), for a run without clipping."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
 
 
 def _checkpoint_averager(cfg: TrainConfig, out_dir: Path | str) -> CheckpointAverager | None:
