@@ -1,6 +1,6 @@
 """The GPU's mixed-precision training path, run on a CPU: every task trains under bf16 autocast.
 
-On CUDA the trainer wraps each forward and backward in bf16 autocast (train.amp). Without a GPU that path
+On CUDA the trainer runs each forward and loss in bf16 autocast (train.amp), and the backward outside it. Without a GPU that path
 would go untested, and a dtype mismatch (an fp32 buffer meeting bf16 activations in a hand-written kernel,
 a loss, a mask) would first show up on a lent GPU. CPU autocast casts the same kinds of ops (matmuls to
 bf16, reductions and norms kept in fp32), so the trainer is told to use it here: each task must train to a
@@ -91,3 +91,37 @@ def test_gpt_finetuning_trains_under_bf16_autocast(tmp_path, pretrained_gpt, aut
     run = gpt_run(tmp_path, pretrained_gpt, **{"train.max_epochs": 2})
     train_and_check(build_finetune_task(run), run.train, tmp_path / "ft", autocast_steps)
     load_finetuned(tmp_path / "ft")
+
+
+class _AutocastInBackward(torch.autograd.Function):
+    """The identity; records whether autocast is on when its gradient is taken."""
+
+    seen: list[bool] = []
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        _AutocastInBackward.seen.append(torch.is_autocast_enabled("cpu"))
+        return grad
+
+
+def test_the_backward_runs_outside_autocast(tmp_path, autocast_steps):
+    """PyTorch's AMP recipe: autocast over the forward and the loss only; the backward ops take the dtypes their
+    forward ops had. The trainer ran the backward inside autocast too."""
+    _AutocastInBackward.seen = []
+    pairs = copy_pairs(40, seed=3)
+    run = tiny_run(max_steps=2, accum_steps=2)
+    task = TranslationTask(run, pairs)
+    real_loss = task.loss
+
+    def watched_loss(model, batch):
+        loss, stats = real_loss(model, batch)
+        return _AutocastInBackward.apply(loss), stats
+
+    task.loss = watched_loss
+    state = loop.train(task, run.train, tmp_path / "m", quiet=True)
+    assert state.step == 2 and autocast_steps == [torch.bfloat16] * 4  # the forwards ran under autocast
+    assert _AutocastInBackward.seen == [False] * 4

@@ -1,7 +1,7 @@
 """The training loop. It knows nothing of any task: a task supplies batches, a loss and a validation.
 
-One optimiser step: set the learning rate from the schedule, run `accum_steps` micro-batches forward and
-backward under autocast (DDP synchronises gradients on the last one only), clip, stop every process if a loss or
+One optimiser step: set the learning rate from the schedule, run `accum_steps` micro-batches forward (under
+autocast) and backward (DDP synchronises gradients on the last one only), clip, stop every process if a loss or
 the gradients are not finite, step. Around it: logging, periodic validation, atomic checkpoints, and exact resume
 (weights, optimiser, step, data position, RNG).
 """
@@ -404,8 +404,11 @@ def _train(task: Task, cfg: TrainConfig, out_dir: Path, resume: bool, info: dist
             for i, m in enumerate(micro):
                 last = i == len(micro) - 1
                 sync = ddp.no_sync() if info.enabled and not last else contextlib.nullcontext()
-                with sync, autocast():
-                    loss_sum, _ = task.loss(ddp, m)
+                with sync:  # (no_sync governs the backward too: it stays inside)
+                    # The forward and the loss under autocast, the backward outside it, as PyTorch's AMP recipe
+                    # has it: each backward op runs in the dtype autocast gave its forward op.
+                    with autocast():
+                        loss_sum, _ = task.loss(ddp, m)
                     scaled = loss_sum / per_rank_tokens
                     if info.enabled:
                         # A rank whose loss is not finite makes all its gradients NaN (x1.0 otherwise: the same
