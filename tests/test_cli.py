@@ -256,3 +256,30 @@ def test_help_says_what_each_shortcut_flag_sets(capsys):
     assert "(data.max_tokens; default: 128" in pages["finetune"]
     for key in _SHORTCUTS.values():
         assert f"({key})" in pages["train"], key
+
+
+def test_train_takes_lr_and_its_help_says_what_it_means_per_schedule(tmp_path, capsys):
+    """finetune had --lr, train only train.lr=. Under inverse_sqrt train.lr is a factor on the paper's schedule,
+    under the others the peak rate: the help says both."""
+    import json
+
+    from tformer.training.schedules import inverse_sqrt_lr
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    page = " ".join(capsys.readouterr().out.split())
+    assert ("--lr LR learning rate: under inverse_sqrt (translation's default schedule) a factor on the paper's "
+            "d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) (default 1); under cosine") in page
+    assert "the peak rate (train.lr)" in page
+    src, tgt = write_corpus(tmp_path)
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "m", "--train-src", src, "--train-tgt", tgt, *TINY,
+                           "--lr", "0.25", "train.log_every=1", "train.warmup_steps=2")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "m" / "trainer_state.json").read_text())
+    assert saved["train_config"]["lr"] == 0.25
+    d_model = json.loads((tmp_path / "m" / "config.json").read_text())["d_model"]
+    rates = [entry["lr"] for entry in saved["trainer"]["history"] if "lr" in entry]
+    assert rates == pytest.approx([inverse_sqrt_lr(step, d_model, 2, 0.25) for step in (1, 2, 3)])
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "bad", "--train-src", src, "--train-tgt", tgt, *TINY,
+                           "--lr", "0")
+    assert_one_line_error(code, err, "train.lr: 0.0 is out of range")

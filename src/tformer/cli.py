@@ -27,7 +27,7 @@ _SHORTCUTS = {
     "train_src": "data.train_src", "train_tgt": "data.train_tgt", "valid_src": "data.valid_src",
     "valid_tgt": "data.valid_tgt", "preset": "model.preset", "vocab_size": "data.vocab_size",
     "max_steps": "train.max_steps", "max_epochs": "train.max_epochs", "max_minutes": "train.max_minutes",
-    "max_tokens": "train.max_tokens", "seed": "train.seed", "device": "train.device",
+    "max_tokens": "train.max_tokens", "lr": "train.lr", "seed": "train.seed", "device": "train.device",
     "train_text": "data.train_text", "valid_text": "data.valid_text", "block_size": "data.block_size",
     "batch_size": "train.batch_size", "tokenizer": "data.tokenizer", "tokenizer_file": "data.tokenizer_file",
 }
@@ -41,7 +41,12 @@ _SHORTCUT_HELP = {
     "preset": "model preset, whose family picks the task (tformer list-models)",
     "vocab_size": "tokenizer vocabulary to learn", "max_steps": "stop after this many optimiser steps",
     "max_epochs": "stop after this many passes over the training data", "max_minutes": "stop after this long",
-    "max_tokens": "translation: padded tokens per micro-batch and process", "seed": "random seed",
+    "max_tokens": "translation: padded tokens per micro-batch and process",
+    # train.lr is a factor under the paper's schedule and a rate under the others: the flag says which.
+    "lr": "learning rate: under inverse_sqrt (translation's default schedule) a factor on the paper's "
+          "d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) (default 1); under cosine (GPT's and the "
+          "encoders' default), linear, constant or slanted_triangular the peak rate",
+    "seed": "random seed",
     "device": "auto, cpu or cuda",
     "train_text": "GPT or encoder: the training text, files separated by commas",
     "valid_text": "GPT or encoder: held-out text (default: the end of --train-text)",
