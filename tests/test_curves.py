@@ -143,3 +143,48 @@ def test_a_short_run_says_it_logged_no_training_loss(tmp_path, capsys):
     assert describe_history([{"step": 2, "loss": 1.0}]) == "1 log point of the training loss, at step 2; no validation"
     assert describe_history([{"step": 2, "loss": 1.0}, {"step": 4, "loss": 0.5}, {"step": 4, "valid": {}}]) == \
         "2 log points and 1 validation, steps 2 to 4"
+
+
+def test_a_regression_run_draws_its_validation_mse_as_its_loss(tmp_path, monkeypatch):
+    """Regression fine-tuning validates with mse, pearson and spearman, no "loss": its loss panel held the training
+    loss alone, or nothing at all in a run too short to log one. Its training loss is the mean squared error, so the
+    validation mse is drawn beside it; and a run with nothing for the loss panel (tagging and QA report no loss)
+    leaves that panel out rather than drawing it empty."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    panels = []  # (title, labels of its lines)
+    original_plot, original_title = plt.Axes.plot, plt.Axes.set_title
+    lines = {}
+
+    def plot(ax, *args, **kwargs):
+        lines.setdefault(id(ax), []).append(kwargs.get("label"))
+        return original_plot(ax, *args, **kwargs)
+
+    def set_title(ax, title, *args, **kwargs):
+        panels.append((title, lines.get(id(ax), [])))
+        return original_title(ax, title, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Axes, "plot", plot)
+    monkeypatch.setattr(plt.Axes, "set_title", set_title)
+    valid = [{"step": 4, "valid": {"mse": 0.9, "pearson": 0.3, "spearman": 0.2}},
+             {"step": 8, "valid": {"mse": 0.5, "pearson": 0.7, "spearman": 0.6}}]
+    plot_training_curves([{"step": 4, "loss": 1.2, "lr": 1e-4}, valid[0], {"step": 8, "loss": 0.6, "lr": 5e-5},
+                          valid[1]], tmp_path / "reg.png")
+    assert panels == [("loss", ["training loss", "validation mse"]), ("validation pearson", [None]),
+                      ("validation spearman", [None]), ("learning rate", [None])]
+    panels.clear()
+    lines.clear()
+    plot_training_curves(valid, tmp_path / "short.png")  # no training loss logged
+    assert panels == [("loss", ["validation mse"]), ("validation pearson", [None]), ("validation spearman", [None])]
+    panels.clear()
+    lines.clear()
+    plot_training_curves([{"step": 3, "valid": {"f1": 0.4, "exact_match": 0.2}}], tmp_path / "qa.png")
+    assert [title for title, _ in panels] == ["validation f1", "validation exact_match"]  # no empty loss panel
+    assert all(drawn for _, drawn in panels)
+    panels.clear()
+    plot_training_curves([{"step": 3, "valid": {}}], tmp_path / "none.png")  # nothing at all: one empty panel
+    assert [title for title, _ in panels] == ["loss"] and (tmp_path / "none.png").read_bytes()[:8] == PNG
+    assert not_drawn([{"step": 1, "valid": {"mse": 1.0, **{f"m{i}": 0.5 for i in range(5)}}}]) == ["m4"]

@@ -15,6 +15,10 @@ from tformer.training import checkpoint  # noqa: E402
 from tformer.viz.text import plain_text  # noqa: E402
 
 MAX_METRIC_PANELS = 4  # validation metrics other than losses, one panel each
+# Validation metrics that are a run's training loss measured on the validation data, drawn beside it on the loss
+# panel: any "...loss", and "mse", which only regression fine-tuning reports and whose training loss is the mean
+# squared error per example (tformer.tasks.finetune), the same quantity on the same scale.
+LOSS_METRICS = ("mse",)
 
 
 def read_history(model_dir: str | Path) -> list[dict]:
@@ -56,7 +60,7 @@ def _is_number(value) -> bool:
 def _metric_panels(history: list[dict]) -> tuple[list[str], list[str]]:
     """(validation losses, drawn on the loss panel; the other metrics that get a panel each)."""
     names = list(dict.fromkeys(k for e in history if "valid" in e for k in e["valid"]))
-    losses = [k for k in names if k.endswith("loss")]
+    losses = [k for k in names if k.endswith("loss") or k in LOSS_METRICS]
     return losses, [k for k in names if k not in losses and k != "ppl"]  # ppl is exp(loss)
 
 
@@ -91,38 +95,27 @@ def not_drawn(history: list[dict]) -> list[str]:
 
 @plain_text
 def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
-    """Panels: loss (training, and validation losses), each other validation metric, the learning rate."""
+    """Panels: loss (training, and validation losses), each other validation metric, the learning rate. A run
+    with nothing for the loss panel (no training loss logged, no validation loss) has none, rather than an
+    empty one, unless it would be the only panel."""
     train = [e for e in history if "loss" in e]
     valid = [e for e in history if "valid" in e]
     losses, others = _metric_panels(history)
     others = others[:MAX_METRIC_PANELS]
-    n_panels = 1 + len(others) + (1 if any("lr" in e for e in train) else 0)
+    has_lr = any("lr" in e for e in train)
+    loss_panel = bool(train or losses or not (others or has_lr))
+    n_panels = loss_panel + len(others) + has_lr
     fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.4), squeeze=False)
     axes = list(axes[0])
-    ax = axes.pop(0)
-    if train:
-        ax.plot([e["step"] for e in train], [e["loss"] for e in train], label="training loss", linewidth=1.2,
-                marker="o" if len(train) <= 50 else None, markersize=2)  # a single point shows too
-    for name in losses:
-        points = [(e["step"], e["valid"][name]) for e in valid if name in e["valid"]]
-        ax.plot(*zip(*points), marker="o", markersize=3, label=f"validation {name}")
-    if len(losses) > 1 and "loss" not in losses:
-        # The training loss of a multi-objective run (BERT: MLM + NSP) is the sum of its parts: so is this line, the
-        # one to read against it.
-        points = [(e["step"], sum(e["valid"][n] for n in losses)) for e in valid if all(n in e["valid"] for n in losses)]
-        if points:
-            ax.plot(*zip(*points), marker="s", markersize=3, color="black", label=f"validation {' + '.join(losses)}")
-    ax.set_xlabel("step")
-    ax.set_title("loss", fontsize=10)
-    if train or losses:
-        ax.legend(fontsize=8)
+    if loss_panel:
+        _draw_losses(axes.pop(0), train, valid, losses)
     for name in others:
         ax = axes.pop(0)
         points = [(e["step"], e["valid"][name]) for e in valid if name in e["valid"]]
         ax.plot(*zip(*points), marker="o", markersize=3, color="tab:green")
         ax.set_xlabel("step")
         ax.set_title(f"validation {name}", fontsize=10)
-    if axes:
+    if has_lr:
         ax = axes.pop(0)
         rates = [(e["step"], e["lr"]) for e in train if "lr" in e]
         ax.plot(*zip(*rates), color="tab:red", marker="o" if len(rates) <= 50 else None, markersize=2)
@@ -136,3 +129,24 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _draw_losses(ax, train: list[dict], valid: list[dict], losses: list[str]) -> None:
+    """The loss panel: the training loss, and the validation losses against it."""
+    if train:
+        ax.plot([e["step"] for e in train], [e["loss"] for e in train], label="training loss", linewidth=1.2,
+                marker="o" if len(train) <= 50 else None, markersize=2)  # a single point shows too
+    for name in losses:
+        points = [(e["step"], e["valid"][name]) for e in valid if name in e["valid"]]
+        ax.plot(*zip(*points), marker="o", markersize=3, label=f"validation {name}")
+    parts = [name for name in losses if name.endswith("loss")]
+    if len(parts) > 1 and "loss" not in parts:
+        # The training loss of a multi-objective run (BERT: MLM + NSP) is the sum of its parts: so is this line, the
+        # one to read against it.
+        points = [(e["step"], sum(e["valid"][n] for n in parts)) for e in valid if all(n in e["valid"] for n in parts)]
+        if points:
+            ax.plot(*zip(*points), marker="s", markersize=3, color="black", label=f"validation {' + '.join(parts)}")
+    ax.set_xlabel("step")
+    ax.set_title("loss", fontsize=10)
+    if train or losses:
+        ax.legend(fontsize=8)
