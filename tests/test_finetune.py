@@ -767,3 +767,15 @@ def test_logistic_regression_needs_two_classes():
         fit_logistic_regression(x[:0], torch.tensor([], dtype=torch.long), 2)
     layer = fit_logistic_regression(x[:2], torch.tensor([0, 1]), 2)  # two examples, two classes: a finite fit
     assert torch.isfinite(layer.weight).all() and (layer(x[:2]).argmax(-1) == torch.tensor([0, 1])).all()
+
+
+def test_a_qa_head_refuses_classifier_dropout(tmp_path, pretrained, capsys):
+    """A QA head has no dropout (as transformers' BertForQuestionAnswering; tests/test_heads_parity.py): asked for,
+    it would be ignored without a word, so it is refused, before any file is read."""
+    from conftest import assert_one_line_error, run_cli
+
+    (tmp_path / "sq.json").write_text("{}")  # not read: the options are checked first
+    code, _, err = run_cli(capsys, "finetune", "--model", pretrained, "--task", "qa", "--train", tmp_path / "sq.json",
+                           "--out", tmp_path / "qa", "model.classifier_dropout=0.2")
+    assert_one_line_error(code, err, "model.classifier_dropout=0.2: a QA head has no dropout")
+    assert not (tmp_path / "qa").exists()

@@ -10,11 +10,17 @@
 
 Each fine-tuning model keeps its pretrained network as `.bert` (or `.gpt`), so transfer strategies
 (tformer.transfer) find its layers, and its new parameters in `.head`.
+
+Dropout before the head's linear map follows transformers' heads (and the papers' fine-tuning code): sentence
+classification and regression (BertForSequenceClassification, num_labels=1 for regression) and token tagging
+(BertForTokenClassification) apply classifier dropout; extractive QA (BertForQuestionAnswering, as BERT's
+run_squad.py) applies none, its span scores reading the encoder's last states directly; GPT-1's classifier
+(OpenAIGPTDoubleHeadsModel's summary_first_dropout, "dropout to the classifier with a rate of 0.1") applies it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -36,7 +42,7 @@ class HeadConfig:
     task: TaskKind = "classification"
     labels: list[str] = field(default_factory=list)  # classification and tagging: id -> label
     pooling: Pooling = "pooler"  # sentence tasks; "pooler" falls back to "cls" for encoders without one
-    dropout: float = 0.1  # before the head's linear map (BERT's classifier dropout)
+    dropout: float = 0.1  # before the head's linear map (BERT's classifier dropout); a QA head has none (0.0)
 
     @property
     def n_outputs(self) -> int:
@@ -62,9 +68,13 @@ class EncoderForTask(nn.Module):
         super().__init__()
         self.bert = encoder if isinstance(encoder, BertModel) else BertModel(encoder)
         self.config = self.bert.config
-        self.head_config = head
         if head.n_outputs < 1 or (head.task in ("classification", "tagging") and head.n_outputs < 2):
             raise ValueError(f"a {head.task} head needs at least 2 labels, got {head.labels}")
+        if head.task == "qa" and head.dropout:
+            # BERT's span head has no dropout (see the module docstring); HeadConfig's default of 0.1 is the
+            # classifiers', and QA heads saved before this was fixed recorded it: both mean "BERT's head".
+            head = replace(head, dropout=0.0)
+        self.head_config = head
         self.dropout = Dropout(head.dropout)
         self.head = Linear(self.config.d_model, head.n_outputs)
         nn.init.normal_(self.head.weight, std=0.02)

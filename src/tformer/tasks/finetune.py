@@ -553,6 +553,12 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
         raise TformerError(f"{pretrained}: model_type {kind!r} cannot be fine-tuned here: --model takes a BERT-family "
                            "encoder (tformer's, or bert, roberta, albert) or a GPT language model (tformer's or gpt2)")
     _check_model_options(run.model, from_gpt)
+    if d.task == "qa" and run.model.get("classifier_dropout") and resume_dir is None:
+        # The span head has none (models.heads); set, the option would be ignored without a word. A resumed run's
+        # saved options are left as they were: its head ignores the value alike.
+        raise TformerError(f"model.classifier_dropout={run.model['classifier_dropout']}: a QA head has no dropout "
+                           "(its start and end scores read the encoder's last states directly, as in BERT and "
+                           "transformers' BertForQuestionAnswering); leave it out")
     if from_gpt:
         from tformer.tasks.finetune_gpt import require_classification
 
@@ -564,7 +570,9 @@ def build_finetune_task(run: RunConfig, resume_dir: str | Path | None = None) ->
         raise TformerError(f"{pretrained} is fine-tuned for {head.task!r}, not --task {d.task}: start from the "
                            f"pretrained model instead")
     if head is not None and resume_dir is None:
-        for key, saved in (("pooling", getattr(head, "pooling", None)), ("classifier_dropout", head.dropout)):
+        # A QA head's saved dropout (0.1 before QA heads lost theirs) is not used, so it is not held against the run.
+        for key, saved in (("pooling", getattr(head, "pooling", None)),
+                           ("classifier_dropout", head.dropout if head.task != "qa" else None)):
             if key in run.model and saved is not None and run.model[key] != saved:
                 raise TformerError(f"model.{key} cannot change from {saved!r} to {run.model[key]!r}: {pretrained} "
                                    "was fine-tuned with it (its head trains on as it is)")
