@@ -165,3 +165,56 @@ def test_attention_maps_of_a_finetuned_gpt_show_what_its_classifier_reads(tmp_pa
     with torch.no_grad():
         direct = model.gpt(torch.tensor([ids]), need_weights=True).attentions
     assert torch.allclose(torch.from_numpy(two.weights), torch.stack(direct)[:, 0], atol=1e-6)
+
+
+def test_gpt_pairs_are_cut_as_transformers_cuts_them_longest_first(tmp_path, pretrained_gpt):
+    """A pair too long for data.max_tokens loses the tokens transformers' truncation="longest_first" takes (the
+    tokenizers library's rule, which encoder pairs follow too): the longer text first, and when both must be cut,
+    halves with the odd token to the text that was longer (to the second on a tie). GPT-1 pairs were cut one token
+    at a time, from the first on a tie: 6 + 5 tokens in 7 kept 3 + 4 where transformers keeps 4 + 3."""
+    import transformers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    run = gpt_run(tmp_path, pretrained_gpt, **{"data.max_tokens": 12})
+    task = build_finetune_task(run)
+    tok = task.tokenizer
+    # transformers sets truncation on the backend it wraps: give it a copy, not the task's
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=HFTokenizer.from_str(tok.backend.to_str()))
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # its note that pairs return no overflowing tokens, per call
+    try:
+        _compare_pair_cuts(task, hf, GOOD + BAD + FILL)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    # A max_tokens that leaves no room for both texts beside <s> <d> <e> is a setting to change, not a cut
+    task.max_tokens = 4
+    with pytest.raises(Exception, match=r"data.max_tokens=4 leaves no room for both texts of a pair"):
+        task.encode([Example(text="good film", pair="bad plot", label="1", line=2)], "train")
+
+
+def _compare_pair_cuts(task, hf, words):
+    import warnings
+
+    tok, e = task.tokenizer, task.tokenizer.eos_id
+    checked = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cut warning, once per encode
+        for n1 in range(1, 9):
+            for n2 in range(1, 9):
+                text, pair = " ".join(words[:n1]), " ".join(words[-n2:])
+                for max_tokens in range(5, 14):
+                    task.max_tokens = max_tokens
+                    [item] = task.encode([Example(text=text, pair=pair, label="1", line=2)], "train")
+                    ids = item["ids"]
+                    assert ids[0] == ids[-1] == e and ids.count(e) == 3 and len(ids) <= max_tokens
+                    middle = ids.index(e, 1)
+                    ours = (ids[1:middle], ids[middle + 1 : -1])
+                    want = hf(text, pair, truncation="longest_first", max_length=max_tokens - 3,
+                              add_special_tokens=False, return_token_type_ids=True)
+                    types = want["token_type_ids"]
+                    theirs = ([i for i, t in zip(want["input_ids"], types) if t == 0],
+                              [i for i, t in zip(want["input_ids"], types) if t == 1])
+                    assert ours == theirs, (n1, n2, max_tokens)
+                    checked += len(tok.backend.encode(text).ids) + len(tok.backend.encode(pair).ids) > max_tokens - 3
+    assert checked > 100  # most of the grid is cut
+

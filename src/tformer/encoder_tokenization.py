@@ -64,12 +64,14 @@ def _detect_style(vocab: dict[str, int], where: str) -> str:
     raise TformerError(f"{where}: the vocabulary has neither [CLS]/[MASK] (BERT) nor <s>/<mask> (RoBERTa)")
 
 
-def _pair_lengths(n1: int, n2: int, budget: int) -> tuple[int, int]:
+def pair_lengths(n1: int, n2: int, budget: int) -> tuple[int, int]:
     """How many tokens of A and B to keep so that they fit `budget`, cutting the longer first.
 
-    This is the `tokenizers` library's "longest_first" rule (which transformers uses): the shorter input is
-    kept whole if the longer one can absorb the cut; otherwise both get half, the odd token going to the one
-    that was longer (to B on a tie). transformers' old pure-Python tokenizers gave the odd token to A instead.
+    This is the `tokenizers` library's "longest_first" rule (which transformers' tokenizers use, BERT's and
+    GPT-2's alike): the shorter input is kept whole if the longer one can absorb the cut; otherwise both get
+    half, the odd token going to the one that was longer (to B on a tie, so A loses the extra token). transformers'
+    pure-Python tokenizers (tokenization_python, BertTokenizerLegacy) give the odd token to A in every case
+    instead. GPT-1 sentence pairs (tformer.tasks.finetune_gpt) are cut by this same rule.
     """
     short, long_ = sorted((n1, n2))
     if short > budget:
@@ -159,7 +161,7 @@ class EncoderTokenizer:
                 if b is None:
                     a = a[:budget]
                 else:
-                    keep_a, keep_b = _pair_lengths(len(a), len(b), budget)
+                    keep_a, keep_b = pair_lengths(len(a), len(b), budget)
                     a, b = a[:keep_a], b[:keep_b]
                 n_cut += 1
             out.append(self._frame(a, b, cut))

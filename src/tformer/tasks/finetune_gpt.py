@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from tformer.config import RunConfig
+from tformer.encoder_tokenization import pair_lengths
 from tformer.errors import TformerError
 from tformer.models.gpt import GPT
 from tformer.models.heads import GPTForClassification, HeadConfig
@@ -80,6 +81,12 @@ class GPTClassificationTask(FineTuneTask):
                 tok.check_chars(e.pair, where)
                 pair = tok.backend.encode(e.pair, add_special_tokens=False).ids
             budget = self.max_tokens - 2 * len(start_end) - (len(delimiter) if pair is not None else 0)
+            if budget < 1 + (pair is not None):
+                # Less would leave a text with no token (or, as before, go past the model's positions): a setting
+                # to change, as an encoder's tokenizer says of the same max_length.
+                raise TformerError(f"data.max_tokens={self.max_tokens} leaves no room for "
+                                   f"{'both texts of a pair' if pair is not None else 'the text'} beside the "
+                                   f"{self.max_tokens - budget} start, delimiter and extract tokens")
             if len(text) + len(pair or []) > budget:
                 cut += 1
                 text, pair = _truncate_longest_first(text, pair, budget)
@@ -107,14 +114,15 @@ class GPTClassificationTask(FineTuneTask):
 
 
 def _truncate_longest_first(text: list[int], pair: list[int] | None, budget: int) -> tuple[list[int], list[int] | None]:
-    """Drop tokens from the end of the longer segment until both fit in `budget` (at least 1 token each)."""
-    text, pair = list(text), (list(pair) if pair is not None else None)
-    while len(text) + len(pair or []) > max(budget, 1 + (pair is not None)):
-        if pair is not None and len(pair) > len(text):
-            pair.pop()
-        else:
-            text.pop()
-    return text, pair
+    """Cut the ends of the texts to fit `budget` tokens by the rule an encoder's pairs are cut by (transformers'
+    truncation="longest_first", as the tokenizers library does it for BERT and GPT-2 alike: see
+    tformer.encoder_tokenization.pair_lengths), so that a pair loses the same tokens whichever model reads it.
+    (This cut one token at a time from the longer text, from the first on a tie, which kept the odd token in the
+    second even when the first was the longer: 6 + 5 tokens in 7 gave 3 + 4, where transformers gives 4 + 3.)"""
+    if pair is None:
+        return list(text[:budget]), None
+    keep_text, keep_pair = pair_lengths(len(text), len(pair), budget)
+    return list(text[:keep_text]), list(pair[:keep_pair])
 
 
 __all__ = ["GPTClassificationTask", "GPT1_LM_WEIGHT", "require_classification"]
