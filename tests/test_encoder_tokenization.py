@@ -359,6 +359,33 @@ def test_minilm_truncation_matches_transformers(minilm_dir, hf_bert):
             assert len(e.ids) == n and e.truncated
 
 
+def test_pair_cuts_match_transformers_and_lengths_count_each_text(minilm_dir, hf_bert):
+    """Every way a pair of 1-8 tokens each is cut to 2-11 tokens, against transformers' "longest_first" (the
+    tokenizers library's rule: the longer text loses first; when both must be cut, halves with the odd token to the
+    one that was longer, to the second on a tie; GPT-1 pairs are cut by the same function). `lengths` gives each
+    text's tokens before the cut, 0 for a text the tokenizer keeps nothing of (callers refuse it, by name)."""
+    transformers = pytest.importorskip("transformers")
+    tok = EncoderTokenizer.load(minilm_dir)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # a note per call that pairs return no overflowing tokens
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for n1 in range(1, 9):
+                for n2 in range(1, 9):
+                    a, b = "a " * n1, "b " * n2
+                    for budget in range(2, 12):
+                        e = tok.encode(a, b, max_length=budget + 3)
+                        assert (e.ids, e.type_ids) == _hf(hf_bert, a, b, max_length=budget + 3), (n1, n2, budget)
+                        assert e.lengths == (n1, n2) and e.truncated == (n1 + n2 > budget)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    assert tok.encode("a b", "\u00ad").lengths == (2, 0) and tok.encode("\u200b").lengths == (0,)
+    with pytest.warns(UserWarning, match="truncated"):
+        assert tok.encode("a " * 9, max_length=5).lengths == (9,)
+        assert tok.encode("a " * 6, "b " * 5, max_length=10).type_ids.count(1) == 3 + 1  # 6 + 5 in 7: 4 + 3
+
+
 def test_minilm_vocab_txt_matches_transformers_constructors(minilm_dir):
     """Two independent references built from vocab.txt alone: transformers 5's BertTokenizer(vocab=...) and the
     pure-Python BertTokenizerLegacy (its pair truncation differs on ties, so no truncation here)."""

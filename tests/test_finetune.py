@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -384,11 +385,18 @@ def test_cli_finetune_predict_evaluate_and_errors(tmp_path, pretrained, capsys):
         assert main(command + ["data.task=regression"]) == 2  # the head answers its own task only
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "data.task cannot change from 'classification' to 'regression'" in err
-    # a label training never saw, at a named line
+    # a label training never saw is scored as a miss (as sklearn scores a class never predicted), and said
     bad = write_tsv(tmp_path / "bad.tsv", [("a fine film", "1"), ("so so", "neutral")])
-    assert main(["evaluate", "--model", str(out), "--data", str(bad)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "bad.tsv:3" in err and "neutral" in err
+    assert main(["evaluate", "--model", str(out), "--data", str(bad)]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "bad.tsv: 1 of 2 examples have labels the model was not trained on: " \
+        "'neutral' (1); they are scored as misses (it predicts only 0, 1)" in err
+    scores = json.loads(captured.out)
+    # 1 right; "so so" is a miss whatever is predicted for it: F1 1, 0 and 0 over 1, neutral and a wrong 0, or
+    # 2/3 and 0 over 1 and neutral
+    assert scores["accuracy"] == 0.5 and scores["macro_f1"] == pytest.approx(1 / 3, abs=1e-4)
+    assert scores["loss"] > 0  # over the example whose label the model has
     # a missing column
     assert main(["finetune", "--model", str(pretrained), "--train", str(train_file), "--out", str(tmp_path / "x"),
                  "--text-column", "review"]) == 2
@@ -495,12 +503,13 @@ def test_finetune_refuses_what_it_would_get_wrong(tmp_path, pretrained, capsys):
     code, _, err = run_cli(capsys, *base[:-1], pretrained, "--train", train_file)
     assert_one_line_error(code, err, "is the --model being fine-tuned")
     assert not (tmp_path / "clf").exists()
-    # an unseen tag is named at its own line (one token a line), not at its sentence's first line
+    # an unseen tag that entity scores cannot read is named at its own line (one token a line), not at its
+    # sentence's first line; an unseen entity tag is a miss (test_unseen_validation_tags_are_scored_as_misses)
     (tmp_path / "ner.txt").write_text("cat X B-ANI\nthe X O\n\ndog X B-ANI\n")
-    (tmp_path / "dev.txt").write_text("the X O\nfilm X O\nhorse X B-NEW\n")
+    (tmp_path / "dev.txt").write_text("the X O\nfilm X O\nhorse X NEW\n")
     code, _, err = run_cli(capsys, *base, "--task", "tagging", "--train", tmp_path / "ner.txt",
                            "--valid", tmp_path / "dev.txt", "--epochs", "1")
-    assert_one_line_error(code, err, "'B-NEW'", "dev.txt:3")
+    assert_one_line_error(code, err, "'NEW'", "dev.txt:3", "scored as entities")
     # question answering gets BERT's 384-token windows unless told otherwise (128 left no room for the stride)
     assert finetune_run_defaults("qa").data.max_tokens == 384 > finetune_run_defaults().data.max_tokens
 
@@ -767,6 +776,98 @@ def test_logistic_regression_needs_two_classes():
         fit_logistic_regression(x[:0], torch.tensor([], dtype=torch.long), 2)
     layer = fit_logistic_regression(x[:2], torch.tensor([0, 1]), 2)  # two examples, two classes: a finite fit
     assert torch.isfinite(layer.weight).all() and (layer(x[:2]).argmax(-1) == torch.tensor([0, 1])).all()
+
+
+def test_unseen_validation_labels_and_tags_are_scored_as_misses(tmp_path, pretrained, capsys):
+    """A validation (or `evaluate --data`) label or tag the model was not trained on was a hard error, which stopped
+    a run over one row; it is scored as a miss, as sklearn and seqeval score a class never predicted, with one
+    warning naming how many and which. Training data cannot have one: the head has no output for it."""
+    from tformer import metrics
+    from tformer.data.labeled import TaggedSentence
+
+    lines = []
+    rng = random.Random(5)
+    for _ in range(20):
+        words = [rng.choice(FILL) for _ in range(3)] + [rng.choice(ANIMALS)]
+        lines += [f"{w} X {'B-ANI' if w in ANIMALS else 'O'}" for w in words] + [""]
+    dev = tmp_path / "dev.txt"
+    dev.write_text("the X O\ncat X B-ANI\n\nhorse X B-NEW\nsleeps X I-NEW\nin X O\n\ndog X B-NEW\n")
+    run = tagging_run(tmp_path / "ner.txt", lines, pretrained, epochs=1)
+    run.data.valid_file = str(dev)
+    with pytest.warns(UserWarning, match=r"dev.txt: 3 of 6 words have tags the model was not trained on: "
+                                         r"'B-NEW' \(2\), 'I-NEW' \(1\); they are scored as misses"):
+        task = build_finetune_task(run)
+    scores = task.validate(task.model)
+    gold = [s.tags for s in task.valid_data]
+    pred = [r["tags"] for r in task.predict(task.model, task.valid_data)]
+    expected = metrics.entity_prf(pred, gold)
+    assert expected["per_type"]["NEW"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
+    assert scores["recall"] == pytest.approx(expected["recall"]) and scores["recall"] <= 1 / 3
+    right = sum(p == g for ps, gs in zip(pred, gold) for p, g in zip(ps, gs))
+    assert scores["tag_accuracy"] == pytest.approx(right / 6) and right <= 3
+    # training data with a tag the head has no output for is still an error, at its line
+    with pytest.raises(TformerError, match=r"ner.txt:2 was not among the training tags"):
+        task.encode([TaggedSentence(["the", "horse"], ["O", "B-NEW"], 1)], "train")
+
+    # classification, with the loss over the examples whose label the model has
+    run = run_for(tmp_path, pretrained)
+    rows = sentiment_rows(40, 1)
+    write_tsv(tmp_path / "valid.tsv", rows[:10] + [("so so", "neutral"), ("meh", "mixed"), ("so so", "neutral")])
+    with pytest.warns(UserWarning, match=r"valid.tsv: 3 of 13 examples have labels the model was not trained on: "
+                                         r"'neutral' \(2\), 'mixed' \(1\)"):
+        task = build_finetune_task(run)
+    scores = task.validate(task.model)
+    logits = task.predict_logits(task.model.eval(), task.valid_set)
+    pred = [task.labels[int(l.argmax())] for l in logits]
+    gold = [label for _, label in rows[:10]] + ["neutral", "mixed", "neutral"]
+    assert scores["accuracy"] == pytest.approx(metrics.accuracy(pred, gold)) and scores["accuracy"] <= 10 / 13
+    assert scores["macro_f1"] == pytest.approx(metrics.macro_f1(pred, gold))  # 'neutral', 'mixed': F1 0
+    assert scores["mcc"] == pytest.approx(metrics.matthews_corrcoef(pred, gold))
+    want_loss = torch.nn.functional.cross_entropy(torch.stack(logits[:10]), torch.tensor([int(g) for g in gold[:10]]))
+    assert scores["loss"] == pytest.approx(float(want_loss), rel=1e-5)
+    with pytest.raises(TformerError, match=r"label 'neutral' at .*train.tsv:9 was not among the training labels"):
+        task.encode([replace(task.valid_data[10], line=9)], "train")
+    # regression has no labels to miss: a score of -1 (the id unseen labels are given) is a score
+    scores = write_tsv(tmp_path / "scores.tsv", [("a good film", "-1"), ("a bad film", "2.5")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        task = build_finetune_task(run_for(tmp_path, pretrained, task="regression", **{"data.valid_file": scores}))
+    assert [x["label"] for x in task.valid_set] == [-1.0, 2.5] and "mse" in task.validate(task.model)
+
+
+def test_a_text_of_no_tokens_is_refused_at_its_line(tmp_path, pretrained, capsys):
+    """A pair's second text that the tokenizer keeps nothing of (a soft hyphen: an empty field is refused when read)
+    was encoded as an empty segment B, [CLS] a [SEP] [SEP]; transformers has no one answer (its tokenizer drops a
+    text_pair of "" on one pair, keeps the empty segment in a batch), so it is refused as an empty field is, naming
+    the file, the line and the column; a first text alike, and so in the input of `predict`."""
+    from conftest import assert_one_line_error, run_cli
+
+    rows = [("the cat sleeps", "a cat in the barn", "1"), ("the dog sleeps", "a cow in the barn", "0")] * 3
+    pairs = write_tsv(tmp_path / "pairs.tsv", rows + [("the cat sleeps", "\u00ad", "1")], ("first", "second", "y"))
+    base = ["finetune", "--model", pretrained, "--out", tmp_path / "clf", "--text-column", "first",
+            "--label-column", "y", "--epochs", "1"]
+    code, _, err = run_cli(capsys, *base, "--train", pairs, "--pair-column", "second")
+    assert_one_line_error(code, err, "pairs.tsv:8: the text in column 'second' gives no tokens")
+    write_tsv(pairs, rows + [("\u200b\u00ad", "a cat", "1")], ("first", "second", "y"))
+    code, _, err = run_cli(capsys, *base, "--train", pairs, "--pair-column", "second")
+    assert_one_line_error(code, err, "pairs.tsv:8: the text in column 'first' gives no tokens")
+    assert not (tmp_path / "clf").exists()
+    # From Python, a pair of "" (or a missing second text among pairs) is the same empty segment
+    write_tsv(pairs, rows, ("first", "second", "y"))
+    code, _, err = run_cli(capsys, *base, "--train", pairs, "--pair-column", "second")
+    assert code == 0, err
+    model, tok = load_finetuned(tmp_path / "clf")
+    run = load_config(None, ["data.text_column=first", "data.pair_column=second"], base=finetune_run_defaults())
+    task = FineTuneTask(run, model.bert, tok, [], model=model)
+    from tformer.data.labeled import TextExample
+
+    for pair in ("", None):
+        with pytest.raises(TformerError, match=r"valid:3: the text in column 'second' gives no tokens"):
+            task.encode([TextExample("the cat", "a cat", "1", 2), TextExample("the dog", pair, "0", 3)], "valid")
+    unlabeled = tmp_path / "new.tsv"
+    unlabeled.write_text("first\tsecond\nthe cat sleeps\ta cat\nthe dog\t\u00ad\n")
+    code, _, err = run_cli(capsys, "predict", "--model", tmp_path / "clf", "--input", unlabeled)
+    assert_one_line_error(code, err, f"{unlabeled}:3: the text in column 'second' gives no tokens")
 
 
 def test_a_qa_head_refuses_classifier_dropout(tmp_path, pretrained, capsys):

@@ -218,3 +218,23 @@ def _compare_pair_cuts(task, hf, words):
                     checked += len(tok.backend.encode(text).ids) + len(tok.backend.encode(pair).ids) > max_tokens - 3
     assert checked > 100  # most of the grid is cut
 
+
+def test_gpt_pair_of_no_tokens_and_unseen_labels(tmp_path, pretrained_gpt):
+    """As with an encoder: an empty second text is refused naming its line (it was read as `<s> a <d> <e>`), and a
+    validation label the model was not trained on is scored as a miss, with a warning naming it."""
+    from tformer.errors import TformerError
+
+    task = build_finetune_task(gpt_run(tmp_path, pretrained_gpt))
+    with pytest.raises(TformerError, match=r"valid.tsv:7: the text in column 'pair' gives no tokens"):
+        task.encode([Example(text="good film", pair="", label="1", line=7)], "valid")
+    rows = [Example("a good film", None, "1", 2), Example("an awful plot", None, "0", 3),
+            Example("so so", None, "neutral", 4)]
+    with pytest.warns(UserWarning, match=r"valid.tsv: 1 of 3 examples have labels the model was not trained on: "
+                                         r"'neutral' \(1\); they are scored as misses"):
+        items = task.encode(rows, "valid")
+    scores = task.evaluate(task.model.eval(), rows, items)
+    right = sum(task.labels[int(l.argmax())] == r.label for l, r in zip(task.predict_logits(task.model, items), rows))
+    assert right <= 2 and scores["accuracy"] == pytest.approx(right / 3)  # "neutral" is never right
+    known = task.predict_logits(task.model, items[:2])
+    assert scores["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(
+        torch.stack(known), torch.tensor([1, 0]))), rel=1e-5)  # over the labels the model has

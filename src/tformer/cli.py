@@ -678,6 +678,7 @@ def cmd_predict(args) -> None:
     model, tokenizer, run = _finetuned(args)
     data = read_task_file(run, args.input, labelled=False)
     task = task_for_model(run, model, tokenizer, [], None)
+    task.input_file = args.input  # errors in the input's rows name it
     records = task.predict(model, data)
     _write_output(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), (args.input,),
                   model=args.model)

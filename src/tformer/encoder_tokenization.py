@@ -49,11 +49,14 @@ TRUNCATION = ("warn", "error")
 
 @dataclass
 class EncodedText:
-    """One encoder input: token ids with the special tokens, their segment ids, and whether it was cut."""
+    """One encoder input: token ids with the special tokens, their segment ids, whether it was cut, and how many
+    tokens each text (the first, and the pair's second) had before any cut: 0 for a text the tokenizer keeps
+    nothing of, which callers that read files refuse (tformer.tasks.finetune)."""
 
     ids: list[int]
     type_ids: list[int]
     truncated: bool = False
+    lengths: tuple[int, ...] = ()
 
 
 def _detect_style(vocab: dict[str, int], where: str) -> str:
@@ -164,7 +167,9 @@ class EncoderTokenizer:
                     keep_a, keep_b = pair_lengths(len(a), len(b), budget)
                     a, b = a[:keep_a], b[:keep_b]
                 n_cut += 1
-            out.append(self._frame(a, b, cut))
+            framed = self._frame(a, b, cut)
+            framed.lengths = (length - n_special,) if b is None else (len(firsts[k]), len(seconds[k]))
+            out.append(framed)
         if n_cut:
             warnings.warn(f"{n_cut} of {len(texts)} input(s) were longer than max_length={max_length} tokens and "
                           f"were truncated to it", UserWarning, stacklevel=3)

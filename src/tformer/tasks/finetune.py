@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ FINETUNE_TRAIN_DEFAULTS = dict(schedule="linear", lr=5e-5, min_lr=0.0, warmup_st
 QA_MAX_TOKENS = 384
 GPT_MODEL_TYPES = ("gpt", "gpt2")  # pretrained decoders: fine-tuned with the GPT-1 head (tasks.finetune_gpt)
 FINETUNED_MODEL_TYPES = ("encoder_for_task", "gpt_for_classification")
+UNSEEN = -1  # the label id of a validation example whose label the model was not trained on
 
 
 def finetune_run_defaults(task: str = "classification") -> RunConfig:
@@ -128,6 +130,12 @@ class FineTuneTask:
         self.model = model
         self.labels = model.head_config.labels
         self.label_index = {label: i for i, label in enumerate(self.labels)}
+        self.input_file: str | None = None  # where `predict`'s data came from, for its errors (the CLI sets it)
+        # Entity tags (O, B-TYPE, I-TYPE) are scored by entities; any other tag set (parts of speech) by the
+        # share of words tagged right. Known before encoding: validation tags are checked against it.
+        from tformer.metrics import is_entity_tag
+
+        self.entities = self.kind == "tagging" and all(is_entity_tag(tag) for tag in self.labels)
         self.train_set = self.encode(train_data, "train")
         if valid_data is not None and not len(valid_data):  # its metrics would divide by zero
             raise TformerError(self._no_examples("valid"))
@@ -146,11 +154,6 @@ class FineTuneTask:
             except ValueError as exc:
                 raise TformerError(f"train.freeze_layers={t.freeze_layers}: {exc}") from None
         self.unfreezer = transfer.GradualUnfreezer(model) if t.gradual_unfreezing else None
-        # Entity tags (O, B-TYPE, I-TYPE) are scored by entities; any other tag set (parts of speech) by the
-        # share of words tagged right.
-        from tformer.metrics import is_entity_tag
-
-        self.entities = self.kind == "tagging" and all(is_entity_tag(tag) for tag in self.labels)
         tagging_metric = "f1" if self.entities else "tag_accuracy"
         self.selection_metric = {"classification": ("accuracy", "max"), "regression": ("pearson", "max"),
                                  "tagging": (tagging_metric, "max"), "qa": ("f1", "max")}[self.kind]
@@ -195,7 +198,8 @@ class FineTuneTask:
 
     def _where(self, split: str) -> str:
         """The file a split came from, for error messages."""
-        return {"train": self.run.data.train_file, "valid": self.run.data.valid_file}.get(split) or split
+        files = {"train": self.run.data.train_file, "valid": self.run.data.valid_file, "input": self.input_file}
+        return files.get(split) or split
 
     def _no_examples(self, split: str) -> str:
         """The message for a split without examples, naming its file or, from Python, the argument."""
@@ -229,10 +233,15 @@ class FineTuneTask:
             encoded = tok.encode_batch(texts, pairs, max_length=self.max_tokens, truncation="warn")
             out = []
             for e, enc in zip(data, encoded):
+                if 0 in enc.lengths:
+                    raise self._no_tokens(e, split, second=enc.lengths.index(0) == 1)
                 item = {"ids": enc.ids, "type_ids": enc.type_ids}
                 if e.label is not None:
                     item["label"] = self._label_id(e, split)
+                    if self.kind == "classification" and item["label"] == UNSEEN:  # a score of -1.0 is a score
+                        item["unseen"] = str(e.label)
                 out.append(item)
+            self._warn_unseen(split, [x["unseen"] for x in out if "unseen" in x], len(out), "examples", "labels")
             return out
         if self.kind == "tagging":
             out = [self._encode_tagged(s, split) for s in data]
@@ -240,19 +249,66 @@ class FineTuneTask:
                 warnings.warn(f"{self._where(split)}: {n_cut} of {len(out)} sentences were longer than "
                               f"{self.max_tokens} tokens; their last words get no prediction (tagged O)",
                               UserWarning, stacklevel=2)
+            if split != "input":  # predict's placeholder tags are the model's own
+                unseen = [(s, w) for s in data for w, tag in enumerate(s.tags) if tag not in self.label_index]
+                self._check_unseen_tags(unseen, split)
+                self._warn_unseen(split, [s.tags[w] for s, w in unseen], sum(len(s.tags) for s in data), "words",
+                                  "tags")
             return out
         features = self._qa_windows(data, training=split == "train")
         return [{"ids": f.ids, "type_ids": f.type_ids, "start": f.start, "end": f.end} for f in features] \
             if split == "train" else features
 
+    def _no_tokens(self, example, split: str, second: bool) -> TformerError:
+        """The error for a text of no tokens: a text the tokenizer keeps nothing of (only control or format
+        characters such as a soft hyphen or a zero-width space), or a pair's missing second text given from Python.
+        The readers already refuse an empty field; the encoder would read [CLS] A [SEP] [SEP], an empty segment B
+        that training never showed it (transformers is of two minds: its tokenizer called on one pair drops a
+        text_pair of "" altogether, called on a batch it keeps the empty segment)."""
+        d = self.run.data
+        column = (d.pair_column or "pair") if second else d.text_column
+        return TformerError(f"{self._where(split)}:{example.line}: the text in column {column!r} gives no tokens "
+                            f"(nothing but characters the tokenizer drops); as an empty field, it is refused rather "
+                            f"than read as an empty {'second segment' if second else 'text'}")
+
     def _label_id(self, example, split: str) -> int | float:
-        """A sentence example's target: the label's id (classification) or the number (regression)."""
+        """A sentence example's target: the label's id (classification) or the number (regression). A label the
+        model was not trained on is an error in training data (the head has no output for it) and UNSEEN
+        elsewhere (validation, `evaluate`): scored as a miss, as sklearn and seqeval score a class never predicted."""
         if self.kind == "regression":
             return float(example.label)
         if str(example.label) not in self.label_index:
+            if split != "train":
+                return UNSEEN
             raise TformerError(f"label {example.label!r} at {self._where(split)}:{example.line} was not among "
                                f"the training labels ({', '.join(self.labels)})")
         return self.label_index[str(example.label)]
+
+    def _warn_unseen(self, split: str, unseen: list[str], total: int, things: str, kind: str) -> None:
+        """One warning for the labels (or tags) of a validation or evaluation file that the model was not trained
+        on: how many, and which (the most frequent first), and that they count as misses."""
+        if not unseen:
+            return
+        counts = Counter(unseen).most_common()
+        shown = ", ".join(f"{label!r} ({n})" for label, n in counts[:8]) + (
+            f" and {len(counts) - 8} more" if len(counts) > 8 else "")
+        warnings.warn(f"{self._where(split)}: {len(unseen)} of {total} {things} have {kind} the model was not "
+                      f"trained on: {shown}; they are scored as misses (it predicts only {', '.join(self.labels)})",
+                      UserWarning, stacklevel=3)
+
+    def _check_unseen_tags(self, unseen: list, split: str) -> None:
+        """Unseen tags (sentence, word index) are scored as misses, but entity scores (used when the model's tags are
+        all O, B-TYPE or I-TYPE) cannot read one that is not of that form: an error at its line. Every word is
+        checked, those the tokenizer drops or truncation cuts too: their gold tags are scored alike."""
+        from tformer.metrics import is_entity_tag
+
+        if not self.entities:
+            return
+        for sentence, word in unseen:
+            if not is_entity_tag(sentence.tags[word]):
+                raise TformerError(f"tag {sentence.tags[word]!r} at {self._where(split)}:{sentence.line + word} is "
+                                   f"not O, B-TYPE or I-TYPE, and the model's tags ({', '.join(self.labels)}) are "
+                                   f"scored as entities")
 
     def _encode_tagged(self, sentence, split: str) -> dict:
         """Sub-tokens of the words; each word's tag on its first sub-token, -100 on the rest (never scored).
@@ -277,10 +333,10 @@ class FineTuneTask:
                 break
             if word != previous:
                 tag = sentence.tags[word]
-                if tag not in self.label_index:
+                if tag not in self.label_index and split == "train":  # elsewhere a miss (see _label_id)
                     raise TformerError(f"tag {tag!r} at {self._where(split)}:{sentence.line + word} was not among "
                                        f"the training tags ({', '.join(self.labels)})")  # one token a line
-                labels.append(self.label_index[tag])
+                labels.append(self.label_index.get(tag, -100))  # an unseen tag: no loss (evaluation reads tags)
                 first[word] = len(ids)
             else:
                 labels.append(-100)
@@ -398,10 +454,15 @@ class FineTuneTask:
         finally:
             model.train(was_training)
         if self.kind == "classification":
-            pred = [int(l.argmax()) for l in logits]
-            gold = [x["label"] for x in items]
-            loss = float(F.cross_entropy(torch.stack(logits), torch.tensor(gold)))
-            return {"loss": loss, "accuracy": metrics.accuracy(pred, gold), "macro_f1": metrics.macro_f1(pred, gold),
+            # Labels as text: a label the model was not trained on (see _label_id) is a class of its own that it
+            # never predicts, a miss in accuracy, F1 0 in macro-F1 (sklearn's labels = gold | predicted) and MCC
+            # as sklearn's. The loss needs the model's probability of the gold label: it is over the other examples.
+            pred = [self.labels[int(l.argmax())] for l in logits]
+            gold = [x.get("unseen") or self.labels[x["label"]] for x in items]
+            known = [(l, x["label"]) for l, x in zip(logits, items) if x["label"] != UNSEEN]
+            scores = {"loss": float(F.cross_entropy(torch.stack([l for l, _ in known]),
+                                                    torch.tensor([g for _, g in known])))} if known else {}
+            return {**scores, "accuracy": metrics.accuracy(pred, gold), "macro_f1": metrics.macro_f1(pred, gold),
                     "mcc": metrics.matthews_corrcoef(pred, gold)}
         if self.kind == "regression":
             pred = [float(l) for l in logits]

@@ -24,7 +24,7 @@ from tformer.encoder_tokenization import pair_lengths
 from tformer.errors import TformerError
 from tformer.models.gpt import GPT
 from tformer.models.heads import GPTForClassification, HeadConfig
-from tformer.tasks.finetune import FineTuneTask
+from tformer.tasks.finetune import UNSEEN, FineTuneTask
 from tformer.tokenization import Tokenizer
 
 GPT1_LM_WEIGHT = 0.5  # lambda of GPT-1's L3 = L2 + lambda * L1
@@ -80,6 +80,8 @@ class GPTClassificationTask(FineTuneTask):
             if e.pair is not None:
                 tok.check_chars(e.pair, where)
                 pair = tok.backend.encode(e.pair, add_special_tokens=False).ids
+            if not text or (pair is not None and not pair):  # as an encoder's (FineTuneTask._no_tokens)
+                raise self._no_tokens(e, split, second=bool(text))
             budget = self.max_tokens - 2 * len(start_end) - (len(delimiter) if pair is not None else 0)
             if budget < 1 + (pair is not None):
                 # Less would leave a text with no token (or, as before, go past the model's positions): a setting
@@ -91,15 +93,16 @@ class GPTClassificationTask(FineTuneTask):
                 cut += 1
                 text, pair = _truncate_longest_first(text, pair, budget)
             ids = gpt1_input(self.special, text, pair)
-            if not ids:
-                raise TformerError(f"{where}: the text is empty")
             item = {"ids": ids, "type_ids": [0] * len(ids)}
             if e.label is not None:
                 item["label"] = self._label_id(e, split)
+                if item["label"] == UNSEEN:
+                    item["unseen"] = str(e.label)
             out.append(item)
         if cut:
             warnings.warn(f"{self._where(split)}: {cut} of {len(out)} inputs were longer than {self.max_tokens} "
                           f"tokens and were cut", stacklevel=2)
+        self._warn_unseen(split, [x["unseen"] for x in out if "unseen" in x], len(out), "examples", "labels")
         return out
 
     def _forward(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
