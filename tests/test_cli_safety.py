@@ -174,6 +174,7 @@ def test_output_to_dev_stdout_writes_into_the_redirected_file(tmp_path):
     ("train.warmup_steps=-1", "warmup_steps"), ("train.seed=99999999999999999999", "train.seed"),
     ("model.n_heads=0", "n_heads"), ("model.n_heads=two", "n_heads"), ("model.n_layers=1.5", "n_layers"),
     ("model.norm_position=bogus", "norm_position"), ("model.d_ff=-1", "d_ff"), ("model.tie_output=maybe", "tie_output"),
+    ("data.short_seq_prob=1.5", "data.short_seq_prob: 1.5 is out of range (allowed: [0, 1])"),
 ])
 def test_out_of_range_options_are_one_line(lm, capsys, tmp_path, option, named):
     code, _, err = run_cli(capsys, *tiny_lm_args(lm / "text.txt", tmp_path / "m"), option)

@@ -365,6 +365,77 @@ def test_pairs_are_reproducible_and_need_enough_documents():
     assert make_sop_pairs([[[1, 2, 3]]], 20, random.Random(0)) == []  # one sentence: no order to predict
 
 
+class DrawRecorder(random.Random):
+    """A seeded Random that records the pair lengths drawn: randint(2, max_tokens) (a split draws randint(1, ..))."""
+
+    def __init__(self, seed: int, max_tokens: int):
+        self.max_tokens = max_tokens
+        self.drawn: list[int] = []
+        super().__init__(seed)
+
+    def randint(self, a: int, b: int) -> int:
+        value = super().randint(a, b)
+        if (a, b) == (2, self.max_tokens):
+            self.drawn.append(value)
+        return value
+
+
+def varied_docs(seed: int) -> list[list[list[int]]]:
+    """Documents of 10-30 sentences of 1-12 tokens (token ids say where they came from)."""
+    rng = random.Random(seed)
+    return [[[d * 10000 + s * 100 + k for k in range(rng.randint(1, 12))] for s in range(rng.randint(10, 30))]
+            for d in range(20)]
+
+
+@pytest.mark.parametrize("make", [make_nsp_pairs, make_sop_pairs])
+def test_short_seq_prob_builds_each_pair_to_a_drawn_length(make):
+    docs = varied_docs(0)
+    for seed in range(5):
+        rng = DrawRecorder(seed, 40)
+        pairs = make(docs, 40, rng, short_seq_prob=1.0)
+        # One length drawn per pair, none wasted: a short chunk takes two sentences, so it is never skipped
+        assert len(pairs) == len(rng.drawn) > 50
+        for pair, drawn in zip(pairs, rng.drawn):
+            assert pair.a and pair.b and len(pair.a) + len(pair.b) <= drawn  # truncated to its draw, not to 40
+        lengths = [len(p.a) + len(p.b) for p in pairs]
+        # the pairs fill their drawn lengths (but at a document's end), which spread over [2, 40]
+        assert sum(n == drawn for n, drawn in zip(lengths, rng.drawn)) > 0.7 * len(pairs)
+        assert min(lengths) <= 6 and len(set(lengths)) > 25 and sum(lengths) / len(lengths) < 28
+
+        # 0: nothing drawn, pairs fill the budget as without the option
+        rng = DrawRecorder(seed, 40)
+        full = make(docs, 40, rng, short_seq_prob=0.0)
+        assert rng.drawn == [] and full == make(docs, 40, random.Random(seed))
+        assert sum(len(p.a) + len(p.b) == 40 for p in full) > 0.7 * len(full)
+        assert all(len(p.a) + len(p.b) <= 40 for p in full)
+
+
+def test_short_seq_prob_draws_are_seeded():
+    docs = varied_docs(1)
+    for make in (make_nsp_pairs, make_sop_pairs):
+        pairs = make(docs, 40, random.Random(3), short_seq_prob=0.1)
+        assert pairs == make(docs, 40, random.Random(3), short_seq_prob=0.1)
+        assert pairs != make(docs, 40, random.Random(4), short_seq_prob=0.1)
+        rng = DrawRecorder(3, 40)
+        assert make(docs, 40, rng, short_seq_prob=0.1) == pairs
+        assert 0.03 * len(pairs) < len(rng.drawn) < 0.2 * len(pairs)  # about a tenth of the pairs are built short
+        for bad in (-0.1, 1.5):
+            with pytest.raises(ValueError, match="short_seq_prob"):
+                make(docs, 40, random.Random(0), short_seq_prob=bad)
+
+
+def test_pairs_say_where_each_line_begins():
+    """A segment packs whole lines; the offsets where they begin survive truncation and the SOP swap."""
+    docs = varied_docs(2)
+    for make in (make_nsp_pairs, make_sop_pairs):
+        pairs = make(docs, 40, random.Random(0), short_seq_prob=0.3)
+        for p in pairs:
+            for tokens, lines in ((p.a, p.a_lines), (p.b, p.b_lines)):
+                # token id d*10000 + s*100 + k: k == 0 is the first token of its sentence
+                assert lines == [i for i, t in enumerate(tokens) if t % 100 == 0]
+        assert sum(len(p.a_lines) + len(p.b_lines) for p in pairs) > 2 * len(pairs)
+
+
 # -- encoding and batching -------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from tformer.errors import TformerError
 from tformer.interop.bert import save_hf_encoder
 from tformer.models.bert import BertForPreTraining
 from tformer.tasks.encoding import embed, fill_mask, similar
-from tformer.tasks.masked_lm import MaskedLMTask, load_encoder, mlm_run_defaults, read_documents
+from tformer.tasks.masked_lm import MLMBatch, MaskedLMTask, load_encoder, mlm_run_defaults, read_documents
 from tformer.training.loop import train
 
 ANIMALS = ["cat", "dog", "horse", "bird", "fish", "cow"]
@@ -421,3 +421,42 @@ def test_roberta_presets_default_to_byte_level_bpe_and_fill_mask_shows_text(tmp_
     assert "' garden'" in printed and "garden" not in printed and all(t.strip() for t in printed)
     # every byte is in the vocabulary: a control character is shown quoted ('\\x14'), not as an invisible line
     assert "'\\x14'" in printed and all(t.isprintable() for t in printed)
+
+
+# -- packed lines and short pairs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("masking", ["whole_word", "span"])
+def test_whole_word_masking_starts_a_word_at_each_packed_line(tmp_path, masking):
+    """RoBERTa packs consecutive lines into one sequence; byte-level BPE encodes each line without a space before
+    its first word, so that piece has no "Ġ". It still begins a word: it was glued onto the previous line's last
+    word, and the two were always masked together."""
+    run = run_config(tmp_path, "roberta-small", **{"data.tokenizer": "bpe", "data.masking": masking,
+                                                   "data.valid_fraction": 0.0})
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+    tok = task.tokenizer
+    example = next(e for e in task.examples(task.train_docs, 0) if len(e.a_lines) >= 2)
+    first = 1 + example.a_lines[1]  # the second line's first piece, after <s>
+    pieces = [tok.id_to_token(i) for i in example.a]
+    assert not pieces[first - 1].startswith("Ġ") and pieces[first - 2] == "Ġ."  # "... garden ." | "every day ..."
+    together = apart = 0
+    for seed in range(300):
+        labels = task.collate(MLMBatch([example], seed, [0]), torch.device("cpu"))["labels"][0]
+        picked = (labels[first - 1] != -100, labels[first] != -100)
+        together += all(picked)
+        apart += picked[0] != picked[1]
+    assert apart > 20  # two words, each picked on its own (before: one word, never apart)
+    if masking == "whole_word":
+        assert together < apart  # both only when both words are drawn (0.15 x 0.15)
+
+
+def test_short_seq_prob_reaches_the_pairs(tmp_path):
+    def lengths(value):
+        run = run_config(tmp_path, **{"data.short_seq_prob": value})
+        task = MaskedLMTask(run, read_documents([run.data.train_text]))
+        return [len(e.a) + len(e.b) for e in task.examples(task.train_docs, 5)]
+
+    assert run_config(tmp_path).data.short_seq_prob == 0.1  # BERT's default
+    full, short = lengths(0.0), lengths(1.0)
+    assert sum(short) / len(short) < 0.75 * sum(full) / len(full)
+    assert lengths(0.5) == lengths(0.5)

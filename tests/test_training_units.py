@@ -320,6 +320,21 @@ def test_config_round_trip(tmp_path):
     assert again == cfg
 
 
+def test_short_seq_prob_is_a_probability_and_a_run_saved_before_it_keeps_its_pairs():
+    assert load_config(None, ["data.short_seq_prob=1"]).data.short_seq_prob == 1.0  # every pair short: allowed
+    assert load_config(None, ["data.short_seq_prob=0"]).data.short_seq_prob == 0.0
+    for bad in ("1.5", "-0.1", "nan"):
+        with pytest.raises(TformerError, match=r"data.short_seq_prob: .* is out of range \(allowed: \[0, 1\]\)"):
+            load_config(None, [f"data.short_seq_prob={bad}"])
+    with pytest.raises(TformerError, match=r"data.valid_fraction: 1.0 is out of range \(allowed: \[0, 1\)\)"):
+        load_config(None, ["data.valid_fraction=1"])  # (other ranges keep their open top)
+    # A run saved before the option existed resumes with the pairs it had (none short), not the new default
+    saved = RunConfig().to_dict()
+    del saved["data"]["short_seq_prob"]
+    assert config_from_dict(saved).data.short_seq_prob == 0.0
+    assert RunConfig().data.short_seq_prob == 0.1 and config_from_dict(RunConfig().to_dict()).data.short_seq_prob == 0.1
+
+
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
 def test_hand_written_backward_matches_autograd(eps):
     """The loss has its own backward; it must equal autograd through F.cross_entropy(label_smoothing)."""

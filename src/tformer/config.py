@@ -49,6 +49,9 @@ class DataConfig:
     mlm_probability: float = 0.15  # the share of tokens picked for prediction (80% [MASK], 10% random, 10% kept)
     masking: Literal["token", "whole_word", "span"] = "token"  # span: SpanBERT's geometric span lengths
     static_masking: bool = False  # True: each example keeps one mask for every epoch (BERT); False: new each epoch
+    # NSP/SOP: the share of pairs built to a length drawn uniformly from [2, the longest] instead of filling it, so
+    # that pretraining also sees inputs as short as fine-tuning's (BERT's and transformers' 0.1)
+    short_seq_prob: float = 0.1
     # Fine-tuning a pretrained encoder (tformer finetune)
     task: Literal["classification", "regression", "tagging", "qa"] = "classification"
     train_file: str = ""  # TSV/CSV (with a header) or JSONL; CoNLL columns for tagging; SQuAD JSON for qa
@@ -129,10 +132,12 @@ class RunConfig:
 
 
 # The values each numeric option may take: (lowest, highest, whether the lowest itself is allowed; the highest
-# never is); None: no bound. A value outside (NaN and infinities included) is an error naming the option, before anything runs.
+# is not, unless _CLOSED_ABOVE names the option); None: no bound. A value outside (NaN and infinities included) is
+# an error naming the option, before anything runs.
 _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "data.vocab_size": (1, None, True), "data.max_len": (1, None, True), "data.valid_fraction": (0, 1, True),
     "data.block_size": (1, None, True), "data.mlm_probability": (0, 1, False), "data.max_tokens": (1, None, True),
+    "data.short_seq_prob": (0, 1, True),
     "data.doc_stride": (0, None, True), "data.max_answer_length": (1, None, True),
     "train.max_steps": (0, None, True), "train.max_epochs": (0, None, True), "train.max_minutes": (0, None, True),
     "train.max_tokens": (1, None, True), "train.batch_size": (1, None, True), "train.accum_steps": (1, None, True),
@@ -149,6 +154,10 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 }
 
 
+# Options whose highest value is allowed too (a probability of 1: always).
+_CLOSED_ABOVE = {"data.short_seq_prob"}
+
+
 # Saved runs are read with the ranges they were checked against when saved: a fine-tuned model saved before the
 # learning rate had to be above 0 still predicts and evaluates (resuming its run meets today's check in train()).
 _SAVED_RANGES: dict[str, tuple[float | None, float | None, bool]] = {"train.lr": (0, None, True)}
@@ -157,10 +166,11 @@ _SAVED_RANGES: dict[str, tuple[float | None, float | None, bool]] = {"train.lr":
 def _check_range(name: str, value: float, where: str, saved: bool = False) -> None:
     low, high, low_allowed = _SAVED_RANGES.get(name, _RANGES[name]) if saved else _RANGES[name]
     inside = math.isfinite(value) and (low is None or value > low or (low_allowed and value == low))
-    inside = inside and (high is None or value < high)
+    high_allowed = name in _CLOSED_ABOVE
+    inside = inside and (high is None or value < high or (high_allowed and value == high))
     if not inside:
         lower = "" if low is None else ("[" if low_allowed else "(") + f"{low}, "
-        upper = "inf)" if high is None else f"{high})"
+        upper = "inf)" if high is None else f"{high}" + ("]" if high_allowed else ")")
         raise TformerError(f"{where}: {value!r} is out of range (allowed: {lower}{upper})")
 
 
@@ -303,6 +313,10 @@ def _check_model_options(model: dict[str, Any], origins: dict[str, str]) -> None
             raise TformerError(f"{where}: model.{key}: expected {describe_type(hints[key])}, got {model[key]!r}")
 
 
+# The values that options added since runs were first saved had in effect before they existed.
+_BEFORE_ADDED: dict[str, dict[str, Any]] = {"data": {"short_seq_prob": 0.0}}
+
+
 def config_from_dict(data: Any, source: str = "saved config") -> RunConfig:
     """Rebuild a saved RunConfig (as written by to_dict); errors name `source` (the file it was read from)."""
     sections = [data.get(name, {}) for name in ("model", "data", "train")] if isinstance(data, dict) else [data]
@@ -310,6 +324,13 @@ def config_from_dict(data: Any, source: str = "saved config") -> RunConfig:
         raise TformerError(f"{source}: expected a JSON object with model, data and train objects")
     cfg = RunConfig(model=dict(data.get("model", {})))
     for section in ("data", "train"):
-        for key, value in data.get(section, {}).items():
+        saved = data.get(section, {})
+        for key, value in saved.items():
             _apply(getattr(cfg, section), section, key, value, source, saved=True)
+        if saved:
+            # A run saved before an option existed goes on as it was, not with the option's new default (--resume
+            # would otherwise rebuild the epoch it stopped in with other examples).
+            for key, value in _BEFORE_ADDED.get(section, {}).items():
+                if key not in saved:
+                    setattr(getattr(cfg, section), key, value)
     return cfg

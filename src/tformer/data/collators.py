@@ -28,17 +28,18 @@ Choices, and where they depart from the papers:
 
 Sentence pairs (next-sentence prediction, BERT section 3.1 "Task #2"; sentence-order prediction, ALBERT,
 Lan et al. 2020, section 3.1): a document (a list of sentences, each a list of token ids) is cut into
-chunks of consecutive sentences of about `max_tokens` tokens; each chunk is split at a random sentence
-boundary into segments A and B. Labels follow Hugging Face's BertForPreTraining: 0 = "B follows A"
-(IsNext / right order), 1 = "B does not follow A" (NotNext / swapped).
+chunks of consecutive sentences of about `max_tokens` tokens (a share `short_seq_prob` of them of a length
+drawn from [2, max_tokens], as BERT's short_seq_prob); each chunk is split at a random sentence boundary into
+segments A and B, which note where each of their lines begins (PairExample.a_lines). Labels follow Hugging
+Face's BertForPreTraining: 0 = "B follows A" (IsNext / right order), 1 = "B does not follow A" (NotNext / swapped).
 """
 
 from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -224,34 +225,42 @@ def mask_tokens(ids: Tensor, special: Tensor, *, vocab_size: int, mask_id: int, 
 
 @dataclass
 class PairExample:
-    """Segments A and B (token ids, no specials) and the sentence label: 0 = B follows A, 1 = it does not."""
+    """Segments A and B (token ids, no specials) and the sentence label: 0 = B follows A, 1 = it does not.
+
+    a_lines / b_lines: the offsets in A / B where a line of the text begins. A segment packs several lines, and
+    the piece that opens a line may not look like a word start: byte-level BPE encodes each line without a space
+    before its first word, so that piece has no "Ġ". Whole-word masking reads these offsets to start a word
+    there instead of gluing it onto the previous line's last word."""
 
     a: list[int]
     b: list[int]
     label: int
+    a_lines: list[int] = field(default_factory=list)
+    b_lines: list[int] = field(default_factory=list)
 
 
-def _chunks(document: list[list[int]], max_tokens: int) -> list[list[list[int]]]:
-    """Consecutive sentences, accumulated until they hold at least max_tokens (or the document ends).
-
-    As in BERT's data creation, the sentence that crosses the limit stays in the chunk and the pair is
-    truncated afterwards: stopping before it would leave many one-sentence chunks, which cannot be split."""
-    chunks, chunk, length = [], [], 0
-    for sentence in document:
-        chunk.append(sentence)
-        length += len(sentence)
-        if length >= max_tokens:
-            chunks.append(chunk)
-            chunk, length = [], 0
-    if chunk:
-        chunks.append(chunk)
-    return chunks
+Segment = tuple[list[int], list[int]]  # (token ids, offsets where a line begins)
 
 
-def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Random) -> tuple[list[int], list[int]]:
+def _join(sentences: list[list[int]]) -> Segment:
+    """Consecutive sentences as one segment: their tokens, and where each of them begins."""
+    tokens: list[int] = []
+    lines: list[int] = []
+    for sentence in sentences:
+        lines.append(len(tokens))
+        tokens.extend(sentence)
+    return tokens, lines
+
+
+def _cut(segment: Segment, lo: int, hi: int) -> Segment:
+    tokens, lines = segment
+    return tokens[lo:hi], [k - lo for k in lines if lo <= k < hi]
+
+
+def _truncate_pair(a: Segment, b: Segment, max_tokens: int, rng: random.Random) -> tuple[Segment, Segment]:
     """Trim the longer segment one token at a time, from its front or its back at random (BERT's
     truncate_seq_pair), until len(a) + len(b) <= max_tokens."""
-    a_lo, a_hi, b_lo, b_hi = 0, len(a), 0, len(b)
+    a_lo, a_hi, b_lo, b_hi = 0, len(a[0]), 0, len(b[0])
     while (a_hi - a_lo) + (b_hi - b_lo) > max_tokens:
         if a_hi - a_lo > b_hi - b_lo:
             if rng.random() < 0.5:
@@ -262,20 +271,51 @@ def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Rand
             b_lo += 1
         else:
             b_hi -= 1
-    return a[a_lo:a_hi], b[b_lo:b_hi]
+    return _cut(a, a_lo, a_hi), _cut(b, b_lo, b_hi)
 
 
-def _flatten(sentences: list[list[int]]) -> list[int]:
-    return [t for s in sentences for t in s]
+def _pair(a: Segment, b: Segment, label: int) -> PairExample:
+    return PairExample(a[0], b[0], label, a[1], b[1])
 
 
-def _clean(documents: list[list[list[int]]], max_tokens: int) -> list[list[list[int]]]:
+def _clean(documents: list[list[list[int]]], max_tokens: int, short_seq_prob: float) -> list[list[list[int]]]:
     if max_tokens < 2:
         raise ValueError(f"a sentence pair needs max_tokens >= 2 (one token for each segment), not {max_tokens}")
+    if not 0.0 <= short_seq_prob <= 1.0:
+        raise ValueError(f"short_seq_prob must be in [0, 1], not {short_seq_prob}")
     return [[s for s in doc if s] for doc in documents]  # empty sentences carry nothing
 
 
-def make_nsp_pairs(documents: list[list[list[int]]], max_tokens: int, rng: random.Random) -> list[PairExample]:
+def _pair_target(rng: random.Random, max_tokens: int, short_seq_prob: float) -> tuple[int, bool]:
+    """(the length a pair is built to, whether it was drawn short). BERT's short_seq_prob: with that probability
+    the length is uniform over [2, max_tokens] instead of max_tokens, so that pretraining also sees inputs as
+    short as fine-tuning's. Nothing is drawn when short_seq_prob is 0: the pairs are then those of before.
+
+    Departures from BERT's create_pretraining_data (and transformers' TextDatasetForNextSentencePrediction): the
+    length is drawn for each pair, not once for a whole document (whose pairs would then all be short or all be
+    long), and the pair is truncated to it, not to max_tokens (there the sentence crossing a short length could
+    take the pair back up to the maximum), so a short pair is never longer than its draw."""
+    if short_seq_prob > 0 and rng.random() < short_seq_prob:
+        return rng.randint(2, max_tokens), True
+    return max_tokens, False
+
+
+def _take(doc: list[list[int]], i: int, target: int, short: bool) -> list[list[int]]:
+    """Sentences of doc from i on, until they hold at least target tokens (or the document ends).
+
+    As in BERT's data creation, the sentence that crosses the limit stays in the chunk and the pair is
+    truncated afterwards: stopping before it would leave many one-sentence chunks, which cannot be split.
+    A short chunk takes at least two sentences (when there are), so that it can be split into A and B: one
+    sentence alone reaches most short lengths, and its chunk would be skipped, the sentence lost."""
+    chunk, length = [], 0
+    while i + len(chunk) < len(doc) and (length < target or (short and len(chunk) < 2)):
+        chunk.append(doc[i + len(chunk)])
+        length += len(chunk[-1])
+    return chunk
+
+
+def make_nsp_pairs(documents: list[list[list[int]]], max_tokens: int, rng: random.Random,
+                   short_seq_prob: float = 0.0) -> list[PairExample]:
     """BERT's next-sentence-prediction pairs, len(a) + len(b) <= max_tokens (the caller adds [CLS] and 2 [SEP]).
 
     Each chunk of consecutive sentences is split at a random sentence boundary. With probability 1/2, B
@@ -283,9 +323,10 @@ def make_nsp_pairs(documents: list[list[list[int]]], max_tokens: int, rng: rando
     sentences from a random start in another document, long enough to fill the budget (label 1, NotNext),
     and the chunk's unused sentences are put back to start the next chunk, as BERT does. Chunks of a
     single sentence (one-sentence documents, or a sentence that fills the budget alone) are skipped: BERT
-    would pair them with a random B only, which tilts the labels towards NotNext.
+    would pair them with a random B only, which tilts the labels towards NotNext. With probability
+    short_seq_prob a pair is built to a shorter length, drawn uniformly from [2, max_tokens] (_pair_target).
     """
-    docs = _clean(documents, max_tokens)
+    docs = _clean(documents, max_tokens, short_seq_prob)
     usable = [d for d in range(len(docs)) if docs[d]]
     if len(usable) < 2:
         raise ValueError(f"next-sentence prediction needs at least 2 non-empty documents, got {len(usable)}")
@@ -293,18 +334,16 @@ def make_nsp_pairs(documents: list[list[list[int]]], max_tokens: int, rng: rando
     for d, doc in enumerate(docs):
         here = bisect.bisect_left(usable, d)  # d's place among the usable documents (when it is one)
         i = 0
-        while i < len(doc):  # _chunks' rule, inline because a NotNext pair puts sentences back
-            chunk, length = [], 0
-            while i < len(doc) and length < max_tokens:
-                chunk.append(doc[i])
-                length += len(doc[i])
-                i += 1
+        while i < len(doc) - 1:  # (a lone last sentence cannot be split into A and B)
+            target, short = _pair_target(rng, max_tokens, short_seq_prob)
+            chunk = _take(doc, i, target, short)
+            i += len(chunk)
             if len(chunk) < 2:
                 continue
             split = rng.randint(1, len(chunk) - 1)  # A = chunk[:split], at least one sentence on each side
-            a = _flatten(chunk[:split])
+            a = _join(chunk[:split])
             if rng.random() < 0.5:
-                b, label = _flatten(chunk[split:]), 0
+                b, label = _join(chunk[split:]), 0
             else:
                 # A uniform pick among the other documents, without building their list for every pair (that
                 # made an epoch's pairs quadratic in the number of documents: 8,000 took 2.7 s, a million hours).
@@ -312,38 +351,46 @@ def make_nsp_pairs(documents: list[list[list[int]]], max_tokens: int, rng: rando
                 other = usable[k + (k >= here)]
                 source = docs[other]
                 start = rng.randrange(len(source))
-                b, target = [], max(1, max_tokens - len(a))
-                for sentence in source[start:]:
-                    b.extend(sentence)
-                    if len(b) >= target:
-                        break
+                b = _join(_take(source, start, max(1, target - len(a[0])), False))
                 label = 1
                 i -= len(chunk) - split  # B's real sentences were not used: they open the next chunk
-            a, b = _truncate_pair(a, b, max_tokens, rng)
-            pairs.append(PairExample(a, b, label))
+            pairs.append(_pair(*_truncate_pair(a, b, target, rng), label))
     return pairs
 
 
-def make_sop_pairs(documents: list[list[list[int]]], max_tokens: int, rng: random.Random) -> list[PairExample]:
+def _chunks(document: list[list[int]], max_tokens: int, rng: random.Random,
+            short_seq_prob: float) -> Iterator[tuple[list[list[int]], int]]:
+    """(chunk of consecutive sentences, the length its pair is built to), one after another (see _take)."""
+    i = 0
+    while i < len(document) - 1:  # (a lone last sentence cannot be split into A and B)
+        target, short = _pair_target(rng, max_tokens, short_seq_prob)
+        chunk = _take(document, i, target, short)
+        i += len(chunk)
+        yield chunk, target
+
+
+def make_sop_pairs(documents: list[list[list[int]]], max_tokens: int, rng: random.Random,
+                   short_seq_prob: float = 0.0) -> list[PairExample]:
     """ALBERT's sentence-order-prediction pairs, len(a) + len(b) <= max_tokens.
 
     Each chunk of consecutive sentences is split at a random sentence boundary into A and B, both from
     the same document. With probability 1/2 they keep their order (label 0); otherwise they are swapped,
     (B, A) (label 1). Truncation happens before the swap, so a negative holds exactly the tokens its
     positive would have. Chunks of a single sentence are skipped (there is no order to predict).
+    short_seq_prob: as make_nsp_pairs'.
     """
-    docs = _clean(documents, max_tokens)
+    docs = _clean(documents, max_tokens, short_seq_prob)
     pairs = []
     for doc in docs:
-        for chunk in _chunks(doc, max_tokens):
+        for chunk, target in _chunks(doc, max_tokens, rng, short_seq_prob):
             if len(chunk) < 2:
                 continue
             split = rng.randint(1, len(chunk) - 1)
-            a, b = _truncate_pair(_flatten(chunk[:split]), _flatten(chunk[split:]), max_tokens, rng)
+            a, b = _truncate_pair(_join(chunk[:split]), _join(chunk[split:]), target, rng)
             if rng.random() < 0.5:
-                pairs.append(PairExample(a, b, 0))
+                pairs.append(_pair(a, b, 0))
             else:
-                pairs.append(PairExample(b, a, 1))
+                pairs.append(_pair(b, a, 1))
     return pairs
 
 

@@ -2,7 +2,8 @@
 
 The text is BERT's pretraining format: one sentence (or paragraph) per line, a blank line between documents,
 and every file a document of its own. Each epoch builds its examples afresh from (seed, epoch):
-    nsp / sop   [CLS] A [SEP] B [SEP] pairs (tformer.data.collators.make_nsp_pairs / make_sop_pairs)
+    nsp / sop   [CLS] A [SEP] B [SEP] pairs (tformer.data.collators.make_nsp_pairs / make_sop_pairs), a share
+                data.short_seq_prob of them built to a shorter length (BERT's short_seq_prob)
     none        [CLS] consecutive sentences of one document up to the length limit [SEP] (RoBERTa)
 then masks 15% of the tokens, 80/10/10 (`mask_tokens`): per batch from (seed, epoch, batch) with dynamic
 masking (RoBERTa), or once per example from (seed, example) with static masking (the original BERT, which
@@ -86,6 +87,13 @@ def build_encoder_tokenizer(run: RunConfig, documents: list[list[str]]) -> Encod
         warn_if_vocab_grew(tokenizer, d.vocab_size)
         return tokenizer
     raise TformerError(f"data.tokenizer={d.tokenizer!r}: masked-LM pretraining takes wordpiece or bpe")
+
+
+def _flags(n: int, offsets: list[int]) -> list[int]:
+    out = [0] * n
+    for k in offsets:
+        out[k] = 1
+    return out
 
 
 @dataclass
@@ -188,26 +196,32 @@ class MaskedLMTask:
         """This epoch's sequences (pairs for NSP/SOP, packed sentences otherwise), before masking."""
         rng = random.Random(seed)
         budget = self.run.data.block_size - 3
+        short = self.run.data.short_seq_prob
         if self.objective == "nsp":
-            return make_nsp_pairs(documents, budget, rng) if len(documents) >= 2 else []
+            return make_nsp_pairs(documents, budget, rng, short) if len(documents) >= 2 else []
         if self.objective == "sop":
-            return make_sop_pairs(documents, budget, rng)
+            return make_sop_pairs(documents, budget, rng, short)
         budget = self.run.data.block_size - 2
         out = []
         for doc in documents:
             chunk: list[int] = []
+            lines: list[int] = []  # where each line begins in chunk (whole-word masking starts a word there)
             for sentence in doc:
                 if chunk and len(chunk) + len(sentence) > budget:
-                    out.append(PairExample(chunk, [], 0))
-                    chunk = []
+                    out.append(PairExample(chunk, [], 0, lines))
+                    chunk, lines = [], []
                 # A line longer than the limit (a paragraph) is cut into consecutive pieces, not truncated: its
                 # tail is text to learn from too (truncating dropped about half of a paragraph-per-line corpus).
+                # Only its first piece begins a line; the others begin after <s>, a word start anyway.
+                whole = True
                 while len(sentence) > budget:
-                    out.append(PairExample(sentence[:budget], [], 0))
-                    sentence = sentence[budget:]
+                    out.append(PairExample(sentence[:budget], [], 0, [0] if whole else []))
+                    sentence, whole = sentence[budget:], False
+                if whole:
+                    lines.append(len(chunk))
                 chunk = chunk + sentence
             if chunk:
-                out.append(PairExample(chunk, [], 0))
+                out.append(PairExample(chunk, [], 0, lines))
         return out
 
     def _epoch_examples(self, epoch: int, seed: int) -> list[PairExample]:
@@ -233,23 +247,35 @@ class MaskedLMTask:
 
     def _tensors(self, examples: list[PairExample]) -> dict[str, Tensor]:
         tok = self.tokenizer
-        seqs, types = [], []
+        seqs, types, line_starts = [], [], []
         for ex in examples:
-            ids, type_ids = encode_pair(ex.a, ex.b, tok.cls_id, tok.sep_id) if ex.b else \
-                encode_single(ex.a, tok.cls_id, tok.sep_id)
+            # 1 where a line of the text begins, framed as the ids are (0 at the special tokens)
+            a_flags, b_flags = _flags(len(ex.a), ex.a_lines), _flags(len(ex.b), ex.b_lines)
+            if ex.b:
+                ids, type_ids = encode_pair(ex.a, ex.b, tok.cls_id, tok.sep_id)
+                flags = encode_pair(a_flags, b_flags, 0, 0)[0]
+            else:
+                ids, type_ids = encode_single(ex.a, tok.cls_id, tok.sep_id)
+                flags = encode_single(a_flags, 0, 0)[0]
             seqs.append(ids)
             types.append(type_ids)
+            line_starts.append(flags)
         batch = pad_batch(seqs, tok.pad_id, types)
         batch["sentence_labels"] = torch.tensor([ex.label for ex in examples], dtype=torch.long)
+        batch["line_starts"] = pad_batch(line_starts, 0)["ids"].bool()
         return batch
 
     def _mask(self, batch: dict[str, Tensor], seeds: list[int] | int) -> dict[str, Tensor]:
         tok = self.tokenizer
+        batch = dict(batch)
+        line_starts = batch.pop("line_starts")  # the masks' input only, not the model's
         ids = batch["ids"]
         special = ~batch["attention_mask"] | torch.isin(ids, torch.tensor(sorted(tok.special_ids)))
         starts = None
         if self.run.data.masking in ("whole_word", "span"):
-            starts = torch.tensor([tok.word_starts(row) for row in ids.tolist()], dtype=torch.bool)
+            # The tokenizer tells word starts from the pieces; a line's first piece starts a word as well, which
+            # byte-level BPE's pieces do not show where lines are packed together (no space, no "Ġ", before it).
+            starts = torch.tensor([tok.word_starts(row) for row in ids.tolist()], dtype=torch.bool) | line_starts
         kwargs = dict(vocab_size=tok.vocab_size, mask_id=tok.mask_id, mlm_probability=self.run.data.mlm_probability,
                       word_starts=starts, span=self.span, random_exclude=self.random_exclude)
         if isinstance(seeds, int):
