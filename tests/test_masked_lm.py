@@ -423,7 +423,7 @@ def test_roberta_presets_default_to_byte_level_bpe_and_fill_mask_shows_text(tmp_
     assert "'\\x14'" in printed and all(t.isprintable() for t in printed)
 
 
-# -- packed lines and short pairs ------------------------------------------------------------------------------
+# -- packed lines, short pairs, accumulation ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("masking", ["whole_word", "span"])
@@ -460,3 +460,34 @@ def test_short_seq_prob_reaches_the_pairs(tmp_path):
     full, short = lengths(0.0), lengths(1.0)
     assert sum(short) / len(short) < 0.75 * sum(full) / len(full)
     assert lengths(0.5) == lengths(0.5)
+
+
+def test_accumulated_micro_batches_give_the_gradient_of_one_batch(tmp_path, monkeypatch):
+    """NSP's per-pair loss was weighted by each micro-batch's own masked-token count over the step's: a
+    micro-batch with fewer masked tokens counted its pairs for less. Two micro-batches of 4 now give the
+    gradient one batch of 8 gives (static masking: each example keeps its mask whichever batch it lands in)."""
+    from tformer.training import loop
+
+    grads: list[list[torch.Tensor]] = []
+
+    class Recorder(torch.optim.SGD):
+        def step(self, closure=None):
+            grads.append([p.grad.clone() for group in self.param_groups for p in group["params"]
+                          if p.grad is not None])
+            return super().step(closure)
+
+    monkeypatch.setattr(loop, "make_adam", lambda model, *args, **kwargs: Recorder(model.parameters(), lr=0.1))
+    counts = []
+    for batch_size, accum in ((4, 2), (8, 1)):
+        run = run_config(tmp_path, **{"train.batch_size": batch_size, "train.accum_steps": accum,
+                                      "train.max_steps": 1, "train.clip_norm": 0, "data.static_masking": "true",
+                                      "train.seed": 2, "train.warmup_steps": 0, "model.dropout": 0.0,
+                                      "model.attention_dropout": 0.0})
+        task = MaskedLMTask(run, read_documents([run.data.train_text]))
+        batches = task.train_batches(0, run.train.seed)[:accum]
+        counts.append([task.count_tokens(task.collate(b, torch.device("cpu"))) for b in batches])
+        train(task, run.train, tmp_path / f"m{batch_size}", quiet=True)
+    assert counts[0][0] != counts[0][1] and sum(counts[0]) == counts[1][0]  # the same tokens, split unevenly
+    assert len(grads) == 2 and len(grads[0]) == len(grads[1])
+    for accumulated, whole in zip(*grads):
+        torch.testing.assert_close(accumulated, whole, rtol=1e-4, atol=1e-6)

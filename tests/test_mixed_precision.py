@@ -34,10 +34,10 @@ def autocast_steps(monkeypatch) -> list[torch.dtype]:
     def spying_train(task, cfg, out_dir, **kwargs):
         loss = task.loss
 
-        def recorded(model, batch):
+        def recorded(model, batch, **kwargs):  # (masked LM's loss takes example_weight)
             if torch.is_autocast_enabled("cpu"):
                 seen.append(torch.get_autocast_dtype("cpu"))
-            return loss(model, batch)
+            return loss(model, batch, **kwargs)
 
         task.loss = recorded
         return original(task, cfg, out_dir, **kwargs)

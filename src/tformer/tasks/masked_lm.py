@@ -319,13 +319,25 @@ class MaskedLMTask:
             sentence_correct = (out.sentence_logits.argmax(-1) == batch["sentence_labels"]).sum()
         return mlm, int(targets.numel()), correct, sentence, sentence_correct
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+    def count_examples(self, batch: dict[str, Tensor]) -> int:
+        """The pairs the NSP/SOP loss sums over."""
+        return batch["ids"].size(0)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor], example_weight: float | None = None
+             ) -> tuple[Tensor, dict]:
+        """MLM loss summed over the masked tokens, plus the NSP/SOP loss summed over the pairs times example_weight.
+
+        The trainer divides the whole by the step's count_tokens (the masked tokens, at least 1 per micro-batch), so
+        the sentence part ends as a mean over pairs when example_weight is the step's tokens over its pairs, which
+        the trainer passes (over all its micro-batches and processes: accumulating micro-batches then gives the
+        gradient of one batch of them all). Without it, this batch's own ratio: a step of this batch alone."""
         mlm, n, _, sentence, _ = self._losses(model, batch)
         total = mlm
         if sentence is not None:
-            # The trainer divides by count_tokens (the masked-token count, at least 1): scale the per-pair loss so
-            # that both end as means, also in a batch where no token was picked (n / B would drop its NSP loss).
-            total = mlm + sentence * (max(n, 1) / batch["ids"].size(0))
+            if example_weight is None:
+                # (max(n, 1), as count_tokens: a batch where no token was picked keeps its NSP loss)
+                example_weight = self.count_tokens(batch) / self.count_examples(batch)
+            total = mlm + sentence * example_weight
         return total, {"mlm": mlm.detach(), "tokens": n}
 
     def input_tokens(self, batch: dict[str, Tensor]) -> int:

@@ -53,6 +53,12 @@ class Task(Protocol):
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """(summed loss, stats as tensors, for example the NLL and the token count)."""
 
+    # Optional, for a loss with a part taken per example beside the per-token part (masked LM's NSP/SOP):
+    # def count_examples(self, batch: dict[str, Tensor]) -> int: ...
+    # The trainer then calls loss(model, batch, example_weight=w), w = the step's tokens / the step's examples (all
+    # micro-batches, all processes): the per-example sum times w, divided by the step's tokens as all the loss is,
+    # is the mean over the step's examples, as one batch of them all would give.
+
     def validate(self, model: nn.Module) -> dict[str, float]:
         ...
 
@@ -398,8 +404,16 @@ def _train(task: Task, cfg: TrainConfig, out_dir: Path, resume: bool, info: dist
             # The step's loss is the mean over its tokens on every rank, as one process with the whole batch has it.
             # DDP averages the ranks' gradients, so each divides by the mean count per rank, not its own count
             # (which weighted a rank's token by how few its batch held: translation and masked-LM batches differ).
-            per_rank_tokens = step_tokens if not info.enabled else \
-                distributed.all_reduce_sum([float(step_tokens)], info)[0] / info.world_size
+            counts = [float(step_tokens)]
+            if hasattr(task, "count_examples"):
+                counts.append(float(sum(task.count_examples(m) for m in micro)))
+            if info.enabled:
+                counts = [c / info.world_size for c in distributed.all_reduce_sum(counts, info)]
+            per_rank_tokens = counts[0]
+            # A per-example part of the loss (NSP/SOP) is a mean over the step's examples, whichever micro-batch
+            # and process each is in: weighting it by its own micro-batch's tokens tilted it towards the micro-
+            # batches that happened to hold more of them (see Task.count_examples).
+            weight = {"example_weight": counts[0] / max(counts[1], 1.0)} if len(counts) > 1 else {}
             step_loss = 0.0
             for i, m in enumerate(micro):
                 last = i == len(micro) - 1
@@ -408,7 +422,7 @@ def _train(task: Task, cfg: TrainConfig, out_dir: Path, resume: bool, info: dist
                     # The forward and the loss under autocast, the backward outside it, as PyTorch's AMP recipe
                     # has it: each backward op runs in the dtype autocast gave its forward op.
                     with autocast():
-                        loss_sum, _ = task.loss(ddp, m)
+                        loss_sum, _ = task.loss(ddp, m, **weight)
                     scaled = loss_sum / per_rank_tokens
                     if info.enabled:
                         # A rank whose loss is not finite makes all its gradients NaN (x1.0 otherwise: the same
