@@ -423,7 +423,7 @@ def test_roberta_presets_default_to_byte_level_bpe_and_fill_mask_shows_text(tmp_
     assert "'\\x14'" in printed and all(t.isprintable() for t in printed)
 
 
-# -- packed lines, short pairs, accumulation ---------------------------------------------------------------
+# -- packed lines, short pairs, accumulation, epoch-limited schedules --------------------------------------
 
 
 @pytest.mark.parametrize("masking", ["whole_word", "span"])
@@ -491,3 +491,21 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_batch(tmp_path, monk
     assert len(grads) == 2 and len(grads[0]) == len(grads[1])
     for accumulated, whole in zip(*grads):
         torch.testing.assert_close(accumulated, whole, rtol=1e-4, atol=1e-6)
+
+
+def test_an_epoch_limited_schedule_ends_with_the_run_when_epochs_differ(tmp_path):
+    """NSP pairs are drawn anew each epoch, and so is their number; the schedule's length was epoch 0's steps
+    times the epochs, so a cosine decay ended before the run (its last steps at min_lr) or after it."""
+    run = run_config(tmp_path, **{"train.batch_size": 4, "train.max_steps": 0, "train.max_epochs": 3,
+                                  "train.log_every": 1, "train.min_lr": 1e-4})
+    task = MaskedLMTask(run, read_documents([run.data.train_text]))
+    steps = [len(task.train_batches(e, run.train.seed)) for e in range(3)]
+    assert task.epoch_sizes_vary and sum(steps) != 3 * steps[0]  # (the case this test is about)
+    state = train(task, run.train, tmp_path / "m", quiet=True)
+    rates = [h["lr"] for h in state.history if "lr" in h]
+    assert state.step == len(rates) == sum(steps)
+    assert rates[-1] == pytest.approx(1e-4) and rates[-2] > 1e-4 * 1.001  # min_lr reached at the last step
+    assert min(rates) >= 1e-4 * (1 - 1e-9)
+    # examples kept for every epoch (static masking) are as many each time: epoch 0 counts them all
+    run.data.static_masking = True
+    assert not MaskedLMTask(run, read_documents([run.data.train_text])).epoch_sizes_vary

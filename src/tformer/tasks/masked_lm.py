@@ -232,6 +232,12 @@ class MaskedLMTask:
             self._epoch_cache = (key, self.examples(self.train_docs, base))
         return self._epoch_cache[1]
 
+    @property
+    def epoch_sizes_vary(self) -> bool:
+        """Whether epochs hold different numbers of examples: NSP/SOP pairs are drawn anew each epoch (unless
+        static), and with them how many there are. The trainer then counts each epoch's steps for its schedule."""
+        return self.objective in ("nsp", "sop") and not self.run.data.static_masking
+
     def train_batches(self, epoch: int, seed: int) -> list[MLMBatch]:
         examples = self._epoch_examples(epoch, seed)
         if not examples:

@@ -65,6 +65,10 @@ class Task(Protocol):
     def save(self, path: Path, model: nn.Module, trainer_state: dict | None, optimizer_state: dict | None) -> None:
         ...
 
+    # Optional: True when train_batches gives epochs different numbers of batches (for a run limited by
+    # train.max_epochs, the schedule's length then counts every epoch's, not epoch 0's times the epochs).
+    # epoch_sizes_vary: bool
+
     # Optional: training FLOPs per token, for model FLOPs utilisation (MFU) in the progress line.
     # def flops_per_token(self) -> float: ...
 
@@ -110,8 +114,9 @@ DECAYING_SCHEDULES = ("cosine", "linear", "slanted_triangular")  # they need the
 def schedule_config(cfg: TrainConfig, task: Task, info: distributed.DistInfo) -> TrainConfig:
     """The options the learning rate is computed from. A schedule that decays to the end of the run needs that
     end in steps, and so does a warmup given as a share of the run (warmup_ratio). A run limited by epochs alone
-    counts them (epochs x optimiser steps per epoch); a run limited only by time, or not at all, has no end to
-    count from and is refused (a decaying rate fell to its lowest right after warmup)."""
+    counts them (epochs x optimiser steps per epoch, or each epoch's steps where they differ); a run limited only by
+    time, or not at all, has no end to count from and is refused (a decaying rate fell to its lowest right after
+    warmup)."""
     ratio_warmup = cfg.warmup_ratio > 0 and cfg.warmup_steps == 0
     if cfg.schedule in ("cosine", "linear") and cfg.min_lr > cfg.lr:
         # (language models default to min_lr=1e-4, nanoGPT's: a lower train.lr alone met it)
@@ -119,9 +124,18 @@ def schedule_config(cfg: TrainConfig, task: Task, info: distributed.DistInfo) ->
                            "would rise to it instead of decaying; set train.min_lr to at most train.lr")
     if not cfg.max_steps and (cfg.schedule in DECAYING_SCHEDULES or ratio_warmup):
         if cfg.max_epochs:
-            micro_batches = len(shard(task.train_batches(0, cfg.seed), info.rank, info.world_size))
-            _check_accumulation(micro_batches, cfg, info)
-            cfg = replace(cfg, max_steps=cfg.max_epochs * (micro_batches // cfg.accum_steps))
+            # A task whose epochs hold different numbers of batches (masked LM's NSP/SOP pairs, drawn anew each
+            # epoch) has each epoch counted: counted from epoch 0 alone, the schedule ended before the run did (its
+            # last steps all at min_lr) or after it (the run ended above min_lr, its decay unfinished). The cost is
+            # building every epoch's batches once more here, about what the run itself spends building them.
+            epochs = range(cfg.max_epochs) if getattr(task, "epoch_sizes_vary", False) else range(1)
+            steps = []
+            for epoch in epochs:
+                micro_batches = len(shard(task.train_batches(epoch, cfg.seed), info.rank, info.world_size))
+                _check_accumulation(micro_batches, cfg, info)
+                steps.append(micro_batches // cfg.accum_steps)
+            total = sum(steps) if len(steps) > 1 else cfg.max_epochs * steps[0]
+            cfg = replace(cfg, max_steps=total)
         elif cfg.schedule in DECAYING_SCHEDULES:
             raise TformerError(f"train.schedule={cfg.schedule} decays until train.max_steps, and this run sets no "
                                "max_steps or max_epochs: set one of them, or use schedule=constant or inverse_sqrt "
