@@ -238,3 +238,42 @@ def test_gpt_pair_of_no_tokens_and_unseen_labels(tmp_path, pretrained_gpt):
     known = task.predict_logits(task.model, items[:2])
     assert scores["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(
         torch.stack(known), torch.tensor([1, 0]))), rel=1e-5)  # over the labels the model has
+
+
+def test_accumulated_micro_batches_give_the_gradient_of_one_batch(tmp_path, pretrained_gpt, monkeypatch):
+    """The auxiliary LM loss was a mean over each micro-batch's own next-token targets, scaled by its examples:
+    accumulated, a micro-batch of short inputs weighted each of its targets more than one batch of them all would.
+    Two micro-batches (2 short inputs, 4 long ones) now give the gradient one batch of the 6 gives."""
+    from tformer.training import loop
+
+    grads: list[list[torch.Tensor]] = []
+
+    class Recorder(torch.optim.SGD):
+        def step(self, closure=None):
+            grads.append([p.grad.clone() for group in self.param_groups for p in group["params"]
+                          if p.grad is not None])
+            return super().step(closure)
+
+    monkeypatch.setattr(loop, "make_adam", lambda model, *args, **kwargs: Recorder(model.parameters(), lr=0.1))
+    counts = []
+    for accum in (2, 1):
+        run = gpt_run(tmp_path, pretrained_gpt, **{"train.accum_steps": accum, "train.max_steps": 1,
+                                                   "train.clip_norm": 0, "train.schedule": "constant",
+                                                   "model.classifier_dropout": 0.0, "model.lm_weight": 0.5})
+        task = build_finetune_task(run)
+        by_length = sorted(range(len(task.train_set)), key=lambda i: len(task.train_set[i]["ids"]))
+        short, long = by_length[:2], by_length[-4:]
+        batches = [short, long] if accum == 2 else [short + long]
+        monkeypatch.setattr(task, "train_batches", lambda epoch, seed, batches=batches: batches)
+        micro = [task.collate(b, torch.device("cpu")) for b in batches]
+        counts.append([(task.count_tokens(m), task.count_examples(m)) for m in micro])
+        if accum == 1:  # one batch alone: the loss the trainer takes is the head's, task mean + lambda x LM mean
+            loss, _ = task.loss(task.model, micro[0])
+            expected, _ = task.model.loss(micro[0]["ids"], micro[0]["attention_mask"].sum(1), micro[0]["labels"])
+            assert (loss / counts[-1][0][0]).item() == pytest.approx(expected.item(), rel=1e-6)
+        train(task, run.train, tmp_path / f"m{accum}", quiet=True)
+    (tokens_a, examples_a), (tokens_b, examples_b) = counts[0]
+    assert tokens_a / examples_a != tokens_b / examples_b  # targets per example differ: the case that went wrong
+    assert len(grads) == 2 and len(grads[0]) == len(grads[1])
+    for accumulated, whole in zip(*grads):
+        torch.testing.assert_close(accumulated, whole, rtol=1e-4, atol=1e-6)

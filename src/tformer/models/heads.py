@@ -140,14 +140,25 @@ class GPTForClassification(nn.Module):
     def loss_from_outputs(self, logits: Tensor, lm_logits: Tensor | None, ids: Tensor, lengths: Tensor,
                           labels: Tensor) -> tuple[Tensor, dict]:
         """The loss of `loss` from a forward's outputs (a DDP-wrapped model runs forward through the wrapper)."""
-        task = nn.functional.cross_entropy(logits.float(), labels)
-        if lm_logits is None:
+        task_sum, lm_sum, targets = self.loss_sums(logits, lm_logits, ids, lengths, labels)
+        task = task_sum / ids.size(0)
+        if lm_sum is None:
             return task, {"task": task.detach()}
-        targets = ids.roll(-1, dims=1)[self._has_next(ids, lengths)]  # the token after each kept position
         # Mean over the K next-token targets; a batch of one-token inputs has none (K = 0), and a plain mean of
         # nothing is NaN, which would stop training: its LM loss is 0 instead.
-        lm = nn.functional.cross_entropy(lm_logits.float(), targets, reduction="sum") / max(targets.numel(), 1)
+        lm = lm_sum / max(targets, 1)
         return task + self.lm_weight * lm, {"task": task.detach(), "lm": lm.detach()}
+
+    def loss_sums(self, logits: Tensor, lm_logits: Tensor | None, ids: Tensor, lengths: Tensor, labels: Tensor
+                  ) -> tuple[Tensor, Tensor | None, int]:
+        """(classification loss summed over the examples, next-token loss summed over the K targets or None
+        without lm_logits, K). Sums, not means, so that a trainer accumulating micro-batches can divide each by
+        the step's own count (tformer.tasks.finetune_gpt): means of micro-batches weight their tokens unevenly."""
+        task = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        if lm_logits is None:
+            return task, None, 0
+        targets = ids.roll(-1, dims=1)[self._has_next(ids, lengths)]  # the token after each kept position
+        return task, nn.functional.cross_entropy(lm_logits.float(), targets, reduction="sum"), int(targets.numel())
 
     def to_dict(self) -> dict:
         return {"model_type": "gpt_for_classification", "gpt": self.config.to_dict(),

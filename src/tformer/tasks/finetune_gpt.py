@@ -108,12 +108,42 @@ class GPTClassificationTask(FineTuneTask):
     def _forward(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         return model(batch["ids"], batch["attention_mask"].sum(1), lm=False)[0]
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+    def _lm_on(self) -> bool:
+        return self.model.lm_weight > 0
+
+    def count_tokens(self, batch: dict[str, Tensor]) -> int:
+        """What the trainer divides the loss by: the next-token targets of the auxiliary LM loss (at least 1, as
+        masked LM's count: a batch of one-token inputs has none), or the examples without that loss. The
+        classification part is per example, weighted through count_examples and loss's example_weight."""
+        if not self._lm_on():
+            return batch["ids"].size(0)
+        return max(int((batch["attention_mask"].sum(1) - 1).clamp(min=0).sum()), 1)
+
+    def count_examples(self, batch: dict[str, Tensor]) -> int:
+        """The examples the classification loss sums over."""
+        return batch["ids"].size(0)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor], example_weight: float | None = None
+             ) -> tuple[Tensor, dict]:
+        """lm_weight x the next-token loss summed over its targets, plus the classification loss summed over the
+        examples times example_weight. The trainer divides the whole by the step's count_tokens (the targets) and
+        passes example_weight = the step's targets / its examples, so the step's loss is the classification mean
+        over its examples plus lm_weight x the LM mean over its targets, whichever micro-batch (and process) each
+        is in. (The loss was this batch's means times its examples: accumulated, a micro-batch with fewer targets
+        per example weighted each of its targets more than one batch of them all would.) Without example_weight,
+        this batch's own ratio: a step of this batch alone, the value of GPTForClassification.loss."""
         core = model.module if hasattr(model, "module") else model  # under DDP, forward goes through the wrapper
         ids, lengths = batch["ids"], batch["attention_mask"].sum(1)
         outputs = model(ids, lengths, lm=core.lm_weight > 0)
-        loss, parts = core.loss_from_outputs(*outputs, ids, lengths, batch["labels"])
-        return loss * ids.size(0), parts  # the trainer divides by count_tokens: the examples
+        task, lm, _ = core.loss_sums(*outputs, ids, lengths, batch["labels"])
+        if example_weight is None:
+            example_weight = self.count_tokens(batch) / self.count_examples(batch)
+        total = task * example_weight
+        parts = {"task": task.detach() / ids.size(0)}
+        if lm is not None:
+            total = total + core.lm_weight * lm
+            parts["lm"] = lm.detach() / self.count_tokens(batch)
+        return total, parts
 
 
 def _truncate_longest_first(text: list[int], pair: list[int] | None, budget: int) -> tuple[list[int], list[int] | None]:
