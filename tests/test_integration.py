@@ -194,7 +194,7 @@ def test_two_process_ddp_training_keeps_ranks_identical(tmp_path):
 
 
 def _no_dropout_run(accum_steps: int):
-    run = tiny_run(max_steps=4, accum_steps=accum_steps, device="cpu", clip_norm=0.0)
+    run = tiny_run(max_steps=4, accum_steps=accum_steps, device="cpu", clip_norm=0.0, log_every=2)
     run.model["dropout"] = 0.0
     return run
 
@@ -208,6 +208,8 @@ def _ddp_equals_one_process_worker(rank: int, port: int, out: str, pairs):
         run = _no_dropout_run(1)
         task = TranslationTask(run, pairs)
         state = train(task, run.train, Path(out) / "m", info=info, quiet=True)
+        # Every rank's own record of the logged losses (rank 0 also writes them to trainer_state.json).
+        (Path(out) / f"history{rank}.json").write_text(json.dumps(state.history))
         if rank == 0:
             torch.save({"tokens": torch.tensor(state.tokens), **task.model.state_dict()}, Path(out) / "ddp.pt")
     finally:
@@ -230,6 +232,15 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     assert int(ddp.pop("tokens")) == state.tokens  # every process's tokens, not rank 0's alone
     for name, tensor in single.model.state_dict().items():
         torch.testing.assert_close(ddp[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    # The logged training loss is over both processes' tokens, as the one process's is over the same batches: it
+    # was rank 0's own loss over its own tokens (and rank 1 logged another).
+    logged = [[h["loss"] for h in json.loads((tmp_path / f"history{r}.json").read_text()) if "loss" in h]
+              for r in range(2)]
+    written = [h["loss"] for h in json.loads((tmp_path / "m" / "trainer_state.json").read_text())["trainer"]["history"]
+               if "loss" in h]
+    expected = [h["loss"] for h in state.history if "loss" in h]
+    assert len(expected) == 2 and logged[0] == logged[1] == written
+    assert logged[0] == pytest.approx(expected, rel=1e-6)
 
 class _ScriptedValidation(TranslationTask):
     """Validation losses that improve twice, then get worse: early stopping ends the run at step 3."""

@@ -361,6 +361,7 @@ def _train(task: Task, cfg: TrainConfig, out_dir: Path, resume: bool, info: dist
 
     model.train()
     window_tokens, window_seen, window_loss, window_start = 0, 0, 0.0, time.perf_counter()
+    logged_loss: float | None = None  # the loss the progress line shows
     run_start = time.perf_counter() - state.elapsed_s
 
     # Early stopping (cfg.early_stopping validations without improvement): the checkpoint on disk is the best.
@@ -481,18 +482,28 @@ def _train(task: Task, cfg: TrainConfig, out_dir: Path, resume: bool, info: dist
             if cfg.max_minutes:  # rank 0's clock for every rank: they stop at the same step, none waits alone
                 state.elapsed_s = distributed.from_main(state.elapsed_s, info)
             is_log = state.step % max(cfg.log_every, 1) == 0
+            if is_log and info.enabled:
+                # The logged loss is over every process's tokens, as one process with the whole batch has it
+                # (rank 0's own was its share alone). One collective per log line, taken by every rank alike
+                # (is_log is the same step on all): rank 0's bar between log lines must not call one alone.
+                window_loss, window_tokens, window_seen = distributed.all_reduce_sum(
+                    [window_loss, float(window_tokens), float(window_seen)], info)
+            if is_log or not info.enabled:
+                logged_loss = window_loss / max(window_tokens, 1)
             if is_log or log.bar is not None:
                 dt = max(now - window_start, 1e-9)
-                rate = window_seen * info.world_size / dt
-                fields = {"loss": f"{window_loss / max(window_tokens, 1):.3f}", "lr": f"{lr:.2e}",
+                # Under DDP the seen tokens are summed over the ranks at a log step; between them, rank 0's times
+                # the processes estimates it.
+                rate = window_seen * (1 if is_log and info.enabled else info.world_size) / dt
+                # (between log lines under DDP the bar shows the last logged loss: rank 0's own is not the run's)
+                fields = {"loss": f"{logged_loss:.3f}" if logged_loss is not None else "-", "lr": f"{lr:.2e}",
                           "tok/s": f"{rate:,.0f}"}
                 if flops_per_token and peak_flops:
                     # Per process: each rank's tokens against its own device's peak.
                     fields["mfu"] = throughput.format_mfu(flops_per_token * rate / info.world_size / peak_flops)
                 log.update(state.step, fields, is_log)
                 if is_log:
-                    state.history.append({"step": state.step, "loss": window_loss / max(window_tokens, 1), "lr": lr,
-                                          "tokens_per_s": rate})
+                    state.history.append({"step": state.step, "loss": logged_loss, "lr": lr, "tokens_per_s": rate})
                     window_tokens, window_seen, window_loss, window_start = 0, 0, 0.0, now
             if finished():
                 if state.batch_index + cfg.accum_steps > len(batches):  # it ended on the epoch's last batch
