@@ -75,3 +75,21 @@ def unpadded_batches(monkeypatch) -> list:
 
     monkeypatch.setattr(masks_module, "Unpadded", Spy)
     return built
+
+
+@pytest.fixture
+def step_gradients(monkeypatch) -> list:
+    """The gradients each optimiser step of train() takes, in order (one list of tensors a step): the trainer's
+    AdamW is replaced by SGD recording them, so that two runs' steps can be compared gradient for gradient."""
+    from tformer.training import loop
+
+    grads: list[list[torch.Tensor]] = []
+
+    class Recorder(torch.optim.SGD):
+        def step(self, closure=None):
+            grads.append([p.grad.clone() for group in self.param_groups for p in group["params"]
+                          if p.grad is not None])
+            return super().step(closure)
+
+    monkeypatch.setattr(loop, "make_adam", lambda model, *args, **kwargs: Recorder(model.parameters(), lr=0.1))
+    return grads

@@ -240,21 +240,12 @@ def test_gpt_pair_of_no_tokens_and_unseen_labels(tmp_path, pretrained_gpt):
         torch.stack(known), torch.tensor([1, 0]))), rel=1e-5)  # over the labels the model has
 
 
-def test_accumulated_micro_batches_give_the_gradient_of_one_batch(tmp_path, pretrained_gpt, monkeypatch):
+def test_accumulated_micro_batches_give_the_gradient_of_one_batch(tmp_path, pretrained_gpt, monkeypatch,
+                                                                 step_gradients):
     """The auxiliary LM loss was a mean over each micro-batch's own next-token targets, scaled by its examples:
     accumulated, a micro-batch of short inputs weighted each of its targets more than one batch of them all would.
     Two micro-batches (2 short inputs, 4 long ones) now give the gradient one batch of the 6 gives."""
-    from tformer.training import loop
-
-    grads: list[list[torch.Tensor]] = []
-
-    class Recorder(torch.optim.SGD):
-        def step(self, closure=None):
-            grads.append([p.grad.clone() for group in self.param_groups for p in group["params"]
-                          if p.grad is not None])
-            return super().step(closure)
-
-    monkeypatch.setattr(loop, "make_adam", lambda model, *args, **kwargs: Recorder(model.parameters(), lr=0.1))
+    grads = step_gradients
     counts = []
     for accum in (2, 1):
         run = gpt_run(tmp_path, pretrained_gpt, **{"train.accum_steps": accum, "train.max_steps": 1,

@@ -462,21 +462,11 @@ def test_short_seq_prob_reaches_the_pairs(tmp_path):
     assert lengths(0.5) == lengths(0.5)
 
 
-def test_accumulated_micro_batches_give_the_gradient_of_one_batch(tmp_path, monkeypatch):
+def test_accumulated_micro_batches_give_the_gradient_of_one_batch(tmp_path, step_gradients):
     """NSP's per-pair loss was weighted by each micro-batch's own masked-token count over the step's: a
     micro-batch with fewer masked tokens counted its pairs for less. Two micro-batches of 4 now give the
     gradient one batch of 8 gives (static masking: each example keeps its mask whichever batch it lands in)."""
-    from tformer.training import loop
-
-    grads: list[list[torch.Tensor]] = []
-
-    class Recorder(torch.optim.SGD):
-        def step(self, closure=None):
-            grads.append([p.grad.clone() for group in self.param_groups for p in group["params"]
-                          if p.grad is not None])
-            return super().step(closure)
-
-    monkeypatch.setattr(loop, "make_adam", lambda model, *args, **kwargs: Recorder(model.parameters(), lr=0.1))
+    grads = step_gradients
     counts = []
     for batch_size, accum in ((4, 2), (8, 1)):
         run = run_config(tmp_path, **{"train.batch_size": batch_size, "train.accum_steps": accum,
