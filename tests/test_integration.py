@@ -287,8 +287,9 @@ def _ddp_phases_worker(rank: int, world: int, port: int, out: str, pairs, result
         torch.save({"step": state.step, **task.model.state_dict()}, Path(result) / f"rank{rank}.pt")
     except TformerError as exc:
         (Path(result) / f"rank{rank}.error").write_text(str(exc))
-    finally:
         distributed.teardown(info)
+    else:
+        distributed.teardown(info, finished=True)
 
 
 def _run_phases(tmp_path, name: str, phases: list, task_kind: str = "translation", timeout: float = 240.0) -> Path:

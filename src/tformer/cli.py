@@ -509,6 +509,7 @@ def _train_and_report(builder, run, out: Path, resume: bool) -> None:
                                "(--max-steps) above it to train on")
 
     info = distributed.setup(run.train.device)
+    finished = False
     try:
         task = builder(run, out if resume else None)
         t = run.train
@@ -523,8 +524,9 @@ def _train_and_report(builder, run, out: Path, resume: bool) -> None:
             if state.early_stopping:  # the model saved is the best validation's, not the last step's
                 summary["best_step"] = state.early_stopping["best_step"]
             print(json.dumps(summary))
+        finished = True
     finally:
-        distributed.teardown(info)
+        distributed.teardown(info, finished)
 
 
 def _output_file(path: str, inputs: tuple[str | None, ...] = (), model: str | None = None) -> Path:

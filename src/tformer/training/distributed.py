@@ -70,9 +70,20 @@ def setup(requested_device: str = "auto") -> DistInfo:
     return DistInfo(rank, world_size, local_rank, device)
 
 
-def teardown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(info: DistInfo, finished: bool = False) -> None:
+    """Leave the process group. finished=True (every rank got to the end of the same work): wait for the others
+    first and let go of what still holds the group (a DDP reducer in a reference cycle) before destroying it, so
+    that no rank closes its connections while another still uses them; gloo then aborted a process now and then
+    at exit ("terminate called without an active exception"). After an error, no waiting: the other ranks may
+    never come."""
+    if not (info.enabled and dist.is_initialized()):
+        return
+    if finished:
+        import gc
+
+        gc.collect()
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
