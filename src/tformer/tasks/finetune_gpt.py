@@ -136,13 +136,14 @@ class GPTClassificationTask(FineTuneTask):
         ids, lengths = batch["ids"], batch["attention_mask"].sum(1)
         outputs = model(ids, lengths, lm=core.lm_weight > 0)
         task, lm, _ = core.loss_sums(*outputs, ids, lengths, batch["labels"])
+        tokens = self.count_tokens(batch)  # (the LM's targets, at least 1)
         if example_weight is None:
-            example_weight = self.count_tokens(batch) / self.count_examples(batch)
+            example_weight = tokens / self.count_examples(batch)
         total = task * example_weight
         parts = {"task": task.detach() / ids.size(0)}
         if lm is not None:
             total = total + core.lm_weight * lm
-            parts["lm"] = lm.detach() / self.count_tokens(batch)
+            parts["lm"] = lm.detach() / tokens
         return total, parts
 
 

@@ -452,8 +452,11 @@ def _train(task: Task, cfg: TrainConfig, out_dir: Path, resume: bool, info: dist
                 step_loss += float(loss_sum.detach())
             # The ranks hold the same averaged gradients, so the same norm: they decide alike. A non-finite norm
             # with finite losses stops the run too: the step would write NaN into the weights.
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm) if cfg.clip_norm > 0
-                              else _gradient_norm(model))
+            if cfg.clip_norm > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
+            else:
+                grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
+                                                                 if p.grad is not None]))
             own_loss_bad = not info.enabled and not math.isfinite(step_loss)  # alone, the loss itself says
             if own_loss_bad or not math.isfinite(grad_norm):
                 # Stop before the update, and without saving: the last checkpoint on disk stays good.
@@ -585,14 +588,6 @@ def _wrap_for_ddp(model: nn.Module, ddp: nn.Module, wrapped_for: tuple[bool, ...
     if isinstance(ddp, DistributedDataParallel):
         ddp._remove_autograd_hooks()
     return DistributedDataParallel(model), trainable
-
-
-def _gradient_norm(model: nn.Module) -> Tensor:
-    """The 2-norm of all the gradients together (what clip_grad_norm_ measures), for a run without clipping."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return torch.tensor(0.0)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
 
 
 def _checkpoint_averager(cfg: TrainConfig, out_dir: Path | str) -> CheckpointAverager | None:
